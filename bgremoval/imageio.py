@@ -1,0 +1,109 @@
+"""Reading images and masks safely: clear errors, a pixel cap, EXIF orientation applied."""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+
+# Mask modes we accept: 8-bit grey, or the alpha channel of a grey+alpha / RGBA PNG.
+MASK_MODES = ("L", "LA", "RGBA")
+
+
+class ImageReadError(ValueError):
+    """A file that cannot be used as an image; the message names the file and the reason."""
+
+
+@dataclass(frozen=True)
+class MaskInfo:
+    """What prepare records about a mask file."""
+
+    width: int
+    height: int
+    mode: str
+    kind: str  # binary | soft | alpha
+    fg_fraction: float
+
+
+def sha256_file(path: Path) -> str:
+    """Content hash of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def open_image(path: Path, max_pixels: int) -> Image.Image:
+    """Open and fully decode an image, refusing files over `max_pixels` before decoding them."""
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            raise ImageReadError(f"{path}: file is empty (0 bytes)")
+        # PIL warns (and past 2x its own limit raises) on large images; our own cap is the
+        # one that counts, so check the header first and silence PIL's global heuristic.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+            width, height = img.size
+            if width * height > max_pixels:
+                raise ImageReadError(
+                    f"{path}: {width}x{height} = {width * height} pixels is over the limit of "
+                    f"{max_pixels} (prepare.max_pixels); refusing to decode a possible "
+                    "decompression bomb. Downscale the file or raise the limit."
+                )
+            img.load()  # decodes everything: truncated files fail here, not later
+            # Photos from phones carry their orientation in EXIF; masks are drawn on what
+            # a viewer shows, so every reader in the project applies it the same way.
+            return ImageOps.exif_transpose(img)
+    except ImageReadError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageReadError(f"{path}: refused as a decompression bomb ({exc})") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageReadError(f"{path}: cannot be decoded as an image ({exc})") from exc
+
+
+def mask_array(img: Image.Image) -> np.ndarray:
+    """The mask's 8-bit foreground alpha (H, W) uint8, from an L image or an alpha channel."""
+    if img.mode == "L":
+        return np.asarray(img, dtype=np.uint8)
+    if img.mode in ("LA", "RGBA"):
+        return np.asarray(img.getchannel("A"), dtype=np.uint8)
+    raise ImageReadError(
+        f"mask mode {img.mode!r} is not 8-bit grey or alpha; save masks as 8-bit L PNG "
+        "(0 = background, 255 = foreground) or as the alpha of an RGBA PNG"
+    )
+
+
+def describe_mask(img: Image.Image) -> MaskInfo:
+    """Size, mode, kind and foreground fraction of a decoded mask image."""
+    if img.mode not in MASK_MODES:
+        return MaskInfo(img.width, img.height, img.mode, "invalid", float("nan"))
+    alpha = mask_array(img)
+    if img.mode in ("LA", "RGBA"):
+        kind = "alpha"
+    else:
+        values = np.unique(alpha)
+        kind = "binary" if np.isin(values, (0, 255)).all() else "soft"
+    return MaskInfo(img.width, img.height, img.mode, kind, float(alpha.mean() / 255.0))
+
+
+def load_mask(path: Path, max_pixels: int) -> np.ndarray:
+    """Decode a mask file into (H, W) uint8 alpha."""
+    img = open_image(path, max_pixels)
+    try:
+        return mask_array(img)
+    except ImageReadError as exc:
+        raise ImageReadError(f"{path}: {exc}") from exc
+
+
+def load_rgb(path: Path, max_pixels: int) -> np.ndarray:
+    """Decode an image file into (H, W, 3) uint8 RGB."""
+    return np.asarray(open_image(path, max_pixels).convert("RGB"), dtype=np.uint8)

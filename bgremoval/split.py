@@ -1,0 +1,98 @@
+"""Group-aware, deterministic train/val/test splits, or the user's own split file."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+
+
+def group_of(name: str, pattern: re.Pattern[str]) -> str:
+    """The group a file belongs to: the regex's first capture group, else the whole name."""
+    match = pattern.search(name)
+    if match is None:
+        return name  # no match: the file is a group of its own
+    return match.group(1) if match.groups() else match.group(0)
+
+
+def assign_groups(names: pd.Series, group_pattern: str) -> pd.Series:
+    """Group label per file name (the base name without extension)."""
+    try:
+        pattern = re.compile(group_pattern)
+    except re.error as exc:
+        raise ValueError(f"prepare.group_pattern {group_pattern!r} is not a valid regex: {exc}") from exc
+    return names.map(lambda n: group_of(n, pattern))
+
+
+def split_groups(groups: pd.Series, fractions: dict[str, float], seed: int) -> pd.Series:
+    """Split label per row such that every group lands in exactly one split.
+
+    Groups are shuffled with the seed, then each goes to the split furthest below its target
+    image count, so splits come out near their fractions whatever the group sizes.
+    """
+    _check_fractions(fractions)
+    sizes = Counter(groups)
+    wanted = [s for s in SPLITS if fractions.get(s, 0) > 0]
+    if len(sizes) < len(wanted):
+        raise ValueError(
+            f"prepare.group_pattern finds {len(sizes)} group(s) but {len(wanted)} splits need at "
+            "least one each; loosen the pattern or set a split's fraction to 0"
+        )
+    order = sorted(sizes)  # sorted first so the shuffle depends on the seed alone
+    rng = np.random.default_rng(seed)
+    rng.shuffle(order)
+    total = sum(sizes.values())
+    counts = {s: 0 for s in wanted}
+    assigned: dict[str, str] = {}
+    for i, group in enumerate(order):
+        remaining = len(order) - i
+        empty = [s for s in wanted if counts[s] == 0]
+        # Keep back enough groups that no requested split ends up empty.
+        candidates = empty if len(empty) >= remaining else wanted
+        best = max(candidates, key=lambda s: fractions[s] * total - counts[s])
+        assigned[group] = best
+        counts[best] += sizes[group]
+    return groups.map(assigned)
+
+
+def read_split_file(path: Path, names: pd.Series) -> pd.Series:
+    """Split label per row from a CSV with columns name,split (name = base name; a path's stem is used)."""
+    path = Path(path)
+    try:
+        table = pd.read_csv(path, dtype=str)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise ValueError(f"split file {path}: cannot be read as CSV ({exc})") from exc
+    missing = {"name", "split"} - set(table.columns)
+    if missing:
+        raise ValueError(f"split file {path}: needs columns 'name' and 'split'; missing {sorted(missing)}")
+    # Only the base name is used, so an entry can never point outside the data folder.
+    table["name"] = table["name"].map(lambda n: Path(str(n).replace("\\", "/")).stem)
+    bad = table.loc[~table["split"].isin(SPLITS), ["name", "split"]]
+    if len(bad):
+        raise ValueError(
+            f"split file {path}: split must be one of {SPLITS}; bad rows: "
+            + ", ".join(f"{n}={s!r}" for n, s in bad.head(10).itertuples(index=False))
+        )
+    dupes = table["name"][table["name"].duplicated()]
+    if len(dupes):
+        raise ValueError(f"split file {path}: names listed twice: {sorted(set(dupes))[:10]}")
+    unknown = sorted(set(table["name"]) - set(names))
+    if unknown:
+        log.warning("split file %s names %d files not in the data, e.g. %s", path, len(unknown), unknown[:5])
+    return names.map(dict(zip(table["name"], table["split"])))
+
+
+def _check_fractions(fractions: dict[str, float]) -> None:
+    unknown = set(fractions) - set(SPLITS)
+    if unknown:
+        raise ValueError(f"prepare.splits: unknown split(s) {sorted(unknown)}; use {SPLITS}")
+    if any(v < 0 for v in fractions.values()) or abs(sum(fractions.values()) - 1) > 1e-6:
+        raise ValueError(f"prepare.splits must be non-negative and sum to 1; got {fractions}")

@@ -1,0 +1,20 @@
+"""What every stage does first: configure logging and read its own params."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import dvc.api
+
+
+def start(stage: str) -> dict[str, Any]:
+    """Configure logging for a stage run and return the params the stage declares in dvc.yaml."""
+    # Quiet by default: our own loggers at INFO, third-party libraries only when they warn.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    level = os.environ.get("BGREMOVAL_LOG_LEVEL", "INFO")
+    for name in ("bgremoval", "stages"):
+        logging.getLogger(name).setLevel(level)
+    # Only the keys listed under the stage's `params:` come back, so an undeclared read fails.
+    return dvc.api.params_show(stages=stage)

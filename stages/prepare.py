@@ -1,0 +1,46 @@
+"""prepare: the sample or the user's folder -> a checked-for-nothing-yet manifest with splits."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+from bgremoval.manifest import build_manifest, pair_files, resolve_source
+from bgremoval.sample import SampleSpec, ensure_sample
+from bgremoval.split import assign_groups, read_split_file, split_groups
+from stages.common import start
+
+log = logging.getLogger("stages.prepare")
+
+
+def main() -> int:
+    params = start("prepare")
+    cfg, paths, seed = params["prepare"], params["paths"], params["base"]["seed"]
+
+    if cfg["source"] == "sample":
+        ensure_sample(Path(paths["sample_dir"]), SampleSpec(**cfg["sample"]), seed)
+    data_dir = resolve_source(cfg["source"], Path(paths["sample_dir"]))
+
+    manifest = build_manifest(pair_files(data_dir), max_pixels=cfg["max_pixels"])
+    manifest["group"] = assign_groups(manifest["name"], cfg["group_pattern"])
+    if cfg["split_file"]:
+        manifest["split"] = read_split_file(Path(cfg["split_file"]), manifest["name"])
+    else:
+        manifest["split"] = split_groups(manifest["group"], cfg["splits"], seed)
+
+    out = Path(paths["manifest"])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    manifest.to_parquet(out, index=False)
+    counts = manifest["split"].value_counts().to_dict()
+    log.info("%d pairs from %s in %d groups -> %s; splits %s",
+             len(manifest), data_dir, manifest["group"].nunique(), out, counts)
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except (FileNotFoundError, ValueError) as exc:  # bad input: say what, not a traceback
+        print(f"prepare: {exc}", file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,49 @@
+"""validate: run the Great Expectations suite over the manifest; stop the pipeline on bad data."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from bgremoval.validation import Thresholds, add_derived_columns, failure_message, run_suite, summarise
+from stages.common import start
+
+log = logging.getLogger("stages.validate")
+
+
+def main() -> int:
+    params = start("validate")
+    cfg, reports = params["validate"], Path(params["paths"]["reports"])
+    thresholds = Thresholds(
+        min_size=cfg["min_size"],
+        fg_min=cfg["fg_min"],
+        fg_max=cfg["fg_max"],
+        split_tolerance=cfg["split_tolerance"],
+        split_fractions=params["prepare"]["splits"],
+    )
+
+    manifest = pd.read_parquet(params["paths"]["manifest"])
+    table = add_derived_columns(manifest, thresholds.split_fractions)
+    docs = reports / "data_docs"
+    shutil.rmtree(docs, ignore_errors=True)  # one run's docs, not an accumulating history
+    report = summarise(run_suite(table, thresholds, docs))
+    report["pairs"] = len(manifest)
+
+    reports.mkdir(parents=True, exist_ok=True)
+    (reports / "validation.json").write_text(json.dumps(report, indent=2, default=str))
+    log.info("Data Docs: %s", (docs / "index.html").resolve())
+    if not report["success"]:
+        print(failure_message(report), file=sys.stderr)
+        print(f"Full report: {reports / 'validation.json'}; Data Docs: {docs / 'index.html'}", file=sys.stderr)
+        return 1
+    log.info("all %d expectations met on %d pairs", report["evaluated"], len(manifest))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""Building the manifest: pairing by base name, orphans kept, decode problems recorded."""
+
+from __future__ import annotations
+
+import pytest
+
+from bgremoval.manifest import COLUMNS, build_manifest, pair_files, resolve_source
+from tests.conftest import write_pair
+
+
+def test_pairs_by_base_name_and_keeps_orphans(tmp_path):
+    write_pair(tmp_path, "a_1", ext=".jpg")
+    write_pair(tmp_path, "b_1")
+    (tmp_path / "masks" / "b_1.png").rename(tmp_path / "masks" / "c_1.png")  # b has no mask, c no image
+    (tmp_path / "images" / ".DS_Store").write_bytes(b"junk")  # hidden files are ignored
+    (tmp_path / "images" / "readme.txt").write_text("ignored")
+    pairs = {name: (img and img.name, m and m.name) for name, img, m in pair_files(tmp_path)}
+    assert pairs == {"a_1": ("a_1.jpg", "a_1.png"), "b_1": ("b_1.png", None), "c_1": (None, "c_1.png")}
+
+
+def test_two_images_with_one_base_name_is_an_error(tmp_path):
+    write_pair(tmp_path, "x_1", ext=".jpg")
+    write_pair(tmp_path, "x_1", ext=".png")
+    with pytest.raises(ValueError, match=r"x_1\.jpg and .*x_1\.png share the base name"):
+        pair_files(tmp_path)
+
+
+def test_missing_folder_says_what_layout_is_expected(tmp_path):
+    with pytest.raises(FileNotFoundError, match="images/ and masks/"):
+        pair_files(tmp_path / "nope")
+
+
+def test_manifest_rows_describe_each_pair(tmp_path):
+    write_pair(tmp_path, "a_1", size=(32, 24), fg=0.25)
+    df = build_manifest(pair_files(tmp_path), max_pixels=10**6)
+    assert list(df.columns) == COLUMNS
+    row = df.iloc[0]
+    assert (row["width"], row["height"], row["channels"]) == (32, 24, 3)
+    assert row["mask_kind"] == "binary" and row["mask_mode"] == "L"
+    assert row["fg_fraction"] == pytest.approx(0.25)
+    assert len(row["content_hash"]) == 64
+    assert row["image_error"] is None and row["mask_error"] is None
+
+
+def test_decode_problems_are_recorded_not_raised(tmp_path):
+    write_pair(tmp_path, "good_1")
+    write_pair(tmp_path, "bad_1")
+    (tmp_path / "images" / "bad_1.png").write_bytes(b"")
+    (tmp_path / "masks" / "good_1.png").write_text("not a png")
+    df = build_manifest(pair_files(tmp_path), max_pixels=10**6).set_index("name")
+    assert "empty" in df.loc["bad_1", "image_error"]
+    assert "cannot be decoded" in df.loc["good_1", "mask_error"]
+
+
+def test_source_sample_means_the_sample_folder(tmp_path):
+    assert resolve_source("sample", tmp_path / "s") == tmp_path / "s"
+    assert resolve_source(str(tmp_path / "mine"), tmp_path / "s") == tmp_path / "mine"

@@ -1,0 +1,90 @@
+"""End to end: `dvc repro validate` in a temporary copy of the project, on good and on bad data."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+from tests.conftest import ROOT, write_pair
+
+pytestmark = pytest.mark.slow
+_SKIP = {".git", ".venv", "data", "reports", "mlruns", "mlartifacts", "__pycache__", ".pytest_cache",
+         ".hypothesis", "cache", "tmp", "mlflow.db", "optuna.db"}
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A copy of the repo (code and config only) with a tiny sample, as its own git+DVC repo."""
+    dst = tmp_path / "project"
+    shutil.copytree(ROOT, dst, ignore=lambda d, names: [n for n in names if n in _SKIP or n.endswith(".egg-info")])
+    (dst / "dvc.lock").unlink(missing_ok=True)
+    subprocess.run(["git", "init", "-q"], cwd=dst, check=True)
+    set_params(dst, {"prepare.sample.n_scenes": 6, "prepare.sample.frames_per_scene": 3,
+                     "prepare.sample.min_size": 64, "prepare.sample.max_size": 80})
+    return dst
+
+
+def set_params(project: Path, overrides: dict) -> None:
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    for key, value in overrides.items():
+        node = params
+        *parents, last = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[last] = value
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def dvc(project: Path, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+               GX_ANALYTICS_ENABLED="false")
+    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=project, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_repro_validate_on_the_sample(project):
+    run = dvc(project, "repro", "validate")
+    assert run.returncode == 0, run.stdout + run.stderr
+    report = json.loads((project / "reports" / "validation.json").read_text())
+    assert report["success"] and report["pairs"] == 18
+    assert (project / "reports" / "data_docs" / "index.html").exists()
+    assert (project / "data" / "manifest.parquet").exists()
+    # Unchanged data: prepare re-scans, but validate is skipped (its manifest dep is unchanged).
+    again = dvc(project, "repro", "validate")
+    assert again.returncode == 0 and "Stage 'validate' didn't change, skipping" in again.stdout
+
+
+def test_repro_stops_on_bad_user_data_naming_the_files(project, tmp_path):
+    data = tmp_path / "user_data"
+    for g in range(4):
+        for f in range(3):
+            write_pair(data, f"item{g}_{f}", size=(96, 72), seed=10 * g + f)
+    (data / "images" / "item1_2.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    p = data / "images" / "item2_0.png"
+    Image.open(p).transpose(Image.Transpose.ROTATE_90).save(p)
+    set_params(project, {"prepare.source": str(data), "prepare.splits": {"train": 0.5, "val": 0.25, "test": 0.25},
+                         "validate.split_tolerance": 0.3})
+
+    run = dvc(project, "repro", "validate")
+    assert run.returncode != 0
+    assert "item1_2.png" in run.stderr and "every image decodes" in run.stderr
+    assert "item2_0.png" in run.stderr and "same width" in run.stderr
+    assert "Traceback" not in run.stderr
+    report = json.loads((project / "reports" / "validation.json").read_text())
+    failed = {u["name"] for f in report["failures"] for u in f.get("unexpected", [])}
+    assert failed == {"item1_2", "item2_0"}
+
+
+def test_missing_data_folder_is_a_clear_error(project, tmp_path):
+    set_params(project, {"prepare.source": str(tmp_path / "nowhere")})
+    run = dvc(project, "repro", "prepare")
+    assert run.returncode != 0
+    assert "nowhere/images is not a folder" in run.stderr and "Traceback" not in run.stderr

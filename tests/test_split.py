@@ -1,0 +1,79 @@
+"""Group-aware splitting: deterministic, groups never straddle splits, the user's file wins."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bgremoval.split import assign_groups, read_split_file, split_groups
+
+FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
+
+
+def _names(n_groups=20, seed=0):
+    rng = np.random.default_rng(seed)
+    return pd.Series([f"seq{g}_{f:05d}" for g in range(n_groups) for f in range(int(rng.integers(2, 12)))])
+
+
+def test_groups_from_pattern():
+    names = pd.Series(["dog_00001", "dog_00002", "car-round_7", "loner"])
+    assert assign_groups(names, r"^(.*)_\d+$").tolist() == ["dog", "dog", "car-round", "loner"]
+
+
+def test_bad_regex_names_the_param():
+    with pytest.raises(ValueError, match="prepare.group_pattern"):
+        assign_groups(pd.Series(["a"]), "(")
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_no_group_crosses_splits_and_fractions_are_near(seed):
+    names = _names(seed=seed)
+    groups = assign_groups(names, r"^(.*)_\d+$")
+    splits = split_groups(groups, FRACTIONS, seed)
+    assert (pd.DataFrame({"g": groups, "s": splits}).groupby("g")["s"].nunique() == 1).all()
+    shares = splits.value_counts(normalize=True)
+    for name, want in FRACTIONS.items():
+        assert abs(shares.get(name, 0) - want) < 0.12
+
+
+def test_split_is_deterministic_and_depends_on_seed():
+    groups = assign_groups(_names(), r"^(.*)_\d+$")
+    a, b, c = (split_groups(groups, FRACTIONS, s) for s in (1, 1, 2))
+    assert a.equals(b)
+    assert not a.equals(c)
+
+
+def test_every_requested_split_gets_a_group_even_with_few_groups():
+    groups = pd.Series(["a"] * 10 + ["b"] * 10 + ["c"] * 1)
+    assert set(split_groups(groups, FRACTIONS, 0)) == {"train", "val", "test"}
+
+
+def test_too_few_groups_is_a_clear_error():
+    with pytest.raises(ValueError, match="finds 2 group"):
+        split_groups(pd.Series(["a", "b"]), FRACTIONS, 0)
+
+
+def test_fractions_must_sum_to_one():
+    with pytest.raises(ValueError, match="sum to 1"):
+        split_groups(pd.Series(["a", "b", "c"]), {"train": 0.7, "val": 0.7}, 0)
+
+
+def test_split_file_overrides_and_uses_base_names_only(tmp_path):
+    csv = tmp_path / "split.csv"
+    csv.write_text("name,split\nimages/a_1.jpg,test\n../../etc/b_1,val\nc_1,train\n")
+    names = pd.Series(["a_1", "b_1", "c_1", "d_1"])
+    got = read_split_file(csv, names)
+    assert got.tolist()[:3] == ["test", "val", "train"]
+    assert pd.isna(got.iloc[3])  # unlisted files get no split; validation reports them
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("file,part\na,train\n", "needs columns"), ("name,split\na,holdout\n", "a='holdout'"), ("name,split\na,train\na,val\n", "listed twice")],
+)
+def test_bad_split_files_are_named(tmp_path, text, message):
+    csv = tmp_path / "split.csv"
+    csv.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        read_split_file(csv, pd.Series(["a"]))

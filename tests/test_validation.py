@@ -1,0 +1,158 @@
+"""The GX suite: a clean manifest passes; each expectation fails on its own bad case, naming the files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from bgremoval.validation import Thresholds, add_derived_columns, failure_message, run_suite, summarise
+from tests.conftest import SPLITS, manifest_for, write_pair
+
+THRESHOLDS = Thresholds(min_size=16, fg_min=0.01, fg_max=0.95, split_tolerance=0.15, split_fractions=SPLITS)
+
+
+def validate(df: pd.DataFrame, t: Thresholds = THRESHOLDS, docs=None) -> dict:
+    return summarise(run_suite(add_derived_columns(df, t.split_fractions), t, docs))
+
+
+def failed_guards(report: dict) -> dict[str, set[str]]:
+    """guard text -> names of the offending pairs."""
+    return {f["guards"]: {u["name"] for u in f.get("unexpected", [])} for f in report["failures"]}
+
+
+def test_clean_data_passes_and_builds_data_docs(data_dir, tmp_path):
+    report = validate(manifest_for(data_dir), docs=tmp_path / "docs")
+    assert report["success"], report["failures"]
+    assert report["evaluated"] == 16
+    assert (tmp_path / "docs" / "index.html").exists()
+
+
+def _first_train(df):
+    return df.index[df["split"] == "train"][0]
+
+
+def _orphan_image(folder, df):
+    (folder / "masks" / "seq0_000.png").unlink()
+    return "seq0_000", "every image has a mask"
+
+
+def _orphan_mask(folder, df):
+    (folder / "images" / "seq0_001.png").unlink()
+    return "seq0_001", "every mask has an image"
+
+
+def _truncated_image(folder, df):
+    p = folder / "images" / "seq1_000.png"
+    p.write_bytes(p.read_bytes()[:60])
+    return "seq1_000", "every image decodes"
+
+
+def _bad_mask_bytes(folder, df):
+    (folder / "masks" / "seq1_001.png").write_bytes(b"GIF89a nonsense")
+    return "seq1_001", "every mask decodes"
+
+
+def _cmyk_image(folder, df):
+    Image.new("CMYK", (32, 24)).save(folder / "images" / "seq2_000.jpg")
+    (folder / "images" / "seq2_000.png").unlink()
+    return "seq2_000", "images are RGB, RGBA or greyscale"
+
+
+def _rgb_mask(folder, df):
+    Image.new("RGB", (32, 24), (255, 255, 255)).save(folder / "masks" / "seq2_001.png")
+    return "seq2_001", "masks are 8-bit"
+
+
+def _rotated_image(folder, df):
+    p = folder / "images" / "seq3_000.png"
+    Image.open(p).transpose(Image.Transpose.ROTATE_90).save(p)
+    return "seq3_000", "same width"
+
+
+def _short_mask(folder, df):
+    p = folder / "masks" / "seq3_001.png"
+    Image.open(p).crop((0, 0, 32, 20)).save(p)
+    return "seq3_001", "same height"
+
+
+def _narrow_pair(folder, df):
+    write_pair(folder, "seq4_000", size=(12, 24), seed=99)
+    return "seq4_000", "px wide"
+
+
+def _flat_pair(folder, df):
+    write_pair(folder, "seq4_001", size=(32, 10), seed=98)
+    return "seq4_001", "px high"
+
+
+def _empty_mask(folder, df):
+    Image.new("L", (32, 24), 0).save(folder / "masks" / "seq5_000.png")
+    return "seq5_000", "no empty"
+
+
+def _full_mask(folder, df):
+    Image.new("L", (32, 24), 255).save(folder / "masks" / "seq5_001.png")
+    return "seq5_001", "no empty, no all-foreground"
+
+
+CASES = [_orphan_image, _orphan_mask, _truncated_image, _bad_mask_bytes, _cmyk_image, _rgb_mask,
+         _rotated_image, _short_mask, _narrow_pair, _flat_pair, _empty_mask, _full_mask]
+
+
+@pytest.mark.parametrize("break_it", CASES, ids=[c.__name__.strip("_") for c in CASES])
+def test_each_file_expectation_fails_on_its_case(data_dir, break_it):
+    name, guard = break_it(data_dir, None)
+    report = validate(manifest_for(data_dir))
+    assert not report["success"]
+    hits = {g: names for g, names in failed_guards(report).items() if guard in g}
+    assert hits, f"no failure whose guard mentions {guard!r}: {failed_guards(report)}"
+    assert all(names == {name} for names in hits.values()), hits
+    assert name in failure_message(report)
+
+
+def test_duplicate_content_across_splits_is_leakage(data_dir):
+    df = manifest_for(data_dir)
+    i_train = _first_train(df)
+    i_test = df.index[df["split"] == "test"][0]
+    df.loc[i_test, "content_hash"] = df.loc[i_train, "content_hash"]
+    names = failed_guards(validate(df))["no image content appears in two splits (leakage)"]
+    assert names == {df.loc[i_train, "name"], df.loc[i_test, "name"]}
+
+
+def test_group_across_splits_is_leakage(data_dir):
+    df = manifest_for(data_dir)
+    group = df.loc[_first_train(df), "group"]
+    moved = df.index[df["group"] == group][-1]
+    df.loc[moved, "split"] = "test"  # e.g. a hand-written split file that splits a sequence
+    names = failed_guards(validate(df))["no group (e.g. video sequence) crosses splits (leakage)"]
+    assert names == set(df.loc[df["group"] == group, "name"])
+
+
+def test_missing_split_and_unknown_split_are_reported(data_dir):
+    df = manifest_for(data_dir)
+    df.loc[0, "split"] = None
+    df.loc[1, "split"] = "holdout"
+    names = failed_guards(validate(df))["every pair has a split"]
+    assert df.loc[1, "name"] in names
+
+
+def test_absent_split_and_skewed_fractions_fail(data_dir):
+    df = manifest_for(data_dir)
+    df.loc[df["split"] == "val", "split"] = "train"
+    failures = failed_guards(validate(df))
+    assert any("every requested split is present" in g for g in failures)
+    skew = next(g for g in failures if "share is within" in g)
+    assert failures[skew] == set(df.loc[df["split"] == "train", "name"])
+
+
+def test_report_is_json_and_message_says_what_to_do(data_dir):
+    import json
+
+    _rotated_image(data_dir, None)
+    report = validate(manifest_for(data_dir))
+    json.dumps(report)
+    msg = failure_message(report)
+    assert "seq3_000.png" in msg and "width=24" in msg and "mask_width=32" in msg
+    assert "dvc repro" in msg
