@@ -16,5 +16,6 @@ def start(stage: str) -> dict[str, Any]:
     level = os.environ.get("BGREMOVAL_LOG_LEVEL", "INFO")
     for name in ("bgremoval", "stages"):
         logging.getLogger(name).setLevel(level)
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)  # it sets INFO on itself
     # Only the keys listed under the stage's `params:` come back, so an undeclared read fails.
     return dvc.api.params_show(stages=stage)
