@@ -57,7 +57,7 @@ def _smooth_noise(rng: np.random.Generator, h: int, w: int, cells: int) -> np.nd
     return np.asarray(img, dtype=np.float32) / 255.0
 
 
-def _texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+def texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """A random colour texture (H, W, 3) in [0, 1]: noise, stripes, checks or gradient."""
     c1, c2 = rng.random(3), rng.random(3)
     kind = rng.integers(4)
@@ -148,7 +148,7 @@ def _scene_objects(rng: np.random.Generator, spec: SampleSpec, h: int, w: int) -
                 angle=rng.uniform(0, 2 * math.pi),
                 spin=rng.uniform(-0.6, 0.6),
                 growth=rng.uniform(-0.15, 0.15),
-                texture=_shade(rng, _texture(rng, h, w)),
+                texture=_shade(rng, texture(rng, h, w)),
             )
         )
     return objects
@@ -171,9 +171,9 @@ def render_scene(
     w = int(rng.integers(spec.min_size, spec.max_size + 1))
     h = int(rng.integers(spec.min_size, spec.max_size + 1))
     pan = int(0.1 * min(h, w))  # the camera pans across a slightly larger background
-    background = _texture(rng, h + pan, w + pan)
+    background = texture(rng, h + pan, w + pan)
     if rng.random() < 0.5:  # half the scenes get a second, overlaid background layer
-        background = 0.6 * background + 0.4 * _texture(rng, h + pan, w + pan)
+        background = 0.6 * background + 0.4 * texture(rng, h + pan, w + pan)
     objects = _scene_objects(rng, spec, h, w)
     pan_dir = rng.uniform(0, 1, size=2)
     frames = []

@@ -28,7 +28,8 @@ def project(tmp_path: Path) -> Path:
     (dst / "dvc.lock").unlink(missing_ok=True)
     subprocess.run(["git", "init", "-q"], cwd=dst, check=True)
     set_params(dst, {"prepare.sample.n_scenes": 6, "prepare.sample.frames_per_scene": 3,
-                     "prepare.sample.min_size": 64, "prepare.sample.max_size": 80})
+                     "prepare.sample.min_size": 64, "prepare.sample.max_size": 80,
+                     "augment.size": 32, "augment.copies": 1})
     return dst
 
 
@@ -50,16 +51,31 @@ def dvc(project: Path, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=600)
 
 
-def test_repro_validate_on_the_sample(project):
-    run = dvc(project, "repro", "validate")
+def test_repro_through_augment_on_the_sample(project):
+    run = dvc(project, "repro", "augment")
     assert run.returncode == 0, run.stdout + run.stderr
     report = json.loads((project / "reports" / "validation.json").read_text())
     assert report["success"] and report["pairs"] == 18
     assert (project / "reports" / "data_docs" / "index.html").exists()
     assert (project / "data" / "manifest.parquet").exists()
-    # Unchanged data: prepare re-scans, but validate is skipped (its manifest dep is unchanged).
-    again = dvc(project, "repro", "validate")
-    assert again.returncode == 0 and "Stage 'validate' didn't change, skipping" in again.stdout
+
+    shards = sorted((project / "data" / "augmented").glob("*.tfrecord"))
+    assert {p.name.split("-")[0] for p in shards} == {"train", "val", "test"}
+    stats = json.loads((project / "data" / "augmented" / "stats.json").read_text())
+    assert stats["size"] == 32 and stats["pos_weight"] > 0 and stats["n"]["train"] >= 12
+    augment = json.loads((project / "reports" / "augment.json").read_text())
+    assert {b["bin"] for b in augment["bins"]} and (project / "reports" / "augment_samples.png").exists()
+
+    # Unchanged data: prepare re-scans, but nothing after it re-runs.
+    again = dvc(project, "repro", "augment")
+    assert again.returncode == 0
+    assert "Stage 'validate' didn't change, skipping" in again.stdout
+    assert "Stage 'augment' didn't change, skipping" in again.stdout
+    # Forced re-run with the same params: byte-identical shards.
+    before = {p.name: p.read_bytes() for p in shards}
+    forced = dvc(project, "repro", "-f", "-s", "augment")
+    assert forced.returncode == 0, forced.stderr
+    assert {p.name: p.read_bytes() for p in sorted((project / "data" / "augmented").glob("*.tfrecord"))} == before
 
 
 def test_repro_stops_on_bad_user_data_naming_the_files(project, tmp_path):
@@ -73,8 +89,9 @@ def test_repro_stops_on_bad_user_data_naming_the_files(project, tmp_path):
     set_params(project, {"prepare.source": str(data), "prepare.splits": {"train": 0.5, "val": 0.25, "test": 0.25},
                          "validate.split_tolerance": 0.3})
 
-    run = dvc(project, "repro", "validate")
+    run = dvc(project, "repro", "augment")
     assert run.returncode != 0
+    assert not (project / "data" / "augmented").exists()  # stopped before any training data
     assert "item1_2.png" in run.stderr and "every image decodes" in run.stderr
     assert "item2_0.png" in run.stderr and "same width" in run.stderr
     assert "Traceback" not in run.stderr
