@@ -29,7 +29,10 @@ def project(tmp_path: Path) -> Path:
     subprocess.run(["git", "init", "-q"], cwd=dst, check=True)
     set_params(dst, {"prepare.sample.n_scenes": 6, "prepare.sample.frames_per_scene": 3,
                      "prepare.sample.min_size": 64, "prepare.sample.max_size": 80,
-                     "augment.size": 32, "augment.copies": 1})
+                     "augment.size": 32, "augment.copies": 1,
+                     "model.family": "unet", "model.unet_filters": [4, 8, 16],
+                     "train.size": 32, "train.epochs": 2, "train.steps_per_epoch": 2, "train.batch_size": 4,
+                     "train.freeze_epochs": 1})
     return dst
 
 
@@ -47,6 +50,7 @@ def set_params(project: Path, overrides: dict) -> None:
 def dvc(project: Path, *args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
                GX_ANALYTICS_ENABLED="false")
+    env.pop("MLFLOW_TRACKING_URI", None)  # the project's own default: sqlite mlflow.db in the copy
     return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=project, env=env,
                           capture_output=True, text=True, timeout=600)
 
@@ -105,3 +109,23 @@ def test_missing_data_folder_is_a_clear_error(project, tmp_path):
     run = dvc(project, "repro", "prepare")
     assert run.returncode != 0
     assert "nowhere/images is not a folder" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_repro_train_tracks_the_run_in_mlflow(project):
+    import mlflow
+
+    run = dvc(project, "repro", "train")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert (project / "models" / "model.keras").exists()
+    summary = json.loads((project / "reports" / "train.json").read_text())
+    assert summary["epochs_run"] == 2 and 0 <= summary["val"]["iou"] <= 1
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    r = client.get_run(summary["run_id"])
+    assert r.data.params["model.family"] == "unet" and r.data.params["train.epochs"] == "2"
+    assert {"git.commit", "dvc.augmented_md5", "data.sha256"} <= set(r.data.tags)
+    assert r.data.tags["dvc.augmented_md5"].endswith(".dir")
+    assert len(client.get_metric_history(r.info.run_id, "val/iou")) == 2
+    assert "train_predictions.png" in {a.path for a in client.list_artifacts(r.info.run_id)}
+    models = client.search_logged_models(experiment_ids=[r.info.experiment_id])
+    assert any(m.source_run_id == r.info.run_id for m in models)

@@ -1,0 +1,102 @@
+"""MLflow: where runs go, per-epoch curves, lineage tags, and logging the model."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import subprocess
+from pathlib import Path
+
+import keras
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def configure(default_uri: str, experiment: str) -> str:
+    """Point MLflow at MLFLOW_TRACKING_URI if set, else default_uri; select the experiment."""
+    import mlflow
+
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or default_uri
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment(experiment)
+    return uri
+
+
+class EpochLogger(keras.callbacks.Callback):
+    """Logs each epoch's metrics to the active MLflow run, under names like val/iou."""
+
+    def __init__(self, rename):
+        super().__init__()
+        self.rename = rename
+
+    def on_epoch_end(self, epoch, logs=None):
+        import mlflow
+
+        mlflow.log_metrics(self.rename(logs or {}), step=epoch)
+
+
+class Progress(keras.callbacks.Callback):
+    """One tqdm bar over epochs, showing the latest val metrics (Keras' own output is off)."""
+
+    def __init__(self, epochs: int, rename, desc: str = "train"):
+        super().__init__()
+        self.epochs, self.rename, self.desc, self.bar = epochs, rename, desc, None
+
+    def on_train_begin(self, logs=None):
+        from tqdm import tqdm
+
+        if self.bar is None:
+            self.bar = tqdm(total=self.epochs, desc=self.desc, unit="epoch", leave=False)
+
+    def on_epoch_end(self, epoch, logs=None):
+        shown = {k: f"{v:.3f}" for k, v in self.rename(logs or {}).items() if k.startswith("val/")}
+        self.bar.n = epoch + 1
+        self.bar.set_postfix(shown, refresh=True)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def git_commit(repo: Path) -> str:
+    """HEAD's commit, with '-dirty' when tracked files have uncommitted changes; 'unknown' outside git."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo, capture_output=True, text=True).stdout.strip()
+        return head + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def dvc_out_hash(lock_file: Path, stage: str, out_path: str) -> str | None:
+    """The md5 dvc.lock records for one output of a stage (the data a run trained on)."""
+    import yaml
+
+    if not Path(lock_file).exists():
+        return None
+    lock = yaml.safe_load(Path(lock_file).read_text()) or {}
+    for out in lock.get("stages", {}).get(stage, {}).get("outs", []):
+        if out.get("path") == out_path:
+            return out.get("md5")
+    return None
+
+
+def fingerprint(files: list[Path]) -> str:
+    """sha256 over files' names and bytes."""
+    digest = hashlib.sha256()
+    for f in sorted(files):
+        digest.update(Path(f).name.encode())
+        digest.update(Path(f).read_bytes())
+    return digest.hexdigest()
+
+
+def log_keras_model(model: keras.Model, example: np.ndarray, name: str = "model"):
+    """Log a Keras model as an MLflow model with signature and input example; return its model info."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    prediction = np.asarray(model.predict(example, verbose=0))
+    signature = infer_signature(example, prediction)
+    return mlflow.tensorflow.log_model(model, name=name, signature=signature, input_example=example)

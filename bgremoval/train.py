@@ -1,0 +1,264 @@
+"""Training: model factory, tf.data input, fine-tuning with a frozen encoder, resumable epochs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import keras
+import numpy as np
+from keras import layers, ops
+
+from bgremoval.losses import make_loss
+from bgremoval.shards import read_dataset
+from bgremoval.unet import build_unet
+
+log = logging.getLogger(__name__)
+
+FAMILIES = ("u2netp", "unet")
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which network, and how big."""
+
+    family: str  # u2netp (pretrained) | unet (from scratch)
+    unet_filters: list[int] = field(default_factory=lambda: [16, 32, 64])
+    unet_separable: bool = False
+    onnx_path: str | None = None  # u2netp.onnx; None = the one inside the installed rembg wheel
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train it."""
+
+    size: int
+    batch_size: int
+    epochs: int
+    steps_per_epoch: int  # 0 = one pass over the train shards
+    learning_rate: float
+    schedule: str  # constant | cosine
+    loss: str
+    freeze_epochs: int  # encoder frozen for the first N epochs (fine-tuning)
+    patience: int  # early stopping on val IoU
+    side_weight: float  # U²-NetP deep supervision: weight of each side output's loss
+
+
+@keras.saving.register_keras_serializable(package="bgremoval")
+class RembgNormalize(layers.Layer):
+    """rembg's preprocessing inside the graph: divide by the image's max, then ImageNet mean/std."""
+
+    def call(self, x):
+        peak = ops.maximum(ops.max(x, axis=(1, 2, 3), keepdims=True), 1e-6)
+        return (x / peak - ops.convert_to_tensor(_IMAGENET_MEAN)) / ops.convert_to_tensor(_IMAGENET_STD)
+
+
+@keras.saving.register_keras_serializable(package="bgremoval")
+class IoU(keras.metrics.Metric):
+    """Foreground IoU at threshold 0.5, accumulated over the whole validation set."""
+
+    def __init__(self, name: str = "iou", threshold: float = 0.5, **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.threshold = threshold
+        self.inter = self.add_variable(shape=(), initializer="zeros", name="inter")
+        self.union = self.add_variable(shape=(), initializer="zeros", name="union")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        t = ops.cast(y_true >= 0.5, "float32")
+        p = ops.cast(y_pred >= self.threshold, "float32")
+        self.inter.assign_add(ops.sum(t * p))
+        self.union.assign_add(ops.sum(ops.maximum(t, p)))
+
+    def result(self):
+        return self.inter / ops.maximum(self.union, 1.0)
+
+    def get_config(self):
+        return {**super().get_config(), "threshold": self.threshold}
+
+
+@keras.saving.register_keras_serializable(package="bgremoval")
+class Dice(IoU):
+    """Foreground Dice at threshold 0.5: 2|A∩B| / (|A| + |B|) = 2 IoU / (1 + IoU)."""
+
+    def __init__(self, name: str = "dice", **kwargs):
+        super().__init__(name=name, **kwargs)
+
+    def result(self):
+        iou = super().result()
+        return 2 * iou / (1 + iou)
+
+
+def build_network(cfg: ModelConfig, input_shape=(None, None, 3)) -> keras.Model:
+    """The network for [0, 1] RGB input; U²-NetP returns [fused, side1..side6], the U-Net one mask."""
+    if cfg.family == "unet":
+        return build_unet(cfg.unet_filters, cfg.unet_separable, input_shape)
+    if cfg.family == "u2netp":
+        from bgremoval.u2netp import pretrained_u2netp
+
+        net = pretrained_u2netp(cfg.onnx_path, input_shape)
+        inputs = keras.Input(input_shape, name="image")
+        outputs = net(RembgNormalize(name="rembg_normalize")(inputs))
+        return keras.Model(inputs, list(outputs), name="u2netp_finetune")
+    raise ValueError(f"model.family must be one of {FAMILIES}; got {cfg.family!r}")
+
+
+def inference_model(network: keras.Model) -> keras.Model:
+    """[0, 1] RGB -> fused foreground probability (B, H, W, 1): what is saved and served."""
+    outputs = network.outputs
+    return keras.Model(network.inputs, outputs[0], name="bgremoval")
+
+
+def encoder_layers(network: keras.Model) -> list[keras.layers.Layer]:
+    """The layers that are frozen during the first freeze_epochs."""
+    if network.name == "u2netp_finetune":
+        from bgremoval.u2netp import ENCODER_STAGES
+
+        # Layers are named after the PyTorch modules (stage3.rebnconv1, ...); decoder stages end in "d".
+        stages = {name for name, _, _ in ENCODER_STAGES}
+        return [l for l in network.get_layer("u2netp").layers if l.name.split(".")[0] in stages]
+    return [l for l in network.layers if l.name.startswith(("enc", "bottleneck"))]
+
+
+def datasets(shards_dir: Path, size: int, batch_size: int, seed: int):
+    """(train, val) tf.data pipelines over the augment stage's shards: parallel decode, cache, prefetch."""
+    import tensorflow as tf
+
+    train_files = sorted(str(p) for p in Path(shards_dir).glob("train-*.tfrecord"))
+    val_files = sorted(str(p) for p in Path(shards_dir).glob("val-*.tfrecord"))
+    if not train_files or not val_files:
+        raise FileNotFoundError(f"{shards_dir}: no train-*/val-*.tfrecord shards; run `dvc repro augment` first")
+    train = (
+        read_dataset(train_files, size).cache()
+        .shuffle(2048, seed=seed, reshuffle_each_iteration=True)
+        .repeat().batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    )
+    # Declared length: Keras otherwise learns it by running off the end (and warns every fit).
+    n_val = count_records(shards_dir, "val")
+    val = (
+        read_dataset(val_files, size).apply(tf.data.experimental.assert_cardinality(n_val))
+        .cache().batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    )
+    return train, val
+
+
+def count_records(shards_dir: Path, split: str) -> int:
+    """How many records the augment stage wrote for a split (from its stats.json)."""
+    return int(json.loads((Path(shards_dir) / "stats.json").read_text())["n"][split])
+
+
+def _targets(network: keras.Model, side_weight: float):
+    """Loss weights per output: the fused output counts 1, each side output side_weight."""
+    n = len(network.outputs)
+    return [1.0] + [side_weight] * (n - 1)
+
+
+def compile_network(network: keras.Model, cfg: TrainConfig, pos_weight: float, steps: int) -> None:
+    """Optimizer, schedule, loss (repeated over side outputs: deep supervision) and val metrics."""
+    if cfg.schedule == "cosine":
+        lr = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, decay_steps=max(1, cfg.epochs * steps), alpha=0.05)
+    elif cfg.schedule == "constant":
+        lr = cfg.learning_rate
+    else:
+        raise ValueError(f"train.schedule must be constant or cosine; got {cfg.schedule!r}")
+    loss = make_loss(cfg.loss, pos_weight)
+    n = len(network.outputs)
+    metrics = [IoU(), keras.metrics.MeanAbsoluteError(name="mae"), Dice()]
+    network.compile(
+        optimizer=keras.optimizers.Adam(lr),
+        loss=[loss] * n if n > 1 else loss,
+        loss_weights=_targets(network, cfg.side_weight) if n > 1 else None,
+        metrics=[metrics] + [[]] * (n - 1) if n > 1 else metrics,
+        jit_compile=False,  # XLA measured 2-4x slower than graph mode on this CPU
+    )
+
+
+def run_key(model_cfg: ModelConfig, train_cfg: TrainConfig, data_fingerprint: str, seed: int) -> str:
+    """Identity of a training run: a checkpoint is only resumed by the very same run."""
+    blob = json.dumps([asdict(model_cfg), asdict(train_cfg), data_fingerprint, seed], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def with_side_targets(ds, n_outputs: int):
+    """Repeat the mask once per network output (deep supervision)."""
+    if n_outputs == 1:
+        return ds
+    return ds.map(lambda x, y: (x, tuple([y] * n_outputs)))
+
+
+def fit(
+    network: keras.Model,
+    train_ds,
+    val_ds,
+    cfg: TrainConfig,
+    pos_weight: float,
+    steps_per_epoch: int,
+    checkpoint_dir: Path,
+    callbacks: list[keras.callbacks.Callback],
+) -> dict[str, list[float]]:
+    """Train in two phases (encoder frozen, then all), resuming from checkpoint_dir if a run was cut off.
+
+    Each phase has its own BackupAndRestore folder that is kept until the whole run ends, so a
+    restart after the first phase restores it as finished and goes straight on with the second.
+    """
+    n = len(network.outputs)
+    train_ds, val_ds = with_side_targets(train_ds, n), with_side_targets(val_ds, n)
+    freeze = min(cfg.freeze_epochs, cfg.epochs)
+    history: dict[str, list[float]] = {}
+    stop = keras.callbacks.EarlyStopping(monitor=_val_name(network, "iou"), mode="max", patience=cfg.patience, restore_best_weights=True)
+    phases = [("frozen", 0, freeze, False), ("full", freeze, cfg.epochs, True)]
+    for name, start, end, trainable in phases:
+        if end <= start:
+            continue
+        for layer in encoder_layers(network):
+            layer.trainable = trainable
+        compile_network(network, cfg, pos_weight, steps_per_epoch)  # trainable flags take effect on compile
+        backup = keras.callbacks.BackupAndRestore(str(Path(checkpoint_dir) / name), delete_checkpoint=False)
+        h = network.fit(
+            train_ds, validation_data=val_ds, epochs=end, initial_epoch=start,
+            steps_per_epoch=steps_per_epoch, callbacks=[backup, stop, *callbacks], verbose=0,
+        )
+        for k, v in h.history.items():
+            history.setdefault(k, []).extend(float(x) for x in v)
+        if network.stop_training:
+            break
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)  # finished: nothing left to resume
+    return history
+
+
+def evaluate_val(network: keras.Model, val_ds) -> dict[str, float]:
+    """Val metrics of the network as it is now (after best weights were restored): iou, mae, dice, loss."""
+    logs = network.evaluate(with_side_targets(val_ds, len(network.outputs)), return_dict=True, verbose=0)
+    return {k.split("/", 1)[1]: v for k, v in clean_logs(network, {f"val_{k}": v for k, v in logs.items()}).items()}
+
+
+def _val_name(network: keras.Model, metric: str) -> str:
+    """Keras' log key of a metric on the fused output."""
+    if len(network.outputs) > 1:
+        return f"val_{network.output_names[0]}_{metric}"
+    return f"val_{metric}"
+
+
+def clean_logs(network: keras.Model, logs: dict) -> dict[str, float]:
+    """Keras' epoch logs renamed for people: train/loss, val/iou, val/mae, ..."""
+    first = network.output_names[0] + "_" if len(network.outputs) > 1 else ""
+    out = {}
+    for key, value in logs.items():
+        split = "val" if key.startswith("val_") else "train"
+        name = key[4:] if split == "val" else key
+        if first and name.startswith(first):
+            name = name[len(first):]
+        elif first and name != "loss":
+            continue  # per-side-output losses: noise for people
+        out[f"{split}/{name}"] = float(value)
+    return out
+
+
+def predict_masks(model: keras.Model, images: np.ndarray, batch_size: int = 8) -> np.ndarray:
+    """Foreground probabilities (N, H, W) for float images (N, H, W, 3) in [0, 1]."""
+    return np.asarray(model.predict(images, batch_size=batch_size, verbose=0))[..., 0]

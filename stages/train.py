@@ -1,0 +1,92 @@
+"""train: fine-tune (or train) the network on the augment stage's shards, tracked in MLflow."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import keras
+import mlflow
+import numpy as np
+
+from bgremoval import tracking
+from bgremoval.train import (
+    ModelConfig, TrainConfig, build_network, clean_logs, count_records, datasets, evaluate_val, fit,
+    inference_model, predict_masks, run_key,
+)
+from bgremoval.viz import grid, overlay
+from stages.common import start
+
+log = logging.getLogger("stages.train")
+
+
+def prediction_grid(model: keras.Model, val_ds, n: int = 8):
+    """Val images: ground truth (green) beside the prediction (magenta)."""
+    images, masks = next(iter(val_ds.unbatch().batch(n)))
+    images, masks = images.numpy(), masks.numpy()[..., 0]
+    preds = predict_masks(model, images)
+    tiles, labels = [], []
+    for img, gt, pr in zip(images, masks, preds):
+        rgb = (img * 255).round().astype(np.uint8)
+        tiles += [overlay(rgb, (gt * 255).astype(np.uint8)), overlay(rgb, (pr * 255).astype(np.uint8), color=(255, 0, 200))]
+        labels += ["truth", "predicted"]
+    return grid(tiles, labels, cols=4)
+
+
+def main() -> int:
+    params = start("train")
+    seed, paths = params["base"]["seed"], params["paths"]
+    keras.utils.set_random_seed(seed)
+    model_cfg = ModelConfig(**params["model"])
+    train_cfg = TrainConfig(**params["train"])
+    shards, models, reports = Path(paths["augmented"]), Path(paths["models"]), Path(paths["reports"])
+    pos_weight = json.loads((shards / "stats.json").read_text())["pos_weight"]
+
+    train_ds, val_ds = datasets(shards, train_cfg.size, train_cfg.batch_size, seed)
+    n_train = count_records(shards, "train")
+    steps = train_cfg.steps_per_epoch or max(1, n_train // train_cfg.batch_size)
+    network = build_network(model_cfg)
+    data_id = tracking.fingerprint(list(shards.glob("*.tfrecord")))
+    checkpoints = Path(paths["checkpoints"]) / run_key(model_cfg, train_cfg, data_id, seed)
+
+    tracking.configure(params["mlflow"]["tracking_uri"], params["mlflow"]["experiment"])
+    with mlflow.start_run(run_name="train") as run:
+        mlflow.log_params({f"model.{k}": v for k, v in asdict(model_cfg).items()})
+        mlflow.log_params({f"train.{k}": v for k, v in asdict(train_cfg).items()})
+        mlflow.log_params({"base.seed": seed, "pos_weight": pos_weight, "steps_per_epoch": steps, "n_train": n_train})
+        mlflow.set_tags({
+            "stage": "train",
+            "git.commit": tracking.git_commit(Path.cwd()),
+            "dvc.augmented_md5": tracking.dvc_out_hash(Path("dvc.lock"), "augment", paths["augmented"]) or "unknown",
+            "data.sha256": data_id,
+        })
+        rename = lambda logs: clean_logs(network, logs)  # noqa: E731
+        progress = tracking.Progress(train_cfg.epochs, rename)
+        history = fit(network, train_ds, val_ds, train_cfg, pos_weight, steps, checkpoints,
+                      [tracking.EpochLogger(rename), progress])
+        progress.close()
+
+        model = inference_model(network)
+        models.mkdir(parents=True, exist_ok=True)
+        model.save(models / "model.keras")
+        example = next(iter(val_ds.unbatch().batch(1)))[0].numpy()
+        tracking.log_keras_model(model, example)
+        reports.mkdir(parents=True, exist_ok=True)
+        prediction_grid(model, val_ds).save(reports / "train_predictions.png")
+        mlflow.log_artifact(str(reports / "train_predictions.png"))
+
+        # The saved model is the best epoch's (early stopping restores it): report *its* val metrics.
+        final = evaluate_val(network, val_ds)
+        mlflow.log_metrics({f"model_val/{k}": v for k, v in final.items()})
+        summary = {"run_id": run.info.run_id, "epochs_run": len(next(iter(history.values()), [])), "val": final}
+        (reports / "train.json").write_text(json.dumps(summary, indent=2))
+    log.info("trained %s for %d epochs: val %s; MLflow run %s", model_cfg.family, summary["epochs_run"],
+             {k: round(v, 4) for k, v in final.items()}, summary["run_id"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,168 @@
+"""Training: losses and metrics by hand, U-Net shapes, a toy run tracked in MLflow, seeding, resuming."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from bgremoval.losses import dice_loss, iou_loss, make_loss, weighted_bce
+from bgremoval.shards import write_shards
+from bgremoval.train import Dice, IoU, ModelConfig, TrainConfig, build_network, clean_logs, datasets, fit
+from bgremoval.unet import build_unet
+
+Y_TRUE = np.array([1.0, 0.0], np.float32).reshape(1, 1, 2, 1)
+Y_PRED = np.array([0.8, 0.4], np.float32).reshape(1, 1, 2, 1)
+
+
+def test_weighted_bce_by_hand():
+    # pixels: -2*ln(0.8) = 0.4463, -ln(0.6) = 0.5108; mean 0.4786; mean weight (2 + 1) / 2 = 1.5
+    got = float(weighted_bce(2.0)(Y_TRUE, Y_PRED)[0])
+    assert got == pytest.approx((-2 * np.log(0.8) - np.log(0.6)) / 2 / 1.5, rel=1e-5)
+
+
+def test_dice_and_iou_losses_by_hand():
+    assert float(dice_loss(Y_TRUE, Y_PRED)[0]) == pytest.approx(1 - 1.6 / 2.2, rel=1e-5)  # 2*0.8 / (1 + 1.2)
+    assert float(iou_loss(Y_TRUE, Y_PRED)[0]) == pytest.approx(1 - 0.8 / 1.4, rel=1e-5)  # 0.8 / (1 + 1.2 - 0.8)
+
+
+def test_sum_loss_is_bce_plus_dice():
+    both = float(make_loss("bce_dice", 2.0)(Y_TRUE, Y_PRED)[0])
+    assert both == pytest.approx(float(weighted_bce(2.0)(Y_TRUE, Y_PRED)[0]) + float(dice_loss(Y_TRUE, Y_PRED)[0]), rel=1e-6)
+    with pytest.raises(ValueError, match="train.loss"):
+        make_loss("focal", 1.0)
+
+
+def test_iou_and_dice_metrics_by_hand():
+    t = np.array([1, 1, 0, 0], np.float32).reshape(1, 1, 4, 1)
+    p = np.array([0.9, 0.2, 0.7, 0.1], np.float32).reshape(1, 1, 4, 1)  # at 0.5: TP 1, FN 1, FP 1
+    iou, dice = IoU(), Dice()
+    iou.update_state(t, p)
+    dice.update_state(t, p)
+    assert float(iou.result()) == pytest.approx(1 / 3)
+    assert float(dice.result()) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("shape", [(32, 32), (64, 96), (48, 80)])
+def test_unet_is_fully_convolutional(shape):
+    model = build_unet([4, 8, 16], separable=True)
+    out = model.predict(np.zeros((2, *shape, 3), np.float32), verbose=0)
+    assert out.shape == (2, *shape, 1) and (out >= 0).all() and (out <= 1).all()
+
+
+def _toy_shards(folder: Path, n_train=32, n_val=8, size=32) -> Path:
+    """Bright discs on dark noise: learnable in an epoch."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:size, 0:size]
+
+    def records(n, prefix):
+        for i in range(n):
+            cy, cx, r = rng.uniform(8, size - 8, 2).tolist() + [rng.uniform(4, 9)]
+            mask = ((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r).astype(np.uint8) * 255
+            img = (rng.uniform(0, 60, (size, size, 3)) + (mask[..., None] > 0) * 150).astype(np.uint8)
+            yield f"{prefix}{i}", img, mask
+
+    write_shards(records(n_train, "t"), folder, "train", 16)
+    write_shards(records(n_val, "v"), folder, "val", 16)
+    (folder / "stats.json").write_text(json.dumps({"n": {"train": n_train, "val": n_val, "test": 0}, "pos_weight": 3.0}))
+    return folder
+
+
+CFG = TrainConfig(size=32, batch_size=8, epochs=1, steps_per_epoch=4, learning_rate=3e-3, schedule="cosine",
+                  loss="bce_dice", freeze_epochs=0, patience=5, side_weight=1.0)
+
+
+def _train(shards, cfg, checkpoints, callbacks=(), seed=0):
+    keras.utils.set_random_seed(seed)
+    network = build_network(ModelConfig(family="unet", unet_filters=[4, 8, 16]))
+    train_ds, val_ds = datasets(shards, cfg.size, cfg.batch_size, seed)
+    return network, fit(network, train_ds, val_ds, cfg, 3.0, cfg.steps_per_epoch, checkpoints, list(callbacks))
+
+
+def test_one_epoch_toy_training_logs_an_mlflow_run_with_the_model(tmp_path):
+    import mlflow
+
+    from bgremoval import tracking
+    from bgremoval.train import inference_model
+
+    shards = _toy_shards(tmp_path / "shards")
+    tracking.configure(f"sqlite:///{tmp_path / 'mlflow.db'}", "toy")
+    with mlflow.start_run() as run:
+        network, history = _train(shards, CFG, tmp_path / "ckpt")
+        mlflow.log_metrics(clean_logs(network, {k: v[-1] for k, v in history.items()}), step=0)
+        example = np.zeros((1, 32, 32, 3), np.float32)
+        info = tracking.log_keras_model(inference_model(network), example)
+    client = mlflow.MlflowClient()
+    assert {"val/iou", "val/mae", "val/dice", "train/loss"} <= set(client.get_run(run.info.run_id).data.metrics)
+    loaded = mlflow.pyfunc.load_model(info.model_uri)
+    assert loaded.metadata.signature is not None
+    assert np.asarray(loaded.predict(example)).shape == (1, 32, 32, 1)
+
+
+def test_seeded_training_reproduces_its_val_metric(tmp_path):
+    shards = _toy_shards(tmp_path / "shards")
+    _, a = _train(shards, CFG, tmp_path / "a", seed=3)
+    _, b = _train(shards, CFG, tmp_path / "b", seed=3)
+    assert a["val_iou"] == pytest.approx(b["val_iou"], abs=1e-6)
+    assert a["val_loss"] == pytest.approx(b["val_loss"], abs=1e-6)
+
+
+class _Interrupt(keras.callbacks.Callback):
+    def __init__(self, at_epoch):
+        super().__init__()
+        self.at_epoch = at_epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.at_epoch:
+            raise KeyboardInterrupt("simulated kill")
+
+
+class _Epochs(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.seen.append(epoch)
+
+
+def test_interrupted_training_resumes_from_its_checkpoint(tmp_path):
+    shards = _toy_shards(tmp_path / "shards")
+    cfg = TrainConfig(**{**CFG.__dict__, "epochs": 4, "freeze_epochs": 1})
+    ckpt = tmp_path / "ckpt"
+    first = _Epochs()
+    with pytest.raises(KeyboardInterrupt):
+        _train(shards, cfg, ckpt, [first, _Interrupt(at_epoch=2)])
+    assert first.seen == [0, 1, 2] and ckpt.exists()
+    second = _Epochs()
+    _, history = _train(shards, cfg, ckpt, [second])
+    assert second.seen == [3]  # the frozen phase restores as finished; the full phase resumes after epoch 2
+    assert not ckpt.exists()  # a finished run leaves nothing to resume
+
+
+def test_u2netp_fine_tuning_freezes_the_encoder_and_trains_the_rest(tmp_path):
+    pytest.importorskip("onnx")
+    from bgremoval.train import encoder_layers
+    from bgremoval.u2netp import find_u2netp_onnx
+
+    try:
+        find_u2netp_onnx()
+    except Exception as exc:  # noqa: BLE001 - the weights' own error says what to install
+        pytest.skip(f"pretrained U²-NetP weights not available: {exc}")
+    shards = _toy_shards(tmp_path / "shards", n_train=8, n_val=4)
+    keras.utils.set_random_seed(0)
+    network = build_network(ModelConfig(family="u2netp"))
+    assert len(network.outputs) == 7  # fused + six side outputs: deep supervision
+    before = {l.name: [w.copy() for w in l.get_weights()] for l in network.get_layer("u2netp").layers if l.get_weights()}
+    encoder = {l.name for l in encoder_layers(network)}
+    cfg = TrainConfig(**{**CFG.__dict__, "epochs": 1, "freeze_epochs": 1, "steps_per_epoch": 2, "batch_size": 4})
+    train_ds, val_ds = datasets(shards, 32, 4, 0)
+    history = fit(network, train_ds, val_ds, cfg, 3.0, 2, tmp_path / "ckpt", [])
+    after = {l.name: l.get_weights() for l in network.get_layer("u2netp").layers if l.get_weights()}
+    changed = {n for n in before if any(not np.array_equal(a, b) for a, b in zip(before[n], after[n]))}
+    assert encoder and not (changed & encoder), "frozen encoder layers moved"
+    assert changed, "nothing trained"
+    assert "val/iou" in clean_logs(network, {k: v[-1] for k, v in history.items()})
