@@ -17,6 +17,7 @@ from bgremoval.train import (
     ModelConfig, TrainConfig, build_network, clean_logs, count_records, datasets, evaluate_val, fit,
     inference_model, predict_masks, run_key,
 )
+from bgremoval.tune import apply_overrides
 from bgremoval.viz import grid, overlay
 from stages.common import start
 
@@ -40,8 +41,10 @@ def main() -> int:
     params = start("train")
     seed, paths = params["base"]["seed"], params["paths"]
     keras.utils.set_random_seed(seed)
-    model_cfg = ModelConfig(**params["model"])
-    train_cfg = TrainConfig(**params["train"])
+    # tune's best values for the keys params.yaml lists under tune.apply override train:/model:.
+    tuned = json.loads(Path(paths["best_params"]).read_text())
+    model_cfg = apply_overrides("model", ModelConfig(**params["model"]), tuned["apply"])
+    train_cfg = apply_overrides("train", TrainConfig(**params["train"]), tuned["apply"])
     shards, models, reports = Path(paths["augmented"]), Path(paths["models"]), Path(paths["reports"])
     pos_weight = json.loads((shards / "stats.json").read_text())["pos_weight"]
 
@@ -56,6 +59,7 @@ def main() -> int:
     with mlflow.start_run(run_name="train") as run:
         mlflow.log_params({f"model.{k}": v for k, v in asdict(model_cfg).items()})
         mlflow.log_params({f"train.{k}": v for k, v in asdict(train_cfg).items()})
+        mlflow.set_tag("tune.best_trial", f"{tuned['study']}#{tuned['trial']}")
         mlflow.log_params({"base.seed": seed, "pos_weight": pos_weight, "steps_per_epoch": steps, "n_train": n_train})
         mlflow.set_tags({
             "stage": "train",

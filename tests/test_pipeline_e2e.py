@@ -32,7 +32,10 @@ def project(tmp_path: Path) -> Path:
                      "augment.size": 32, "augment.copies": 1,
                      "model.family": "unet", "model.unet_filters": [4, 8, 16],
                      "train.size": 32, "train.epochs": 2, "train.steps_per_epoch": 2, "train.batch_size": 4,
-                     "train.freeze_epochs": 1})
+                     "train.freeze_epochs": 1,
+                     "tune.n_trials": 2, "tune.epochs": 1, "tune.steps_per_epoch": 2, "tune.size": 32,
+                     "tune.space": {"train.learning_rate": {"type": "float", "low": 0.0001, "high": 0.01, "log": True},
+                                    "train.batch_size": {"type": "categorical", "choices": [2, 4]}}})
     return dst
 
 
@@ -123,6 +126,18 @@ def test_repro_train_tracks_the_run_in_mlflow(project):
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
     r = client.get_run(summary["run_id"])
     assert r.data.params["model.family"] == "unet" and r.data.params["train.epochs"] == "2"
+    # tune ran first; its best values listed under tune.apply reached train.
+    best = json.loads((project / "data" / "tune" / "best_params.json").read_text())
+    assert r.data.params["train.learning_rate"] == str(best["apply"]["train.learning_rate"])
+    assert r.data.params["train.batch_size"] == str(best["apply"]["train.batch_size"])
+    parent = client.search_runs([r.info.experiment_id], "tags.stage = 'tune' and attributes.run_name LIKE 'tune-%'")
+    assert len(parent) == 1 and parent[0].data.metrics["trials/complete"] + parent[0].data.metrics["trials/pruned"] == 2
+    trials = client.search_runs([r.info.experiment_id], f"tags.mlflow.parentRunId = '{parent[0].info.run_id}'")
+    assert len(trials) == 2
+    assert {"optimization_history.html", "param_importances.html"} <= {a.path for a in client.list_artifacts(parent[0].info.run_id)}
+    # Re-running with the study complete changes nothing.
+    again = dvc(project, "repro", "train")
+    assert again.returncode == 0 and "Stage 'tune' didn't change, skipping" in again.stdout
     assert {"git.commit", "dvc.augmented_md5", "data.sha256"} <= set(r.data.tags)
     assert r.data.tags["dvc.augmented_md5"].endswith(".dir")
     assert len(client.get_metric_history(r.info.run_id, "val/iou")) == 2

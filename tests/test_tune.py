@@ -1,0 +1,123 @@
+"""Tuning: trials are nested MLflow runs, weak ones are pruned, an interrupted study continues."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import mlflow
+import optuna
+import pytest
+
+from bgremoval import tracking
+from bgremoval.train import ModelConfig, TrainConfig, build_network, clean_logs, datasets, evaluate_val, fit
+from bgremoval.tune import DONE, PruneOnMetric, StudyConfig, apply_overrides, best_params, count, open_study, optimise, suggest
+from tests.test_train import _toy_shards
+
+SPACE = {
+    "train.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+    "train.loss": {"type": "categorical", "choices": ["bce_dice", "iou"]},
+}
+TRAIN = TrainConfig(size=32, batch_size=8, epochs=2, steps_per_epoch=2, learning_rate=1e-3, schedule="constant",
+                    loss="bce_dice", freeze_epochs=0, patience=5, side_weight=1.0)
+
+
+def _config(tmp_path: Path, name="toy", n_trials=3, pruner=None) -> StudyConfig:
+    return StudyConfig(storage=f"sqlite:///{tmp_path / 'optuna.db'}", study_name=name, n_trials=n_trials, max_failed=3,
+                       metric="val/iou", pruner=pruner or {"type": "none"}, heartbeat_interval=None)
+
+
+def _objective(shards: Path):
+    def train_one(trial, values, checkpoints):
+        keras.utils.set_random_seed(trial.number)
+        cfg = apply_overrides("train", TRAIN, values)
+        network = build_network(ModelConfig(family="unet", unet_filters=[4, 8]))
+        train_ds, val_ds = datasets(shards, 32, 8, 0)
+        rename = lambda logs: clean_logs(network, logs)  # noqa: E731
+        fit(network, train_ds, val_ds, cfg, 3.0, 2, checkpoints, [tracking.EpochLogger(rename), PruneOnMetric(trial, rename, "val/iou")])
+        return evaluate_val(network, val_ds)["iou"]
+
+    return train_one
+
+
+@pytest.fixture
+def shards(tmp_path):
+    return _toy_shards(tmp_path / "shards", n_train=16, n_val=8)
+
+
+def test_suggest_reads_the_declared_space():
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0))
+    values = suggest(study.ask(), {**SPACE, "train.freeze_epochs": {"type": "int", "low": 0, "high": 2}})
+    assert 1e-4 <= values["train.learning_rate"] <= 1e-2 and values["train.loss"] in ("bce_dice", "iou")
+    assert values["train.freeze_epochs"] in (0, 1, 2)
+    with pytest.raises(ValueError, match="tune.space.x"):
+        suggest(study.ask(), {"x": {"type": "uniform"}})
+    with pytest.raises(ValueError, match="no such setting"):
+        apply_overrides("train", TRAIN, {"train.learning_rte": 1.0})
+
+
+def test_study_logs_nested_runs_and_prunes(tmp_path, shards):
+    tracking.configure(f"sqlite:///{tmp_path / 'mlflow.db'}", "tune-toy")
+    # Val IoU can never reach 1.1: after its warm-up epoch every trial must be pruned.
+    cfg = _config(tmp_path, n_trials=3, pruner={"type": "threshold", "lower": 1.1, "n_warmup_steps": 1})
+    study = open_study(cfg, seed=0)
+    with mlflow.start_run(run_name="tune") as parent:
+        optimise(study, cfg, SPACE, _objective(shards), progress=False)
+    assert count(study, (optuna.trial.TrialState.PRUNED,)) == 3
+    children = mlflow.search_runs(filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'", output_format="list")
+    assert len(children) == 3
+    client = mlflow.MlflowClient()
+    for run in children:
+        assert run.data.tags["optuna.state"] == "pruned"
+        assert {"train.learning_rate", "train.loss"} <= set(run.data.params)
+        assert len(client.get_metric_history(run.info.run_id, "val/iou")) == 2  # per-epoch curve
+    with pytest.raises(RuntimeError, match="no complete trial"):
+        best_params(study)
+
+
+def test_interrupted_study_continues_without_rerunning_finished_trials(tmp_path, shards):
+    tracking.configure(f"sqlite:///{tmp_path / 'mlflow.db'}", "tune-resume")
+    cfg = _config(tmp_path, name="resume", n_trials=3)
+    objective = _objective(shards)
+    calls = []
+
+    def killed_on_second(trial, values, ckpt):
+        calls.append(trial.number)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("simulated kill")  # not caught: the process would die here
+        return objective(trial, values, ckpt)
+
+    with mlflow.start_run(), pytest.raises(KeyboardInterrupt):
+        optimise(open_study(cfg, seed=0), cfg, SPACE, killed_on_second, progress=False)
+    first = open_study(cfg, seed=0)
+    finished = {t.number: t.params for t in first.get_trials(states=DONE)}
+    assert list(finished) == [0]
+
+    with mlflow.start_run():
+        optimise(open_study(cfg, seed=0), cfg, SPACE, objective, progress=False)
+    study = open_study(cfg, seed=0)
+    assert count(study, DONE) == 3
+    assert {t.number: t.params for t in study.get_trials(states=DONE)}[0] == finished[0]  # kept, not re-run
+    assert calls == [0, 1]  # the second run did not call trial 0 again
+    best = best_params(study)
+    assert best["study"] == "resume" and 0 <= best["value"] <= 1
+
+
+def test_a_failing_trial_is_recorded_and_the_study_goes_on(tmp_path, shards):
+    tracking.configure(f"sqlite:///{tmp_path / 'mlflow.db'}", "tune-fail")
+    cfg = _config(tmp_path, name="fail", n_trials=2)
+    objective = _objective(shards)
+
+    def sometimes_broken(trial, values, ckpt):
+        if trial.number == 0:
+            raise RuntimeError("out of memory (simulated)")
+        return objective(trial, values, ckpt)
+
+    with mlflow.start_run() as parent:
+        optimise(open_study(cfg, seed=0), cfg, SPACE, sometimes_broken, progress=False)
+    study = open_study(cfg, seed=0)
+    failed = study.get_trials(states=(optuna.trial.TrialState.FAIL,))
+    assert [t.number for t in failed] == [0] and count(study, DONE) == 2
+    runs = mlflow.search_runs(filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'", output_format="list")
+    broken = [r for r in runs if r.data.tags.get("optuna.state") == "failed"]
+    assert len(broken) == 1 and "out of memory" in broken[0].data.tags["error"] and broken[0].info.status == "FAILED"
