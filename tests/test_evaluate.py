@@ -1,0 +1,40 @@
+"""Evaluation at the images' own resolution."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from bgremoval.evaluate import error_overlay, evaluate, keras_predictor
+from bgremoval.metrics import summarise
+from tests.conftest import manifest_for
+
+
+def test_predictions_come_back_at_the_image_size():
+    inputs = keras.Input((None, None, 3))
+    model = keras.Model(inputs, keras.layers.Lambda(lambda x: x[..., :1])(inputs))  # "mask" = red channel
+    image = np.zeros((30, 50, 3), np.uint8)
+    image[:, 25:, 0] = 255
+    pred = keras_predictor(model, size=16)(image)
+    assert pred.shape == (30, 50) and 0 <= pred.min() and pred.max() <= 1
+    assert pred[:, :20].mean() < 0.05 and pred[:, 30:].mean() > 0.95
+
+
+def test_evaluate_scores_every_test_image(data_dir):
+    rows = manifest_for(data_dir)
+    truth_predictor = lambda image: np.zeros(image.shape[:2])  # noqa: E731 - predicts no foreground at all
+    table, scores = evaluate(rows, truth_predictor, max_pixels=10**6)
+    assert list(table["name"]) == list(rows["name"]) and len(scores) == len(rows)
+    metrics = summarise(scores)
+    assert metrics["iou"] == 0.0 and metrics["mae"] == pytest.approx(rows["fg_fraction"].mean(), abs=0.02)
+
+
+def test_error_overlay_colours_misses_and_false_positives():
+    image = np.full((2, 2, 3), 100, np.uint8)
+    pred = np.array([[1.0, 0.0], [1.0, 0.0]])
+    truth = np.array([[1.0, 1.0], [0.0, 0.0]])
+    out = error_overlay(image, pred, truth)
+    assert tuple(out[0, 1]) == (230, 30, 30)  # missed foreground: red
+    assert tuple(out[1, 0]) == (30, 90, 255)  # false positive: blue
+    assert tuple(out[1, 1]) == (60, 60, 60)  # correct background: dimmed
