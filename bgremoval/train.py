@@ -110,8 +110,8 @@ def build_network(cfg: ModelConfig, input_shape=(None, None, 3)) -> keras.Model:
 
 def inference_model(network: keras.Model) -> keras.Model:
     """[0, 1] RGB -> fused foreground probability (B, H, W, 1): what is saved and served."""
-    outputs = network.outputs
-    return keras.Model(network.inputs, outputs[0], name="bgremoval")
+    # One input tensor, not a list of one: callers pass a plain batch without structure warnings.
+    return keras.Model(network.inputs[0], network.outputs[0], name="bgremoval")
 
 
 def encoder_layers(network: keras.Model) -> list[keras.layers.Layer]:
@@ -222,6 +222,7 @@ def fit(
         h = network.fit(
             train_ds, validation_data=val_ds, epochs=end, initial_epoch=start,
             steps_per_epoch=steps_per_epoch, callbacks=[backup, stop, *callbacks], verbose=0,
+            shuffle=False,  # tf.data already shuffles (seeded); Keras would only warn
         )
         for k, v in h.history.items():
             history.setdefault(k, []).extend(float(x) for x in v)
