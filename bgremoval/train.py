@@ -147,9 +147,19 @@ def datasets(shards_dir: Path, size: int, batch_size: int, seed: int):
     return train, val
 
 
+def shard_stats(shards_dir: Path) -> dict:
+    """What the augment stage recorded about its shards: counts per split, size, pos_weight."""
+    return json.loads((Path(shards_dir) / "stats.json").read_text())
+
+
 def count_records(shards_dir: Path, split: str) -> int:
-    """How many records the augment stage wrote for a split (from its stats.json)."""
-    return int(json.loads((Path(shards_dir) / "stats.json").read_text())["n"][split])
+    """How many records the augment stage wrote for a split."""
+    return int(shard_stats(shards_dir)["n"][split])
+
+
+def steps_per_epoch(cfg: TrainConfig, shards_dir: Path) -> int:
+    """cfg.steps_per_epoch, or for 0 one pass over the train shards (the train set repeats forever)."""
+    return cfg.steps_per_epoch or max(1, count_records(shards_dir, "train") // cfg.batch_size)
 
 
 def _targets(network: keras.Model, side_weight: float):

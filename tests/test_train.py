@@ -166,3 +166,11 @@ def test_u2netp_fine_tuning_freezes_the_encoder_and_trains_the_rest(tmp_path):
     assert encoder and not (changed & encoder), "frozen encoder layers moved"
     assert changed, "nothing trained"
     assert "val/iou" in clean_logs(network, {k: v[-1] for k, v in history.items()})
+
+
+def test_zero_steps_per_epoch_means_one_pass_over_the_shards(tmp_path):
+    from bgremoval.train import steps_per_epoch
+
+    shards = _toy_shards(tmp_path / "shards", n_train=20, n_val=4)
+    assert steps_per_epoch(TrainConfig(**{**CFG.__dict__, "steps_per_epoch": 0, "batch_size": 8}), shards) == 2
+    assert steps_per_epoch(TrainConfig(**{**CFG.__dict__, "steps_per_epoch": 7}), shards) == 7
