@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
 from bgremoval.imageio import load_mask, load_rgb
 from bgremoval.metrics import ImageScores, score_image
@@ -17,15 +16,9 @@ Predictor = Callable[[np.ndarray], np.ndarray]  # (H, W, 3) uint8 -> (H, W) floa
 
 def keras_predictor(model, size: int) -> Predictor:
     """Squash the image to size x size (as training did), predict, resize the mask back."""
+    from bgremoval.serving import Segmenter
 
-    def predict(image: np.ndarray) -> np.ndarray:
-        h, w = image.shape[:2]
-        x = np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR), np.float32) / 255
-        prob = np.asarray(model(x[None], training=False))[0, ..., 0]
-        back = Image.fromarray(prob.astype(np.float32), mode="F").resize((w, h), Image.Resampling.BILINEAR)
-        return np.clip(np.asarray(back), 0, 1)
-
-    return predict
+    return Segmenter(model, size)
 
 
 def evaluate(rows: pd.DataFrame, predict: Predictor, max_pixels: int) -> tuple[pd.DataFrame, list[ImageScores]]:

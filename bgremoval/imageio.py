@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,24 +41,39 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def open_image(path: Path, max_pixels: int) -> Image.Image:
-    """Open and fully decode an image, refusing files over `max_pixels` before decoding them."""
-    path = Path(path)
+def open_image(source: Path | bytes, max_pixels: int, label: str | None = None,
+               limit_name: str = "prepare.max_pixels") -> Image.Image:
+    """Open and fully decode an image file (or its bytes), refusing more than `max_pixels`
+    before decoding. Errors name `label` (default: the path) and the setting that sets the cap."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        label = label or "image"
+        if len(source) == 0:
+            raise ImageReadError(f"{label}: is empty (0 bytes)")
+        stream = io.BytesIO(source)
+    else:
+        path = Path(source)
+        label = label or str(path)
+        try:
+            if path.stat().st_size == 0:
+                raise ImageReadError(f"{label}: file is empty (0 bytes)")
+        except OSError as exc:
+            raise ImageReadError(f"{label}: cannot be read ({exc.strerror or exc})") from exc
+        stream = path
     try:
-        if path.stat().st_size == 0:
-            raise ImageReadError(f"{path}: file is empty (0 bytes)")
         # PIL warns (and past 2x its own limit raises) on large images; our own cap is the
         # one that counts, so check the header first and silence PIL's global heuristic.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(path)
+            img = Image.open(stream)
             width, height = img.size
             if width * height > max_pixels:
                 raise ImageReadError(
-                    f"{path}: {width}x{height} = {width * height} pixels is over the limit of "
-                    f"{max_pixels} (prepare.max_pixels); refusing to decode a possible "
-                    "decompression bomb. Downscale the file or raise the limit."
+                    f"{label}: {width}x{height} = {width * height} pixels is over the limit of "
+                    f"{max_pixels} ({limit_name}); refusing to decode a possible "
+                    "decompression bomb. Downscale the image or raise the limit."
                 )
+            if width == 0 or height == 0:
+                raise ImageReadError(f"{label}: the image is empty ({width}x{height} pixels)")
             img.load()  # decodes everything: truncated files fail here, not later
             # Photos from phones carry their orientation in EXIF; masks are drawn on what
             # a viewer shows, so every reader in the project applies it the same way.
@@ -65,9 +81,9 @@ def open_image(path: Path, max_pixels: int) -> Image.Image:
     except ImageReadError:
         raise
     except Image.DecompressionBombError as exc:
-        raise ImageReadError(f"{path}: refused as a decompression bomb ({exc})") from exc
+        raise ImageReadError(f"{label}: refused as a decompression bomb ({exc})") from exc
     except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageReadError(f"{path}: cannot be decoded as an image ({exc})") from exc
+        raise ImageReadError(f"{label}: cannot be decoded as an image ({exc})") from exc
 
 
 def mask_array(img: Image.Image) -> np.ndarray:

@@ -90,13 +90,3 @@ def fingerprint(files: list[Path]) -> str:
         digest.update(Path(f).name.encode())
         digest.update(Path(f).read_bytes())
     return digest.hexdigest()
-
-
-def log_keras_model(model: keras.Model, example: np.ndarray, name: str = "model"):
-    """Log a Keras model as an MLflow model with signature and input example; return its model info."""
-    import mlflow
-    from mlflow.models import infer_signature
-
-    prediction = np.asarray(model.predict(example, verbose=0))
-    signature = infer_signature(example, prediction)
-    return mlflow.tensorflow.log_model(model, name=name, signature=signature, input_example=example)

@@ -76,8 +76,7 @@ def main() -> int:
         model = inference_model(network)
         models.mkdir(parents=True, exist_ok=True)
         model.save(models / "model.keras")
-        example = next(iter(val_ds.unbatch().batch(1)))[0].numpy()
-        tracking.log_keras_model(model, example)
+        # The servable MLflow model (pyfunc with this code) is logged into this run by `register`.
         reports.mkdir(parents=True, exist_ok=True)
         prediction_grid(model, val_ds).save(reports / "train_predictions.png")
         mlflow.log_artifact(str(reports / "train_predictions.png"))

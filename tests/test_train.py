@@ -82,24 +82,18 @@ def _train(shards, cfg, checkpoints, callbacks=(), seed=0):
     return network, fit(network, train_ds, val_ds, cfg, 3.0, cfg.steps_per_epoch, checkpoints, list(callbacks))
 
 
-def test_one_epoch_toy_training_logs_an_mlflow_run_with_the_model(tmp_path):
+def test_one_epoch_toy_training_logs_an_mlflow_run(tmp_path):
     import mlflow
 
     from bgremoval import tracking
-    from bgremoval.train import inference_model
 
     shards = _toy_shards(tmp_path / "shards")
     tracking.configure(f"sqlite:///{tmp_path / 'mlflow.db'}", "toy")
     with mlflow.start_run() as run:
         network, history = _train(shards, CFG, tmp_path / "ckpt")
         mlflow.log_metrics(clean_logs(network, {k: v[-1] for k, v in history.items()}), step=0)
-        example = np.zeros((1, 32, 32, 3), np.float32)
-        info = tracking.log_keras_model(inference_model(network), example)
     client = mlflow.MlflowClient()
     assert {"val/iou", "val/mae", "val/dice", "train/loss"} <= set(client.get_run(run.info.run_id).data.metrics)
-    loaded = mlflow.pyfunc.load_model(info.model_uri)
-    assert loaded.metadata.signature is not None
-    assert np.asarray(loaded.predict(example)).shape == (1, 32, 32, 1)
 
 
 def test_seeded_training_reproduces_its_val_metric(tmp_path):
