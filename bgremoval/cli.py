@@ -7,6 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from bgremoval import __version__
@@ -30,6 +31,87 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _default_size(params_path: Path) -> int:
+    """The input size a bare .keras file is predicted at: evaluate.size from params.yaml, else rembg's 320."""
+    try:
+        return int(yaml.safe_load(Path(params_path).read_text())["evaluate"]["size"])
+    except (OSError, KeyError, TypeError, ValueError):
+        return 320
+
+
+def _outputs_for(inp: Path, out: Path) -> list[tuple[Path, Path]]:
+    """(input file, output PNG) pairs: a folder's images (sorted) into OUT/, or one file into OUT."""
+    from bgremoval.imageio import IMAGE_EXTENSIONS
+
+    if inp.is_dir():
+        files = sorted(p for p in inp.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        folder = out
+    elif inp.is_file():
+        files = [inp]
+        if out.suffix.lower() == ".png" and not out.is_dir():
+            return [(inp, out)]
+        folder = out
+    else:
+        raise SystemExit(f"bgremoval predict: {inp} does not exist (give an image file or a folder of images)")
+    pairs, taken = [], set()
+    for f in files:
+        target = folder / f"{f.stem}.png"
+        if target in taken:  # photo.jpg and photo.png: keep both
+            target = folder / f"{f.stem}.{f.suffix.lstrip('.').lower()}.png"
+        taken.add(target)
+        pairs.append((f, target))
+    return pairs
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    import os
+
+    from tqdm import tqdm
+
+    from bgremoval import serving
+    from bgremoval.imageio import ImageReadError, open_image
+
+    try:
+        opts = serving.options_from({"output": args.output, "threshold": args.threshold, "bg_color": args.bg_color})
+    except serving.RequestError as exc:
+        sys.exit(f"bgremoval predict: {exc}")
+    pairs = _outputs_for(Path(args.input), Path(args.out))
+    if not pairs:
+        sys.exit(f"bgremoval predict: no images ({', '.join(_image_exts())}) in {args.input}")
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # ours is the one that counts
+    import mlflow
+
+    mlflow.set_tracking_uri(args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db")
+    try:
+        segmenter, max_pixels = serving.load(args.model, keras_size=args.size or _default_size(args.params))
+    except Exception as exc:  # noqa: BLE001 - any load failure ends here with what to do next
+        sys.exit(f"bgremoval predict: cannot load model {args.model!r}: {exc}\n"
+                 "Pass --model models:/bgremoval@champion (after `dvc repro`), runs:/RUN_ID/model, an MLflow "
+                 "model folder or a .keras file; --tracking-uri says where the registry is.")
+    failed = []
+    for src, dst in tqdm(pairs, desc="predict", unit="image", disable=len(pairs) < 2 or args.quiet):
+        try:
+            image = np.asarray(open_image(src, max_pixels).convert("RGB"), dtype=np.uint8)
+        except ImageReadError as exc:
+            failed.append(str(exc))
+            continue
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        serving.render(image, segmenter(image), opts).save(dst)
+    done = len(pairs) - len(failed)
+    for reason in failed:
+        print(f"skipped {reason}", file=sys.stderr)
+    print(f"wrote {done} {opts.output} PNG{'s' if done != 1 else ''} to {args.out}"
+          + (f"; {len(failed)} unreadable file(s) skipped (listed above)" if failed else ""))
+    return 1 if failed else 0
+
+
+def _image_exts() -> tuple[str, ...]:
+    from bgremoval.imageio import IMAGE_EXTENSIONS
+
+    return IMAGE_EXTENSIONS
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Sub-commands of the CLI."""
     parser = argparse.ArgumentParser(prog="bgremoval", description=__doc__)
@@ -40,6 +122,29 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("out", help="folder to create images/ and masks/ in")
     sample.add_argument("--params", default="params.yaml", help="params file to read prepare.sample and base.seed from")
     sample.set_defaults(func=_cmd_sample)
+
+    predict = sub.add_parser(
+        "predict", help="cut out an image or a folder of images with a trained model",
+        description="Writes <stem>.png at each input's size: the mask (8-bit), the RGBA cut-out, or a composite "
+                    "on --bg-color. Unreadable files are reported and skipped; the exit code is 1 if any were.")
+    predict.add_argument("input", help="an image file or a folder of images (jpg, png, webp, bmp)")
+    predict.add_argument("out", help="output folder (or, for one input file, a .png path)")
+    predict.add_argument("--model", default="models:/bgremoval@champion",
+                         help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model, an MLflow model "
+                              "folder, or a .keras file (default: %(default)s)")
+    predict.add_argument("--output", choices=("mask", "cutout", "composite"), default="cutout",
+                         help="what to write (default: %(default)s)")
+    predict.add_argument("--bg-color", default="#ffffff", help="composite background: '#rrggbb', 'r,g,b' or a name")
+    predict.add_argument("--threshold", type=float, default=None,
+                         help="binarise the mask at this probability (default: soft edges)")
+    predict.add_argument("--tracking-uri", default=None,
+                         help="MLflow tracking/registry URI for models:/ and runs:/ (default: $MLFLOW_TRACKING_URI, "
+                              "else sqlite:///mlflow.db as params.yaml sets)")
+    predict.add_argument("--size", type=int, default=None,
+                         help="input size for a bare .keras file (default: evaluate.size from --params, else 320)")
+    predict.add_argument("--params", default="params.yaml", help=argparse.SUPPRESS)
+    predict.add_argument("--quiet", action="store_true", help="no progress bar")
+    predict.set_defaults(func=_cmd_predict)
     return parser
 
 

@@ -48,7 +48,7 @@ def decide(metric: str, new: float, champion: float | None, min_delta: float,
     if champion is None:
         return Decision(CHAMPION, f"first model: no champion yet ({metric} {new:.4f})")
     gain = sign * (new - champion)
-    if gain > min_delta:
+    if gain - min_delta > 1e-9:  # scores are floats: 0.802 - 0.800 is not more than 0.002
         return Decision(CHAMPION, f"{metric} {new:.4f} beats the champion's {champion:.4f} by {gain:.4f} "
                                   f"> min_delta {min_delta} ({word} is better)")
     return Decision(CHALLENGER, f"{metric} {new:.4f} vs the champion's {champion:.4f}: gain {gain:+.4f} is "

@@ -52,3 +52,34 @@ def manifest_for(folder: Path, splits=SPLITS, seed=0) -> pd.DataFrame:
     df["group"] = assign_groups(df["name"], r"^(.*)_\d+$")
     df["split"] = split_groups(df["group"], splits, seed)
     return df
+
+
+def disc_image(h: int, w: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A bright disc on dark noise (what the toy model learns), and its mask."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    r = min(h, w) * 0.3
+    mask = ((yy - h / 2) ** 2 + (xx - w / 2) ** 2 <= r * r).astype(np.uint8) * 255
+    img = (rng.uniform(0, 60, (h, w, 3)) + (mask[..., None] > 0) * 150).astype(np.uint8)
+    return img, mask
+
+
+@pytest.fixture(scope="session")
+def toy_model(tmp_path_factory) -> Path:
+    """A tiny U-Net trained for a few seconds on bright discs, saved as the train stage saves it."""
+    import keras
+
+    from bgremoval.train import ModelConfig, TrainConfig, build_network, datasets, fit, inference_model
+    from tests.test_train import _toy_shards
+
+    tmp = tmp_path_factory.mktemp("toy_model")
+    shards = _toy_shards(tmp / "shards", n_train=64, n_val=8)
+    cfg = TrainConfig(size=32, batch_size=8, epochs=4, steps_per_epoch=8, learning_rate=1e-2, schedule="constant",
+                      loss="bce_dice", freeze_epochs=0, patience=10, side_weight=1.0)
+    keras.utils.set_random_seed(0)
+    network = build_network(ModelConfig(family="unet", unet_filters=[4, 8, 16]))
+    train_ds, val_ds = datasets(shards, cfg.size, cfg.batch_size, 0)
+    fit(network, train_ds, val_ds, cfg, 3.0, cfg.steps_per_epoch, tmp / "ckpt", [])
+    path = tmp / "model.keras"
+    inference_model(network).save(path)
+    return path

@@ -114,11 +114,11 @@ def test_missing_data_folder_is_a_clear_error(project, tmp_path):
     assert "nowhere/images is not a folder" in run.stderr and "Traceback" not in run.stderr
 
 
-def test_repro_through_evaluate_tracks_everything_in_mlflow(project):
+def test_full_repro_tracks_everything_in_mlflow_and_registers_a_servable_champion(project, tmp_path):
     import mlflow
 
     set_params(project, {"evaluate.size": 32, "evaluate.baseline_size": 64})
-    run = dvc(project, "repro", "evaluate")
+    run = dvc(project, "repro")
     assert run.returncode == 0, run.stdout + run.stderr
     assert (project / "models" / "model.keras").exists()
     summary = json.loads((project / "reports" / "train.json").read_text())
@@ -145,12 +145,29 @@ def test_repro_through_evaluate_tracks_everything_in_mlflow(project):
     r = client.get_run(summary["run_id"])
     assert {"test/max_f", "baseline/max_f"} <= set(r.data.metrics)
     # Re-running with nothing changed changes nothing.
-    again = dvc(project, "repro", "evaluate")
+    again = dvc(project, "repro")
     assert again.returncode == 0 and "Stage 'tune' didn't change, skipping" in again.stdout
     assert "Stage 'evaluate' didn't change, skipping" in again.stdout
+    assert "Stage 'register' didn't change, skipping" in again.stdout
     assert {"git.commit", "dvc.augmented_md5", "data.sha256"} <= set(r.data.tags)
     assert r.data.tags["dvc.augmented_md5"].endswith(".dir")
     assert len(client.get_metric_history(r.info.run_id, "val/iou")) == 2
     assert "train_predictions.png" in {a.path for a in client.list_artifacts(r.info.run_id)}
     models = client.search_logged_models(experiment_ids=[r.info.experiment_id])
     assert any(m.source_run_id == r.info.run_id for m in models)
+    # register: the first model becomes champion, logged as the servable pyfunc in the training run.
+    registered = json.loads((project / "reports" / "registered.json").read_text())
+    assert registered["alias"] == "champion" and registered["run_id"] == r.info.run_id
+    assert registered["score"] == metrics["max_f"] and "first model" in registered["reason"]
+    mv = client.get_model_version_by_alias("bgremoval", "champion")
+    assert str(mv.version) == registered["version"] and mv.run_id == r.info.run_id
+    assert float(mv.tags["metric.max_f"]) == pytest.approx(metrics["max_f"], abs=1e-6)
+    # ... and it cuts out a photo through the CLI, from the registry by alias.
+    photo = next((project / "data" / "sample" / "images").iterdir())
+    out = tmp_path / "cut"
+    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{project / 'mlflow.db'}")
+    cli = subprocess.run([str(Path(sys.executable).parent / "bgremoval"), "predict", "--output", "cutout", str(photo), str(out)],
+                         cwd=project, env=env, capture_output=True, text=True, timeout=300)
+    assert cli.returncode == 0, cli.stderr
+    assert Image.open(out / f"{photo.stem}.png").mode == "RGBA"
+    assert Image.open(out / f"{photo.stem}.png").size == Image.open(photo).size

@@ -1,0 +1,126 @@
+"""The champion gate: the pure decision, and register_run against a real MLflow registry (sqlite)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from bgremoval import registry, serving
+from bgremoval.registry import CHALLENGER, CHAMPION, PREVIOUS, decide
+from bgremoval.manifest import build_manifest, pair_files
+from tests.conftest import disc_image
+
+NAME = "gate-test"
+
+
+def test_first_model_becomes_champion():
+    d = decide("max_f", 0.5, None, 0.002)
+    assert d.promoted and "first model" in d.reason
+
+
+@pytest.mark.parametrize("new,alias", [(0.803, CHAMPION), (0.802, CHALLENGER), (0.801, CHALLENGER), (0.79, CHALLENGER)])
+def test_champion_moves_only_past_the_min_delta(new, alias):
+    assert decide("max_f", new, 0.80, 0.002).alias == alias
+
+
+def test_lower_is_better_for_mae():
+    assert decide("mae", 0.030, 0.040, 0.002).promoted
+    d = decide("mae", 0.045, 0.040, 0.002)
+    assert not d.promoted and "lower is better" in d.reason
+
+
+def test_baseline_requirement_blocks_a_model_worse_than_stock():
+    d = decide("max_f", 0.85, None, 0.002, baseline=0.86, require_beats_baseline=True)
+    assert d.alias == CHALLENGER and "stock U²-NetP" in d.reason
+    assert decide("max_f", 0.87, None, 0.002, baseline=0.86, require_beats_baseline=True).promoted
+    assert decide("max_f", 0.85, None, 0.002, baseline=0.86, require_beats_baseline=False).promoted
+
+
+def test_unknown_metric_is_named():
+    with pytest.raises(ValueError, match="register.metric 'accuracy'"):
+        decide("accuracy", 1.0, None, 0.0)
+
+
+@pytest.fixture
+def setup(tmp_path, toy_model):
+    """A sqlite registry, toy test images, and a helper that 'trains' (logs a run) and registers it."""
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.create_experiment("gate", artifact_location=(tmp_path / "artifacts").as_uri())
+    mlflow.set_experiment("gate")
+    folder = tmp_path / "data"
+    for i in range(4):
+        img, mask = disc_image(40, 56, seed=i)
+        (folder / "images").mkdir(parents=True, exist_ok=True)
+        (folder / "masks").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(folder / "images" / f"disc_{i:03d}.png")
+        Image.fromarray(mask).save(folder / "masks" / f"disc_{i:03d}.png")
+    test = build_manifest(pair_files(folder), max_pixels=10**6)
+    example = serving.png_bytes(Image.fromarray(disc_image(16, 16)[0]))
+
+    def register(score: float, test_rows=test, metric="max_f"):
+        with mlflow.start_run() as run:
+            mlflow.set_tag("git.commit", "abc123")
+        metrics = {"max_f": score, "mae": 1 - score, "iou": score, "dice": score, "boundary_f": score,
+                   "baseline": {"max_f": 0.5, "mae": 0.5, "iou": 0.5, "dice": 0.5, "boundary_f": 0.5}, "n_images": len(test_rows)}
+        return registry.register_run(MlflowClient(), NAME, run.info.run_id, toy_model, metrics, test_rows, size=32,
+                                     max_pixels=10**6, serve_max_pixels=10**6, example=example, metric=metric,
+                                     min_delta=0.002, require_beats_baseline=False), run.info.run_id
+
+    return register, test
+
+
+def aliases(client):
+    return {alias: str(v) for alias, v in client.get_registered_model(NAME).aliases.items()}
+
+
+def test_gate_both_ways_in_a_real_registry(setup):
+    register, _ = setup
+    client = MlflowClient()
+    first, _ = register(0.80)
+    assert (first.alias, first.version) == (CHAMPION, "1") and aliases(client) == {CHAMPION: "1"}
+
+    worse, _ = register(0.70)
+    assert worse.alias == CHALLENGER and worse.champion_version == "1" and worse.champion_score == 0.8
+    assert aliases(client) == {CHAMPION: "1", CHALLENGER: "2"}
+
+    barely, _ = register(0.801)  # better, but not by more than min_delta
+    assert barely.alias == CHALLENGER and aliases(client)[CHAMPION] == "1"
+
+    better, run_id = register(0.85)
+    assert better.alias == CHAMPION and better.decision == "promoted"
+    assert aliases(client) == {CHAMPION: "4", PREVIOUS: "1", CHALLENGER: "3"}
+
+    mv = client.get_model_version(NAME, "4")
+    assert mv.tags["metric.max_f"] == "0.850000" and mv.tags["baseline.max_f"] == "0.500000"
+    assert mv.tags["git.commit"] == "abc123" and mv.tags["decision"] == CHAMPION and len(mv.tags["test_set"]) == 64
+    assert client.get_run(run_id).data.tags["registry.version"] == "4"
+    # The champion serves: the alias resolves to a loadable bgremoval model.
+    segmenter, _ = serving.load(f"models:/{NAME}@champion")
+    assert segmenter.size == 32
+
+
+def test_registering_the_same_run_again_adds_no_version(setup):
+    register, test = setup
+    client = MlflowClient()
+    first, run_id = register(0.80)
+    metrics = {"max_f": 0.80, "baseline": {}, "n_images": len(test)}
+    again = registry.register_run(client, NAME, run_id, Path("unused.keras"), metrics, test, size=32, max_pixels=10**6,
+                                  serve_max_pixels=10**6, example=b"", metric="max_f", min_delta=0.002,
+                                  require_beats_baseline=False)
+    assert again.version == first.version and again.alias == CHAMPION
+    assert len(client.search_model_versions(f"name='{NAME}'")) == 1
+
+
+def test_a_champion_from_another_test_set_is_rescored_on_this_one(setup):
+    register, test = setup
+    register(0.99, test_rows=test.iloc[:2])  # champion's recorded 0.99 is on other images
+    result, _ = register(0.50, test_rows=test)
+    # The recorded 0.99 is not used: the champion (the same toy model) is scored here, now.
+    assert result.champion_score is not None and result.champion_score != 0.99
+    assert 0 < result.champion_score <= 1
+    expected = CHAMPION if 0.50 - result.champion_score > 0.002 else CHALLENGER
+    assert result.alias == expected

@@ -1,0 +1,216 @@
+"""The registered pyfunc end to end, on a model trained on toy data: in process, behind the real
+`mlflow models serve` over HTTP, and through `bgremoval predict`."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.exceptions import MlflowException
+from PIL import Image
+
+from bgremoval import serving
+from bgremoval.cli import main as cli
+from tests.conftest import disc_image
+
+NAME = "toy-bgremoval"
+
+
+def b64_png(array: np.ndarray) -> str:
+    return base64.b64encode(serving.png_bytes(Image.fromarray(array))).decode("ascii")
+
+
+def iou(pred: np.ndarray, truth: np.ndarray) -> float:
+    p, t = pred >= 128, truth >= 128
+    return float((p & t).sum() / max((p | t).sum(), 1))
+
+
+@pytest.fixture(scope="module")
+def registered(tmp_path_factory, toy_model):
+    """The toy model logged as the pipeline logs it, registered, and aliased champion."""
+    tmp = tmp_path_factory.mktemp("registry")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.create_experiment("toy", artifact_location=(tmp / "artifacts").as_uri())
+    mlflow.set_experiment("toy")
+    example = serving.png_bytes(Image.fromarray(disc_image(24, 24)[0]))
+    with mlflow.start_run() as run:
+        info = serving.log_model(toy_model, size=32, max_pixels=10**6, example=example)
+    version = mlflow.register_model(info.model_uri, NAME).version
+    mlflow.MlflowClient().set_registered_model_alias(NAME, "champion", version)
+    return {"uri": uri, "run_id": run.info.run_id, "model_uri": info.model_uri, "tmp": tmp}
+
+
+def test_the_logged_model_carries_its_code_and_config(registered):
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{NAME}@champion"))
+    assert (local / "code" / "bgremoval" / "serving.py").exists()
+    assert not list((local / "code").rglob("__pycache__"))
+    loaded = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
+    assert loaded.model_config["size"] == 32
+    assert [c.name for c in loaded.metadata.get_input_schema().inputs] == ["image"]
+    assert {p.name for p in loaded.metadata.get_params_schema().params} == {"output", "threshold", "bg_color"}
+
+
+def test_pyfunc_cuts_out_the_toy_foreground_at_the_input_size(registered):
+    model = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
+    image, truth = disc_image(60, 90, seed=3)
+    out = model.predict(pd.DataFrame({"image": [b64_png(image)]}), params={"output": "mask"})
+    mask = np.asarray(Image.open(io.BytesIO(base64.b64decode(out["png"][0]))))
+    assert mask.shape == (60, 90)
+    assert iou(mask, truth) > 0.7  # the toy model learned the discs
+    cut = model.predict(pd.DataFrame({"image": [b64_png(image)]}), params={"output": "cutout"})
+    rgba = np.asarray(Image.open(io.BytesIO(base64.b64decode(cut["png"][0]))))
+    assert rgba.shape == (60, 90, 4) and (rgba[..., :3] == image).all() and (rgba[..., 3] == mask).all()
+
+
+def test_pyfunc_turns_bad_input_into_invalid_parameter_errors(registered):
+    model = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
+    with pytest.raises(MlflowException) as err:
+        model.predict(pd.DataFrame({"image": ["%%%"]}))
+    assert err.value.get_http_status_code() == 400 and "row 0 (image): is not valid base64" in err.value.message
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _post(port: int, body: dict) -> tuple[int, dict]:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+@pytest.fixture(scope="module")
+def server(registered):
+    """`mlflow models serve -m models:/NAME@champion --env-manager local` on a free loopback port,
+    started outside the checkout, with a small pixel cap so a bomb is cheap to send."""
+    port = _free_port()
+    env = dict(os.environ, MLFLOW_TRACKING_URI=registered["uri"], BGREMOVAL_MAX_PIXELS="200000",
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")  # its uvicorn
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{NAME}@champion", "--env-manager", "local",
+         "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
+        cwd=registered["tmp"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"mlflow models serve exited with {proc.returncode}:\n{proc.stdout.read()}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as resp:
+                if resp.status == 200:
+                    break
+        except OSError:
+            time.sleep(1)
+    else:
+        proc.kill()
+        pytest.fail("mlflow models serve did not answer /ping within 180 s")
+    yield port
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def _good(port, image, **params):
+    body = {"dataframe_split": {"columns": ["image"], "data": [[b64_png(image)]]}}
+    if params:
+        body["params"] = params
+    return _post(port, body)
+
+
+@pytest.mark.slow
+def test_server_answers_good_requests_in_every_output_mode(server):
+    image, truth = disc_image(70, 50, seed=5)
+    status, body = _good(server, image, output="composite", bg_color="#00ff00", threshold=0.5)
+    assert status == 200, body
+    row = body["predictions"][0]
+    assert (row["width"], row["height"]) == (50, 70)
+    comp = np.asarray(Image.open(io.BytesIO(base64.b64decode(row["png"]))))
+    assert comp.shape == (70, 50, 3)
+    background = truth == 0
+    assert (comp[background] == [0, 255, 0]).all(axis=1).mean() > 0.9  # background replaced by green
+
+    records = {"dataframe_records": [{"image": b64_png(image)}, {"image": b64_png(disc_image(40, 40)[0])}]}
+    status, body = _post(server, records)  # default output: mask
+    assert status == 200 and len(body["predictions"]) == 2
+    assert Image.open(io.BytesIO(base64.b64decode(body["predictions"][1]["png"]))).size == (40, 40)
+
+
+@pytest.mark.slow
+def test_server_refuses_bad_requests_with_a_reason_and_keeps_serving(server):
+    bomb = b64_png(np.zeros((500, 500, 3), np.uint8))  # 250,000 px > the 200,000 cap; ~1 KB of PNG
+    cases = [
+        ({"dataframe_split": {"columns": ["image"], "data": [["not base64 !!"]]}}, "is not valid base64"),
+        ({"dataframe_split": {"columns": ["image"], "data": [[base64.b64encode(b"GIF89a nope").decode()]]}},
+         "cannot be decoded as an image"),
+        ({"dataframe_split": {"columns": ["image"], "data": [[bomb]]}}, "over the limit of 200000"),
+        ({"dataframe_split": {"columns": ["image"], "data": [[""]]}}, "is empty (0 bytes)"),
+        ({"dataframe_split": {"columns": ["picture"], "data": [["x"]]}}, "missing inputs ['image']"),
+        ({"dataframe_split": {"columns": ["image"], "data": [[b64_png(disc_image(8, 8)[0])]]},
+          "params": {"output": "sticker"}}, "output 'sticker' is not one of"),
+    ]
+    for body, needle in cases:
+        status, answer = _post(server, body)
+        assert 400 <= status < 500, (needle, status, answer)
+        assert needle in answer.get("message", ""), (needle, answer)
+    status, body = _good(server, disc_image(30, 30)[0])
+    assert status == 200 and body["predictions"][0]["width"] == 30
+
+
+def test_cli_predicts_a_folder_and_reports_unreadable_files(registered, tmp_path, capsys):
+    src = tmp_path / "photos"
+    src.mkdir()
+    a, a_truth = disc_image(48, 64, seed=1)
+    Image.fromarray(a).save(src / "a.png")
+    Image.fromarray(disc_image(50, 40, seed=2)[0]).save(src / "b.jpg", quality=95)
+    (src / "broken.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    (src / "notes.txt").write_text("not an image, not even looked at")
+    out = tmp_path / "out"
+    code = cli(["predict", "--model", f"models:/{NAME}@champion", "--tracking-uri", registered["uri"],
+                "--output", "mask", "--quiet", str(src), str(out)])
+    captured = capsys.readouterr()
+    assert code == 1  # one file could not be read; the rest were written
+    assert "broken.jpg" in captured.err and "wrote 2 mask PNGs" in captured.out
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png"]
+    mask_a = np.asarray(Image.open(out / "a.png"))
+    assert mask_a.shape == (48, 64) and iou(mask_a, a_truth) > 0.7
+    assert Image.open(out / "b.png").size == (40, 50)
+
+
+@pytest.mark.parametrize("which", ["run", "keras"])
+def test_cli_takes_a_run_uri_or_a_keras_file(registered, toy_model, tmp_path, which):
+    image, _ = disc_image(33, 47, seed=4)
+    Image.fromarray(image).save(tmp_path / "one.png")
+    model = f"runs:/{registered['run_id']}/model" if which == "run" else str(toy_model)
+    code = cli(["predict", "--model", model, "--tracking-uri", registered["uri"], "--size", "32",
+                "--output", "composite", "--bg-color", "0,0,255", "--threshold", "0.5", str(tmp_path / "one.png"), str(tmp_path / "cut.png")])
+    assert code == 0
+    comp = np.asarray(Image.open(tmp_path / "cut.png"))
+    assert comp.shape == (33, 47, 3) and (comp[0, 0] == [0, 0, 255]).all()  # a corner is background
+
+
+def test_cli_says_what_to_do_when_the_model_is_missing(tmp_path):
+    (tmp_path / "x.png").write_bytes(serving.png_bytes(Image.new("RGB", (4, 4))))
+    with pytest.raises(SystemExit) as err:
+        cli(["predict", "--model", str(tmp_path / "nope.keras"), str(tmp_path / "x.png"), str(tmp_path / "o")])
+    assert "cannot load model" in str(err.value) and "models:/bgremoval@champion" in str(err.value)
