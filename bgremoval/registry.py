@@ -138,7 +138,7 @@ LINEAGE_TAGS = ("git.commit", "data.sha256", "dvc.augmented_md5", "tune.best_tri
 
 def register_run(client, name: str, run_id: str, model_file: Path, metrics: dict, test: pd.DataFrame, *,
                  size: int, max_pixels: int, serve_max_pixels: int, example: bytes, metric: str,
-                 min_delta: float, require_beats_baseline: bool) -> Registered:
+                 min_delta: float, require_beats_baseline: bool, onnx_file: Path | None = None) -> Registered:
     """Log the servable model into the training run, register it (once per run), and gate its alias.
 
     `metrics` is the evaluate stage's metrics.json for this model on `test`. The champion's score
@@ -154,12 +154,13 @@ def register_run(client, name: str, run_id: str, model_file: Path, metrics: dict
     mv = version_of_run(client, name, run_id)
     if mv is None:
         with mlflow.start_run(run_id=run_id):
-            info = serving.log_model(Path(model_file), size, serve_max_pixels, example)
+            info = serving.log_model(Path(model_file), size, serve_max_pixels, example, onnx_file)
         run_tags = client.get_run(run_id).data.tags
         tags = {f"metric.{k}": f"{v:.6f}" for k, v in metrics.items() if isinstance(v, float)}
         tags |= {f"baseline.{k}": f"{v:.6f}" for k, v in metrics.get("baseline", {}).items()}
         tags |= {k: run_tags[k] for k in LINEAGE_TAGS if k in run_tags}
-        tags |= {"test_set": test_id, "n_test_images": str(len(test)), "input_size": str(size)}
+        tags |= {"test_set": test_id, "n_test_images": str(len(test)), "input_size": str(size),
+                 "runtime": "onnxruntime" if onnx_file else "keras"}
         mv = mlflow.register_model(info.model_uri, name, tags=tags)
         log.info("registered %s version %s from run %s", name, mv.version, run_id)
     else:

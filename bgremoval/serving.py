@@ -21,6 +21,7 @@ OUTPUTS = ("mask", "cutout", "composite")
 INPUT_COLUMN = "image"
 # Environment overrides of what the registered model was logged with (serve.* in params.yaml).
 MAX_PIXELS_ENV = "BGREMOVAL_MAX_PIXELS"
+THREADS_ENV = "BGREMOVAL_THREADS"  # onnxruntime intra-op threads (default: all cores)
 
 
 class RequestError(ValueError):
@@ -169,14 +170,22 @@ except ImportError:  # pragma: no cover
 
 
 class BackgroundRemover(_PythonModel):
-    """The registered model. Artifacts: `model` (the .keras file). model_config: size, max_pixels."""
+    """The registered model. Artifacts: `model` (the .keras file) and, for U²-NetP, `onnx` (the same
+    weights in rembg's graph, served with onnxruntime). model_config: size, max_pixels."""
 
     def load_context(self, context):
         cfg = context.model_config or {}
-        self.segmenter = Segmenter.load(Path(context.artifacts["model"]), int(cfg.get("size", 320)))
+        size = int(cfg.get("size", 320))
+        if "onnx" in context.artifacts:
+            from bgremoval.export import OnnxSegmenter
+
+            threads = int(os.environ.get(THREADS_ENV) or 0) or None
+            self.segmenter = OnnxSegmenter(Path(context.artifacts["onnx"]), size, threads)
+        else:
+            self.segmenter = Segmenter.load(Path(context.artifacts["model"]), size)
         self.max_pixels = int(os.environ.get(MAX_PIXELS_ENV) or cfg.get("max_pixels", 40_000_000))
 
-    def predict(self, context, model_input, params=None):
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         from mlflow.exceptions import MlflowException
 
         try:
@@ -212,8 +221,9 @@ def requirements() -> list[str]:
     return reqs
 
 
-def log_model(model_file: Path, size: int, max_pixels: int, example: bytes, name: str = "model"):
-    """Log the servable pyfunc (keras file + this package's code) into the active run."""
+def log_model(model_file: Path, size: int, max_pixels: int, example: bytes, onnx_file: Path | None = None,
+              name: str = "model"):
+    """Log the servable pyfunc (keras file, its ONNX export if any, and this package's code) into the active run."""
     import shutil
     import tempfile
 
@@ -226,9 +236,9 @@ def log_model(model_file: Path, size: int, max_pixels: int, example: bytes, name
         return mlflow.pyfunc.log_model(
             name=name,
             python_model=str(package / "served_model.py"),
-            artifacts={"model": str(model_file)},
+            artifacts={"model": str(model_file), **({"onnx": str(onnx_file)} if onnx_file else {})},
             code_paths=[str(code)],
-            model_config={"size": int(size), "max_pixels": int(max_pixels)},
+            model_config={"size": int(size), "max_pixels": int(max_pixels), "runtime": "onnxruntime" if onnx_file else "keras"},
             signature=signature(),
             input_example=pd.DataFrame({INPUT_COLUMN: [base64.b64encode(example).decode("ascii")]}),
             pip_requirements=requirements(),

@@ -123,8 +123,11 @@ class ResizeLike(keras.layers.Layer):
         # to a target *size*: src = (dst + 0.5) * in/out - 0.5, clamped at the border, no antialias.
         # tf.image.resize(bilinear, antialias=False) is the same half-pixel-centre formula (with
         # the same clamping), so non-integer ratios such as 3 -> 5 from ceil-mode pooling match too.
-        size = keras.ops.shape(reference)[1:3]
-        return keras.ops.image.resize(x, size, interpolation="bilinear", antialias=False)
+        # tf.image.resize takes the size as a tensor: keras.ops.image.resize wants Python ints and
+        # fails when a traced predict function meets a second input size (dynamic shapes).
+        import tensorflow as tf
+
+        return tf.image.resize(x, tf.shape(reference)[1:3], method="bilinear", antialias=False)
 
     def compute_output_shape(self, x_shape, reference_shape):
         return (x_shape[0], reference_shape[1], reference_shape[2], x_shape[3])

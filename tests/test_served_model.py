@@ -214,3 +214,21 @@ def test_cli_says_what_to_do_when_the_model_is_missing(tmp_path):
     with pytest.raises(SystemExit) as err:
         cli(["predict", "--model", str(tmp_path / "nope.keras"), str(tmp_path / "x.png"), str(tmp_path / "o")])
     assert "cannot load model" in str(err.value) and "models:/bgremoval@champion" in str(err.value)
+
+
+@pytest.mark.slow
+def test_the_readme_python_client_works_against_the_server(server, tmp_path):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    client = readme.split("A Python client, for a folder of photos:\n\n```python\n", 1)[1].split("```", 1)[0]
+    assert len(client.splitlines()) <= 25
+    client = client.replace("http://127.0.0.1:5001", f"http://127.0.0.1:{server}")
+    (tmp_path / "client.py").write_text(client)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(disc_image(36, 52)[0]).save(photos / "ok.jpg", quality=95)
+    (photos / "bad.jpg").write_bytes(b"not a jpeg")
+    run = subprocess.run([sys.executable, str(tmp_path / "client.py"), str(photos), str(tmp_path / "out")],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "bad.jpg: " in run.stdout and "cannot be decoded as an image" in run.stdout
+    assert Image.open(tmp_path / "out" / "ok.png").size == (52, 36)
