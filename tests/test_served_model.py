@@ -165,6 +165,7 @@ def test_server_refuses_bad_requests_with_a_reason_and_keeps_serving(server):
          "cannot be decoded as an image"),
         ({"dataframe_split": {"columns": ["image"], "data": [[bomb]]}}, "over the limit of 200000"),
         ({"dataframe_split": {"columns": ["image"], "data": [[""]]}}, "is empty (0 bytes)"),
+        ({"dataframe_split": {"columns": ["image"], "data": []}}, "no rows"),
         ({"dataframe_split": {"columns": ["picture"], "data": [["x"]]}}, "missing inputs ['image']"),
         ({"dataframe_split": {"columns": ["image"], "data": [[b64_png(disc_image(8, 8)[0])]]},
           "params": {"output": "sticker"}}, "output 'sticker' is not one of"),
@@ -197,11 +198,12 @@ def test_cli_predicts_a_folder_and_reports_unreadable_files(registered, tmp_path
     assert Image.open(out / "b.png").size == (40, 50)
 
 
-@pytest.mark.parametrize("which", ["run", "keras"])
-def test_cli_takes_a_run_uri_or_a_keras_file(registered, toy_model, tmp_path, which):
+@pytest.mark.parametrize("which", ["run", "folder", "keras"])
+def test_cli_takes_a_run_uri_a_model_folder_or_a_keras_file(registered, toy_model, tmp_path, which):
     image, _ = disc_image(33, 47, seed=4)
     Image.fromarray(image).save(tmp_path / "one.png")
-    model = f"runs:/{registered['run_id']}/model" if which == "run" else str(toy_model)
+    model = {"run": f"runs:/{registered['run_id']}/model", "keras": str(toy_model),
+             "folder": mlflow.artifacts.download_artifacts(f"models:/{NAME}@champion", dst_path=str(tmp_path / "m"))}[which]
     code = cli(["predict", "--model", model, "--tracking-uri", registered["uri"], "--size", "32",
                 "--output", "composite", "--bg-color", "0,0,255", "--threshold", "0.5", str(tmp_path / "one.png"), str(tmp_path / "cut.png")])
     assert code == 0
@@ -232,3 +234,15 @@ def test_the_readme_python_client_works_against_the_server(server, tmp_path):
     assert run.returncode == 0, run.stderr
     assert "bad.jpg: " in run.stdout and "cannot be decoded as an image" in run.stdout
     assert Image.open(tmp_path / "out" / "ok.png").size == (52, 36)
+
+
+@pytest.mark.slow
+def test_the_readme_curl_example_works_against_the_server(server, tmp_path):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    command = readme.split("```bash\ncurl -s http://127.0.0.1:5001/invocations", 1)[1].split("```", 1)[0]
+    command = f"curl -s http://127.0.0.1:{server}/invocations" + command.replace("python -c", f"{sys.executable} -c")
+    Image.fromarray(disc_image(44, 66)[0]).save(tmp_path / "photo.jpg", quality=95)
+    run = subprocess.run(["bash", "-c", command], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    cut = Image.open(tmp_path / "photo_cutout.png")
+    assert cut.mode == "RGBA" and cut.size == (66, 44)

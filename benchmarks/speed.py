@@ -1,0 +1,197 @@
+"""Speed of the served model, as ratios measured in one run; prints a table and writes JSON.
+
+Run in the project after `dvc repro` (it needs models:/bgremoval@champion in the registry):
+
+    python benchmarks/speed.py [--model models:/bgremoval@champion] [--threads 2] [--out reports/speed.json]
+
+- ms per image: the champion as served (onnxruntime at its input size) vs stock u2netp
+  (rembg's u2netp.onnx at 320, rembg's preprocessing) in onnxruntime with the same threads;
+- `mlflow models serve` round trip vs in-process predict of the same request;
+- one training step (batch 1, at train.size) vs one forward pass at the same size, in Keras;
+- `dvc repro` when nothing changed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+import numpy as np  # noqa: E402
+import yaml  # noqa: E402
+from PIL import Image  # noqa: E402
+
+
+def timed(fn, repeat: int, warmup: int = 2) -> float:
+    """Median wall time of fn() in ms."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t) * 1000)
+    return statistics.median(times)
+
+
+def test_images(n: int) -> list[np.ndarray]:
+    import pandas as pd
+
+    from bgremoval.imageio import load_rgb
+
+    manifest = pd.read_parquet(ROOT / "data" / "manifest.parquet")
+    paths = manifest[manifest["split"] == "test"]["image_path"].head(n)
+    return [load_rgb(Path(p), 10**8) for p in paths]
+
+
+def stock_u2netp(threads: int):
+    """rembg's u2netp exactly as rembg runs it: LANCZOS to 320, / max, ImageNet, onnxruntime."""
+    import onnxruntime as ort
+
+    from bgremoval.u2netp import find_u2netp_onnx, preprocess_like_rembg
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(find_u2netp_onnx()), opts, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+
+    def predict(image: np.ndarray) -> np.ndarray:
+        x = preprocess_like_rembg(Image.fromarray(image)).transpose(0, 3, 1, 2)
+        pred = session.run(None, {name: x})[0][0, 0]
+        pred = (pred - pred.min()) / max(float(pred.max() - pred.min()), 1e-6)
+        return np.asarray(Image.fromarray(pred.astype(np.float32), mode="F").resize(image.shape[1::-1], Image.Resampling.BILINEAR))
+
+    return predict
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve_round_trip(model_uri: str, tracking_uri: str, body: bytes, repeat: int, threads: int) -> float:
+    port = free_port()
+    env = dict(os.environ, MLFLOW_TRACKING_URI=tracking_uri, BGREMOVAL_THREADS=str(threads),
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local",
+                             "-h", "127.0.0.1", "-p", str(port), "-w", "1"], env=env, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
+                break
+            except OSError:
+                time.sleep(1)
+
+        def call():
+            req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", body, {"Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=120) as resp:
+                resp.read()
+
+        return timed(call, repeat)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def train_vs_forward(size: int, repeat: int) -> tuple[float, float]:
+    import keras
+    import tensorflow as tf
+
+    from bgremoval import train, u2netp  # noqa: F401
+
+    model = keras.models.load_model(ROOT / "models" / "model.keras", compile=False)
+    model.compile(optimizer=keras.optimizers.Adam(1e-4), loss="binary_crossentropy")
+    x = np.random.default_rng(0).random((1, size, size, 3), dtype=np.float32)
+    y = (x[..., :1] > 0.5).astype(np.float32)
+    forward = tf.function(lambda t: model(t, training=False))
+    fwd = timed(lambda: forward(x).numpy(), repeat)
+    step = timed(lambda: model.train_on_batch(x, y), repeat)
+    return step, fwd
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="models:/bgremoval@champion")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--repeat", type=int, default=15)
+    parser.add_argument("--out", type=Path, default=ROOT / "reports" / "speed.json")
+    args = parser.parse_args()
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or params["mlflow"]["tracking_uri"]
+    os.environ["BGREMOVAL_THREADS"] = str(args.threads)
+
+    import mlflow
+
+    from bgremoval import serving
+
+    mlflow.set_tracking_uri(tracking_uri)
+    images = test_images(8)
+    pyfunc = mlflow.pyfunc.load_model(args.model)
+    champion = pyfunc.unwrap_python_model().segmenter
+    runtime = pyfunc.model_config.get("runtime", "keras")
+    stock = stock_u2netp(args.threads)
+    it = iter(range(10**9))
+    champ_ms = timed(lambda: champion(images[next(it) % len(images)]), args.repeat)
+    stock_ms = timed(lambda: stock(images[next(it) % len(images)]), args.repeat)
+
+    frame = {"dataframe_split": {"columns": ["image"], "data": [[base64.b64encode(serving.png_bytes(Image.fromarray(images[0]))).decode()]]},
+             "params": {"output": "cutout"}}
+    body = json.dumps(frame).encode()
+    import pandas as pd
+
+    df = pd.DataFrame({"image": frame["dataframe_split"]["data"][0]})
+    inproc_ms = timed(lambda: pyfunc.predict(df, params={"output": "cutout"}), args.repeat)
+    serve_ms = serve_round_trip(args.model, tracking_uri, body, args.repeat, args.threads)
+
+    size = params["train"]["size"]
+    step_ms, fwd_ms = train_vs_forward(size, args.repeat)
+
+    t = time.perf_counter()
+    noop = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=ROOT, capture_output=True, text=True,
+                          env=dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"))
+    noop_s = time.perf_counter() - t
+
+    h, w = images[0].shape[:2]
+    rows = [
+        ("champion per image (ms)", f"{champ_ms:.1f}", f"{runtime} at {champion.size}², {args.threads} threads"),
+        ("stock u2netp per image (ms)", f"{stock_ms:.1f}", f"onnxruntime at 320², {args.threads} threads"),
+        ("champion / u2netp", f"{champ_ms / stock_ms:.2f}", "target <= 0.5"),
+        ("in-process predict (ms)", f"{inproc_ms:.1f}", f"one {w}x{h} image, base64 in, cut-out PNG out"),
+        ("mlflow models serve round trip (ms)", f"{serve_ms:.1f}", "same request over HTTP on 127.0.0.1"),
+        ("serve / in-process", f"{serve_ms / inproc_ms:.2f}", "target <= 1.2"),
+        ("train step (ms)", f"{step_ms:.1f}", f"batch 1 at {size}², Keras"),
+        ("forward (ms)", f"{fwd_ms:.1f}", f"batch 1 at {size}², Keras"),
+        ("train step / forward", f"{step_ms / fwd_ms:.2f}", ""),
+        ("dvc repro, nothing changed (s)", f"{noop_s:.1f}", "prepare re-scans the data; the rest is skipped"
+         + ("" if noop.returncode == 0 else f" (exit {noop.returncode})")),
+    ]
+    width = max(len(r[0]) for r in rows)
+    print(f"{'measure':<{width}} | {'value':>8} | note")
+    print(f"{'-' * width}-|{'-' * 10}|{'-' * 40}")
+    for name, value, note in rows:
+        print(f"{name:<{width}} | {value:>8} | {note}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"machine": f"{os.cpu_count()} CPU cores", "model": args.model, "runtime": runtime,
+                                    "rows": [dict(zip(("measure", "value", "note"), r)) for r in rows]}, indent=2))
+    print(f"written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
