@@ -57,26 +57,6 @@ def test_images(n: int) -> list[np.ndarray]:
     return [load_rgb(Path(p), 10**8) for p in paths]
 
 
-def stock_u2netp(threads: int):
-    """rembg's u2netp exactly as rembg runs it: LANCZOS to 320, / max, ImageNet, onnxruntime."""
-    import onnxruntime as ort
-
-    from bgremoval.u2netp import find_u2netp_onnx, preprocess_like_rembg
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(find_u2netp_onnx()), opts, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-
-    def predict(image: np.ndarray) -> np.ndarray:
-        x = preprocess_like_rembg(Image.fromarray(image)).transpose(0, 3, 1, 2)
-        pred = session.run(None, {name: x})[0][0, 0]
-        pred = (pred - pred.min()) / max(float(pred.max() - pred.min()), 1e-6)
-        return np.asarray(Image.fromarray(pred.astype(np.float32), mode="F").resize(image.shape[1::-1], Image.Resampling.BILINEAR))
-
-    return predict
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -140,13 +120,15 @@ def main() -> None:
     import mlflow
 
     from bgremoval import serving
+    from bgremoval.stock import RembgModel
+    from bgremoval.u2netp import find_u2netp_onnx
 
     mlflow.set_tracking_uri(tracking_uri)
     images = test_images(8)
     pyfunc = mlflow.pyfunc.load_model(args.model)
     champion = pyfunc.unwrap_python_model().segmenter
     runtime = pyfunc.model_config.get("runtime", "keras")
-    stock = stock_u2netp(args.threads)
+    stock = RembgModel(find_u2netp_onnx(), args.threads)
     it = iter(range(10**9))
     champ_ms = timed(lambda: champion(images[next(it) % len(images)]), args.repeat)
     stock_ms = timed(lambda: stock(images[next(it) % len(images)]), args.repeat)

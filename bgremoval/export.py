@@ -142,3 +142,4 @@ def export_checked(model, out: Path, size: int, images: list[np.ndarray], tolera
     log.info("exported %s (%.1f MB): |Keras - onnxruntime| max %.1e, mean %.1e, %.4f%% of pixels over %.0e",
              out, Path(out).stat().st_size / 1e6, check.max_abs, check.mean_abs, 100 * check.share_over, tolerance)
     return check
+

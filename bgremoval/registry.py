@@ -83,11 +83,20 @@ class Registered:
         return asdict(self)
 
 
-def version_of_run(client, name: str, run_id: str):
-    """The version already registered from this run (re-running register must not add another)."""
+def version_of_run(client, name: str, run_id: str, serving_key: str):
+    """The version already registered from this run and served the same way (re-running register
+    must not add another; a changed serving set-up, e.g. int8 on, registers a new one)."""
     for mv in client.search_model_versions(f"name='{name}' and run_id='{run_id}'"):
-        return mv
+        if (mv.tags or {}).get("serving_key") == serving_key:
+            return mv
     return None
+
+
+def serving_key(model_file: Path, onnx_file: Path | None, size: int, max_pixels: int, extra: dict | None) -> str:
+    """What identifies a servable: the trained weights and how they are served."""
+    parts = [sha256_file(Path(model_file)) if Path(model_file).exists() else str(model_file), str(size), str(max_pixels),
+             "onnx" if onnx_file else "keras", (extra or {}).get("onnx.int8", "")]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
 def champion_version(client, name: str):
@@ -138,7 +147,8 @@ LINEAGE_TAGS = ("git.commit", "data.sha256", "dvc.augmented_md5", "tune.best_tri
 
 def register_run(client, name: str, run_id: str, model_file: Path, metrics: dict, test: pd.DataFrame, *,
                  size: int, max_pixels: int, serve_max_pixels: int, example: bytes, metric: str,
-                 min_delta: float, require_beats_baseline: bool, onnx_file: Path | None = None) -> Registered:
+                 min_delta: float, require_beats_baseline: bool, onnx_file: Path | None = None,
+                 extra_tags: dict[str, str] | None = None) -> Registered:
     """Log the servable model into the training run, register it (once per run), and gate its alias.
 
     `metrics` is the evaluate stage's metrics.json for this model on `test`. The champion's score
@@ -151,7 +161,8 @@ def register_run(client, name: str, run_id: str, model_file: Path, metrics: dict
     test_id = test_set_id(test)
     ensure_registered_model(client, name, "Background removal: image in, foreground mask / cut-out out "
                             "(bgremoval pipeline). Serve with `mlflow models serve -m models:/NAME@champion`.")
-    mv = version_of_run(client, name, run_id)
+    key = serving_key(model_file, onnx_file, size, serve_max_pixels, extra_tags)
+    mv = version_of_run(client, name, run_id, key)
     if mv is None:
         with mlflow.start_run(run_id=run_id):
             info = serving.log_model(Path(model_file), size, serve_max_pixels, example, onnx_file)
@@ -160,7 +171,7 @@ def register_run(client, name: str, run_id: str, model_file: Path, metrics: dict
         tags |= {f"baseline.{k}": f"{v:.6f}" for k, v in metrics.get("baseline", {}).items()}
         tags |= {k: run_tags[k] for k in LINEAGE_TAGS if k in run_tags}
         tags |= {"test_set": test_id, "n_test_images": str(len(test)), "input_size": str(size),
-                 "runtime": "onnxruntime" if onnx_file else "keras"}
+                 "runtime": "onnxruntime" if onnx_file else "keras", "serving_key": key, **(extra_tags or {})}
         mv = mlflow.register_model(info.model_uri, name, tags=tags)
         log.info("registered %s version %s from run %s", name, mv.version, run_id)
     else:
@@ -170,6 +181,9 @@ def register_run(client, name: str, run_id: str, model_file: Path, metrics: dict
     champ, champ_score = champion_version(client, name), None
     if champ is not None and str(champ.version) == str(mv.version):
         champ, decision = None, Decision(CHAMPION, f"already the champion ({metric} {new_score:.4f})")
+    elif champ is not None and champ.run_id == run_id:  # same weights, served differently (e.g. int8 now)
+        decision = Decision(CHAMPION, f"the champion's own trained model (run {run_id}), with a new serving set-up")
+        apply_decision(client, name, mv.version, decision, champ)
     else:
         if champ is not None:
             same_set = (champ.tags or {}).get("test_set") == test_id

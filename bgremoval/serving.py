@@ -114,6 +114,15 @@ def png_bytes(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
+def load_keras(path: Path):
+    """A saved .keras model of this project (its custom layers are registered by importing their modules)."""
+    import keras
+
+    from bgremoval import train, u2netp  # noqa: F401  (RembgNormalize, ResizeLike)
+
+    return keras.models.load_model(Path(path), compile=False)
+
+
 class Segmenter:
     """A saved Keras model at a fixed square input size: (H, W, 3) uint8 in, (H, W) probability out.
 
@@ -125,11 +134,7 @@ class Segmenter:
 
     @classmethod
     def load(cls, path: Path, size: int) -> "Segmenter":
-        import keras
-
-        from bgremoval import train, u2netp  # noqa: F401  (register the custom layers by name)
-
-        return cls(keras.models.load_model(Path(path), compile=False), size)
+        return cls(load_keras(path), size)
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         h, w = image.shape[:2]

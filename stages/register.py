@@ -8,13 +8,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-import keras
 import pandas as pd
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from bgremoval import registry, serving, tracking
-from bgremoval.export import ExportError, export_checked, u2netp_core
+from bgremoval.export import ExportError, u2netp_core
+from bgremoval.quantize import ServedOnnx, build_served_onnx
 from bgremoval.imageio import load_rgb
 from stages.common import start
 
@@ -28,19 +28,34 @@ def example_png(path: Path, max_pixels: int, side: int = 64) -> bytes:
     return serving.png_bytes(image)
 
 
-def onnx_export(model_file: Path, size: int, test: pd.DataFrame, cfg: dict, template, max_pixels: int, out_dir: Path):
-    """The served ONNX (U²-NetP only), checked against Keras on test images; None = serve with Keras."""
+def served_tags(served: ServedOnnx | None) -> dict[str, str]:
+    """How the registered model is served, as version tags."""
+    if served is None:
+        return {"runtime": "keras"}
+    tags = {"runtime": "onnxruntime", "onnx.int8": str(served.quantized).lower(), "onnx.reason": served.reason,
+            "onnx.max_abs_vs_keras": f"{served.check.max_abs:.2e}"}
+    for prefix, metrics in (("onnx_f32", served.metrics_f32), ("onnx_int8", served.metrics_int8)):
+        tags |= {f"{prefix}.{k}": f"{v:.6f}" for k, v in (metrics or {}).items()}
+    return tags
+
+
+def served_onnx(model_file: Path, size: int, manifest: pd.DataFrame, params: dict, out_dir: Path):
+    """The ONNX file to serve (U²-NetP only; int8 if it keeps quality), or None to serve with Keras."""
+    cfg, max_pixels = params["serve"], params["prepare"]["max_pixels"]
     if cfg["runtime"] != "onnxruntime":
         return None
-    model = keras.models.load_model(model_file, compile=False)
+    model = serving.load_keras(model_file)
     try:
         u2netp_core(model)
     except ExportError as exc:
         log.info("%s; it is served with Keras", exc)
         return None
-    images = [load_rgb(Path(p), max_pixels) for p in test["image_path"].head(4)]
-    export_checked(model, out_dir / "model.onnx", size, images, cfg["onnx_tolerance"], template)
-    return out_dir / "model.onnx"
+    split = lambda name, n: [load_rgb(Path(p), max_pixels) for p in manifest[manifest["split"] == name]["image_path"].head(n)]  # noqa: E731
+    test = manifest[manifest["split"] == "test"].reset_index(drop=True)
+    return build_served_onnx(model, out_dir, size, check_images=split("test", 4), quantize=cfg["quantize"],
+                             calibration=split("train", cfg["calibration_images"]), test=test, max_pixels=max_pixels,
+                             metric=params["register"]["metric"], max_loss=cfg["max_int8_loss"],
+                             tolerance=cfg["onnx_tolerance"], template=params["model"]["onnx_path"])
 
 
 def main() -> int:
@@ -52,13 +67,14 @@ def main() -> int:
 
     model_file, size = Path(paths["models"]) / "model.keras", params["evaluate"]["size"]
     tmp = tempfile.TemporaryDirectory()
-    onnx_file = onnx_export(model_file, size, test, params["serve"], params["model"]["onnx_path"], max_pixels, Path(tmp.name))
+    served = served_onnx(model_file, size, manifest, params, Path(tmp.name))
 
     tracking.configure(params["mlflow"]["tracking_uri"], params["mlflow"]["experiment"])
     record = registry.register_run(
         MlflowClient(), cfg["model_name"],
         run_id=json.loads((reports / "train.json").read_text())["run_id"],
-        model_file=model_file, onnx_file=onnx_file,
+        model_file=model_file, onnx_file=served.path if served else None,
+        extra_tags=served_tags(served),
         metrics=json.loads((reports / "metrics.json").read_text()),
         test=test, size=size, max_pixels=max_pixels,
         serve_max_pixels=params["serve"]["max_pixels"],

@@ -103,12 +103,12 @@ def test_gate_both_ways_in_a_real_registry(setup):
     assert segmenter.size == 32
 
 
-def test_registering_the_same_run_again_adds_no_version(setup):
+def test_registering_the_same_run_again_adds_no_version(setup, toy_model):
     register, test = setup
     client = MlflowClient()
     first, run_id = register(0.80)
     metrics = {"max_f": 0.80, "baseline": {}, "n_images": len(test)}
-    again = registry.register_run(client, NAME, run_id, Path("unused.keras"), metrics, test, size=32, max_pixels=10**6,
+    again = registry.register_run(client, NAME, run_id, toy_model, metrics, test, size=32, max_pixels=10**6,
                                   serve_max_pixels=10**6, example=b"", metric="max_f", min_delta=0.002,
                                   require_beats_baseline=False)
     assert again.version == first.version and again.alias == CHAMPION
@@ -124,3 +124,16 @@ def test_a_champion_from_another_test_set_is_rescored_on_this_one(setup):
     assert 0 < result.champion_score <= 1
     expected = CHAMPION if 0.50 - result.champion_score > 0.002 else CHALLENGER
     assert result.alias == expected
+
+
+def test_the_same_model_served_differently_is_a_new_version_and_keeps_the_title(setup, toy_model):
+    register, test = setup
+    client = MlflowClient()
+    first, run_id = register(0.80)
+    metrics = {"max_f": 0.80, "baseline": {}, "n_images": len(test)}
+    example = serving.png_bytes(Image.fromarray(disc_image(16, 16)[0]))
+    again = registry.register_run(client, NAME, run_id, toy_model, metrics, test, size=48, max_pixels=10**6,
+                                  serve_max_pixels=10**6, example=example, metric="max_f", min_delta=0.002,
+                                  require_beats_baseline=False)
+    assert again.version != first.version and again.alias == CHAMPION and "new serving set-up" in again.reason
+    assert aliases(client) == {CHAMPION: again.version, PREVIOUS: first.version}

