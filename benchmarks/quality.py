@@ -114,8 +114,29 @@ def score(workdir: Path, u2net: Path | None, threads: int) -> dict:
 
         _, scores = evaluate(test, timed, 10**9)
         results[name] = {**summarise(scores), "size_mb": round(size_mb, 2), "ms_per_image": round(1000 * float(np.median(times)), 1)}
+    gallery(test, models, workdir / "reports" / "quality_cutouts.png")
     groups = sorted(test["group"].unique())
     return {"test_groups": groups, "n_test_images": len(test), "champion": registered, "models": results}
+
+
+def gallery(test, models: dict, out: Path, n: int = 4) -> None:
+    """A few test frames, evenly spread: the photo, then each model's cut-out over a checkerboard."""
+    import numpy as np
+
+    from bgremoval.imageio import load_rgb
+    from bgremoval.viz import checkerboard_composite, grid
+
+    tiles, labels = [], []
+    names = [name for name, entry in models.items() if entry is not None]
+    for i in np.linspace(0, len(test) - 1, n).round().astype(int):
+        image = load_rgb(Path(test["image_path"].iloc[i]), 10**9)
+        tiles.append(image)
+        labels.append(str(test["name"].iloc[i]))
+        for name in names:
+            tiles.append(checkerboard_composite(image, models[name][0](image)))
+            labels.append(name)
+    grid(tiles, labels, cols=1 + len(names), tile=240).save(out)
+    print(f"cut-outs drawn in {out}")
 
 
 def main() -> None:

@@ -27,3 +27,12 @@ def grid(tiles: list[np.ndarray], labels: list[str], cols: int, tile: int = 160)
         canvas.paste(Image.fromarray(t).resize((tile, tile), Image.Resampling.BILINEAR), (x, y + label_h))
         draw.text((x + 2, y + 1), label[: tile // 6], fill=(0, 0, 0))
     return canvas
+
+
+def checkerboard_composite(image: np.ndarray, alpha: np.ndarray, square: int = 12) -> np.ndarray:
+    """A cut-out (alpha in [0, 1]) over a grey checkerboard, as image editors show transparency."""
+    h, w = alpha.shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    board = np.where(((yy // square + xx // square) % 2)[..., None] == 0, 200, 150).astype(np.float32)
+    a = alpha[..., None].astype(np.float32)
+    return (image.astype(np.float32) * a + board * (1 - a)).astype(np.uint8)
