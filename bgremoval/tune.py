@@ -1,5 +1,7 @@
-"""Hyperparameter search: one objective, a search space declared in params.yaml, an Optuna study
-that resumes from its storage, and every trial a nested MLflow run."""
+"""Hyperparameter search: a search space declared in params.yaml, an Optuna study that resumes from its
+storage, and every trial a nested MLflow run. One objective (a val metric, maximised), or two: the val
+metric and the forward latency at the serving size, whose Pareto front is logged and from which params
+pick the trade-off."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import hashlib
 import json
 import logging
 import tempfile
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -32,12 +35,22 @@ class StudyConfig:
     metric: str  # per-epoch metric reported to the pruner and maximised, e.g. val/iou
     pruner: dict[str, Any]
     heartbeat_interval: int | None  # seconds; a trial silent for 2x this is failed (killed worker)
+    latency: bool = False  # second objective: ms per image at the serving size, minimised
+
+    @property
+    def directions(self) -> list[str]:
+        return ["maximize", "minimize"] if self.latency else ["maximize"]
+
+
+SEARCHABLE = ("model.", "train.", "evaluate.size")
 
 
 def suggest(trial: optuna.Trial, space: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Draw one value per dotted key of the declared space (float / int / categorical)."""
     values = {}
     for key, spec in space.items():
+        if not key.startswith(SEARCHABLE):
+            raise ValueError(f"tune.space.{key}: only model.*, train.* and evaluate.size can be searched")
         kind = spec["type"]
         if kind == "float":
             values[key] = trial.suggest_float(key, float(spec["low"]), float(spec["high"]), log=bool(spec.get("log", False)))
@@ -88,8 +101,9 @@ def open_study(cfg: StudyConfig, seed: int) -> optuna.Study:
         study_name=cfg.study_name,
         storage=storage,
         sampler=optuna.samplers.TPESampler(seed=seed),
-        pruner=make_pruner(cfg.pruner),
-        direction="maximize",
+        # Optuna cannot prune multi-objective trials: they run their whole budget.
+        pruner=optuna.pruners.NopPruner() if cfg.latency else make_pruner(cfg.pruner),
+        directions=cfg.directions,
         load_if_exists=True,
     )
 
@@ -115,7 +129,25 @@ class PruneOnMetric(keras.callbacks.Callback):
             raise optuna.TrialPruned(f"{self.metric}={value:.4f} at epoch {epoch}")
 
 
-def run_trial(trial: optuna.Trial, values: dict[str, Any], train_one: Callable[[optuna.Trial, dict, Path], float]) -> float:
+Objective = float | tuple[float, float]  # the metric, or (metric, ms per image)
+
+
+def forward_ms(predict: Callable[[Any], Any], size: int, repeats: int = 5) -> float:
+    """Median wall time of one forward pass on a size x size batch of one, after two warm-up calls."""
+    import numpy as np
+
+    batch = np.full((1, size, size, 3), 0.5, np.float32)
+    for _ in range(2):
+        predict(batch)  # traces and allocates
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        predict(batch)
+        times.append(time.perf_counter() - start)
+    return 1000 * float(np.median(times))
+
+
+def run_trial(trial: optuna.Trial, values: dict[str, Any], train_one: Callable[[optuna.Trial, dict, Path], Objective]) -> Objective:
     """One trial as a nested MLflow run: params, curves (via train_one's callbacks), result and state."""
     import mlflow
 
@@ -134,13 +166,16 @@ def run_trial(trial: optuna.Trial, values: dict[str, Any], train_one: Callable[[
             mlflow.log_text(traceback.format_exc(), "error.txt")
             mlflow.end_run(status="FAILED")
             raise
-        mlflow.log_metric("objective", value)
+        if isinstance(value, tuple):
+            mlflow.log_metrics({"objective": value[0], "latency_ms": value[1]})
+        else:
+            mlflow.log_metric("objective", value)
         mlflow.set_tag("optuna.state", "complete")
         return value
 
 
 def optimise(
-    study: optuna.Study, cfg: StudyConfig, space: dict, train_one: Callable[[optuna.Trial, dict, Path], float], progress: bool = True
+    study: optuna.Study, cfg: StudyConfig, space: dict, train_one: Callable[[optuna.Trial, dict, Path], Objective], progress: bool = True
 ) -> None:
     """Run trials until the study holds n_trials complete or pruned ones (continuing an earlier run)."""
     remaining = cfg.n_trials - count(study, DONE)
@@ -148,7 +183,7 @@ def optimise(
         log.info("study %s already has %d finished trials", cfg.study_name, count(study, DONE))
         return
 
-    def objective(trial: optuna.Trial) -> float:
+    def objective(trial: optuna.Trial) -> Objective:
         return run_trial(trial, suggest(trial, space), train_one)
 
     def enough_failures(study: optuna.Study, _trial) -> None:
@@ -166,22 +201,64 @@ def optimise(
     )
 
 
-def best_params(study: optuna.Study) -> dict[str, Any]:
-    """The best complete trial's values, number and metric."""
+def pareto_front(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The complete trials no other trial beats on both objectives, fastest first."""
+    return sorted(study.best_trials, key=lambda t: (t.values[1], -t.values[0], t.number))
+
+
+def pick(front: list[optuna.trial.FrozenTrial], max_metric_loss: float) -> optuna.trial.FrozenTrial:
+    """The trade-off: the fastest trial on the front whose metric is within max_metric_loss of the best."""
+    if not front:
+        raise ValueError("the Pareto front is empty")
+    top = max(t.values[0] for t in front)
+    good = [t for t in front if t.values[0] >= top - max_metric_loss - 1e-12]
+    return min(good, key=lambda t: (t.values[1], -t.values[0], t.number))
+
+
+def best_params(study: optuna.Study, max_metric_loss: float = 0.0) -> dict[str, Any]:
+    """The chosen complete trial's values, number and metric (and, with two objectives, its latency and the front)."""
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if not complete:
         raise RuntimeError(f"study {study.study_name} has no complete trial; see its failed trials' errors in MLflow")
-    best = study.best_trial
-    return {"params": best.params, "value": best.value, "trial": best.number, "study": study.study_name}
+    if len(study.directions) == 1:
+        best = study.best_trial
+        return {"params": best.params, "value": best.value, "trial": best.number, "study": study.study_name}
+    front = pareto_front(study)
+    best = pick(front, max_metric_loss)
+    return {
+        "params": best.params, "value": best.values[0], "latency_ms": best.values[1], "trial": best.number,
+        "study": study.study_name, "max_metric_loss": max_metric_loss,
+        "pareto_front": [{"trial": t.number, "value": t.values[0], "latency_ms": t.values[1], "params": t.params} for t in front],
+    }
 
 
-def write_plots(study: optuna.Study, out_dir: Path) -> list[Path]:
-    """Optimisation history and parameter importances as HTML (importances need 2+ complete trials)."""
-    from optuna.visualization import plot_optimization_history, plot_param_importances
+def tuned_section(section: str, values: dict[str, Any], apply: dict[str, Any]) -> dict[str, Any]:
+    """A params section (a mapping) with the tuned `section.key` values from tune's `apply` replaced."""
+    fields = {k.split(".", 1)[1]: v for k, v in apply.items() if k.split(".", 1)[0] == section}
+    unknown = set(fields) - set(values)
+    if unknown:
+        raise ValueError(f"{section}: no such setting(s) {sorted(unknown)}")
+    return {**values, **fields}
+
+
+def write_plots(study: optuna.Study, out_dir: Path, metric: str = "metric") -> list[Path]:
+    """Optimisation history and parameter importances as HTML (importances need 2+ complete trials);
+    with two objectives, of the metric, plus the Pareto front (metric against ms per image)."""
+    from functools import partial
+
+    from optuna.visualization import plot_optimization_history, plot_param_importances, plot_pareto_front
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    plots = {"optimization_history": plot_optimization_history, "param_importances": plot_param_importances}
+    if len(study.directions) > 1:
+        plots = {
+            "optimization_history": partial(plot_optimization_history, target=lambda t: t.values[0], target_name=metric),
+            # The evaluator ranks what leads to *low* targets: negate the metric that is maximised.
+            "param_importances": partial(plot_param_importances, target=lambda t: -t.values[0], target_name=metric),
+        }
+        plots["pareto_front"] = partial(plot_pareto_front, target_names=[metric, "ms per image"])
     written = []
-    for name, plot in (("optimization_history", plot_optimization_history), ("param_importances", plot_param_importances)):
+    for name, plot in plots.items():
         try:
             path = out_dir / f"{name}.html"
             plot(study).write_html(str(path), include_plotlyjs=True)  # self-contained: opens offline

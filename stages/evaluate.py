@@ -18,6 +18,7 @@ from bgremoval.evaluate import error_overlay, evaluate, keras_predictor
 from bgremoval.imageio import load_mask, load_rgb
 from bgremoval.metrics import pr_curve, summarise
 from bgremoval.train import ModelConfig, build_network, inference_model
+from bgremoval.tune import tuned_section
 from bgremoval.viz import grid
 from stages.common import start
 
@@ -26,7 +27,9 @@ log = logging.getLogger("stages.evaluate")
 
 def main() -> int:
     params = start("evaluate")
-    cfg, paths = params["evaluate"], params["paths"]
+    paths = params["paths"]
+    # tune may have chosen the serving size (tune.apply: [evaluate.size]); the trade-off lives there.
+    cfg = tuned_section("evaluate", params["evaluate"], json.loads(Path(paths["best_params"]).read_text())["apply"])
     reports, max_pixels = Path(paths["reports"]), params["prepare"]["max_pixels"]
     manifest = pd.read_parquet(paths["manifest"])
     test = manifest[manifest["split"] == "test"].reset_index(drop=True)
@@ -37,7 +40,7 @@ def main() -> int:
     stock = keras_predictor(inference_model(build_network(ModelConfig(family="u2netp"))), cfg["baseline_size"])
     base_table, base_scores = evaluate(test, stock, max_pixels)
 
-    metrics = {**summarise(scores), "baseline": summarise(base_scores), "n_images": len(test)}
+    metrics = {**summarise(scores), "baseline": summarise(base_scores), "n_images": len(test), "size": cfg["size"]}
     table["baseline_iou"] = base_table["iou"]
     table = table.sort_values("iou")  # worst first
     reports.mkdir(parents=True, exist_ok=True)

@@ -65,7 +65,8 @@ def main() -> int:
     manifest = pd.read_parquet(paths["manifest"])
     test = manifest[manifest["split"] == "test"].reset_index(drop=True)
 
-    model_file, size = Path(paths["models"]) / "model.keras", params["evaluate"]["size"]
+    metrics = json.loads((reports / "metrics.json").read_text())
+    model_file, size = Path(paths["models"]) / "model.keras", int(metrics["size"])  # the size evaluate scored (tuned or evaluate.size)
     tmp = tempfile.TemporaryDirectory()
     served = served_onnx(model_file, size, manifest, params, Path(tmp.name))
 
@@ -75,7 +76,7 @@ def main() -> int:
         run_id=json.loads((reports / "train.json").read_text())["run_id"],
         model_file=model_file, onnx_file=served.path if served else None,
         extra_tags=served_tags(served),
-        metrics=json.loads((reports / "metrics.json").read_text()),
+        metrics=metrics,
         test=test, size=size, max_pixels=max_pixels,
         serve_max_pixels=params["serve"]["max_pixels"],
         example=example_png(Path(test["image_path"].iloc[0]), max_pixels),

@@ -35,7 +35,8 @@ def project(tmp_path: Path) -> Path:
                      "train.freeze_epochs": 1,
                      "tune.n_trials": 2, "tune.epochs": 1, "tune.steps_per_epoch": 2, "tune.size": 32,
                      "tune.space": {"train.learning_rate": {"type": "float", "low": 0.0001, "high": 0.01, "log": True},
-                                    "train.batch_size": {"type": "categorical", "choices": [2, 4]}}})
+                                    "train.batch_size": {"type": "categorical", "choices": [2, 4]},
+                                    "evaluate.size": {"type": "categorical", "choices": [32, 48]}}})
     return dst
 
 
@@ -135,11 +136,15 @@ def test_full_repro_tracks_everything_in_mlflow_and_registers_a_servable_champio
     assert len(parent) == 1 and parent[0].data.metrics["trials/complete"] + parent[0].data.metrics["trials/pruned"] == 2
     trials = client.search_runs([r.info.experiment_id], f"tags.mlflow.parentRunId = '{parent[0].info.run_id}'")
     assert len(trials) == 2
-    assert {"optimization_history.html", "param_importances.html"} <= {a.path for a in client.list_artifacts(parent[0].info.run_id)}
+    # Two objectives (params: tune.latency): the Pareto front is logged, the chosen serving size reaches evaluate.
+    assert {"optimization_history.html", "pareto_front.html", "pareto_front.json"} <= {a.path for a in client.list_artifacts(parent[0].info.run_id)}
+    assert best["trial"] in {t["trial"] for t in best["pareto_front"]} and best["latency_ms"] > 0
+    assert all("serving/ms_per_image" in t.data.metrics for t in trials)
     # evaluate: the model and stock U²-NetP on the test split, logged to the training run.
     metrics = json.loads((project / "reports" / "metrics.json").read_text())
     keys = {"mae", "max_f", "iou", "dice", "boundary_f"}
     assert keys <= set(metrics) and keys == set(metrics["baseline"]) and metrics["n_images"] == 3
+    assert metrics["size"] == best["apply"]["evaluate.size"]
     assert all(0 <= metrics[k] <= 1 for k in keys)
     assert (project / "reports" / "eval_worst.png").exists() and (project / "reports" / "pr_curve.csv").exists()
     r = client.get_run(summary["run_id"])

@@ -11,7 +11,10 @@ import pytest
 
 from bgremoval import tracking
 from bgremoval.train import ModelConfig, TrainConfig, build_network, clean_logs, datasets, evaluate_val, fit
-from bgremoval.tune import DONE, PruneOnMetric, StudyConfig, apply_overrides, best_params, count, open_study, optimise, suggest
+from bgremoval.tune import (
+    DONE, PruneOnMetric, StudyConfig, apply_overrides, best_params, count, forward_ms, open_study, optimise, pareto_front,
+    pick, suggest, tuned_section, write_plots,
+)
 from tests.test_train import _toy_shards
 
 SPACE = {
@@ -27,14 +30,15 @@ def _config(tmp_path: Path, name="toy", n_trials=3, pruner=None) -> StudyConfig:
                        metric="val/iou", pruner=pruner or {"type": "none"}, heartbeat_interval=None)
 
 
-def _objective(shards: Path):
+def _objective(shards: Path, prune: bool = True):
     def train_one(trial, values, checkpoints):
         keras.utils.set_random_seed(trial.number)
         cfg = apply_overrides("train", TRAIN, values)
         network = build_network(ModelConfig(family="unet", unet_filters=[4, 8]))
         train_ds, val_ds = datasets(shards, 32, 8, 0)
         rename = lambda logs: clean_logs(network, logs)  # noqa: E731
-        fit(network, train_ds, val_ds, cfg, 3.0, 2, checkpoints, [tracking.EpochLogger(rename), PruneOnMetric(trial, rename, "val/iou")])
+        callbacks = [tracking.EpochLogger(rename)] + ([PruneOnMetric(trial, rename, "val/iou")] if prune else [])
+        fit(network, train_ds, val_ds, cfg, 3.0, 2, checkpoints, callbacks)
         return evaluate_val(network, val_ds)["iou"]
 
     return train_one
@@ -54,6 +58,8 @@ def test_suggest_reads_the_declared_space():
         suggest(study.ask(), {"x": {"type": "uniform"}})
     with pytest.raises(ValueError, match="no such setting"):
         apply_overrides("train", TRAIN, {"train.learning_rte": 1.0})
+    with pytest.raises(ValueError, match="tune.space.augment.size: only model"):
+        suggest(study.ask(), {"augment.size": {"type": "int", "low": 1, "high": 2}})
 
 
 def test_study_logs_nested_runs_and_prunes(tmp_path, shards):
@@ -121,3 +127,55 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on(tmp_path, shards):
     runs = mlflow.search_runs(filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'", output_format="list")
     broken = [r for r in runs if r.data.tags.get("optuna.state") == "failed"]
     assert len(broken) == 1 and "out of memory" in broken[0].data.tags["error"] and broken[0].info.status == "FAILED"
+
+
+def _two_objective_study(points: list[tuple[float, float]]) -> optuna.Study:
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for i, (quality, ms) in enumerate(points):
+        study.add_trial(optuna.trial.create_trial(params={"evaluate.size": 256 + i}, values=[quality, ms],
+                        distributions={"evaluate.size": optuna.distributions.IntDistribution(0, 10_000)}))
+    return study
+
+
+def test_the_trade_off_is_the_fastest_front_trial_within_the_allowed_metric_loss():
+    # (iou, ms): trial 3 is dominated by trial 1 (worse and slower), so it is not on the front.
+    study = _two_objective_study([(0.90, 240.0), (0.895, 150.0), (0.85, 90.0), (0.88, 200.0)])
+    front = pareto_front(study)
+    assert [t.number for t in front] == [2, 1, 0]  # fastest first
+    assert pick(front, 0.0).number == 0  # the best metric, whatever it costs
+    assert pick(front, 0.01).number == 1  # 0.005 worse, 90 ms faster
+    assert pick(front, 0.06).number == 2
+    best = best_params(study, 0.01)
+    assert best["trial"] == 1 and best["latency_ms"] == 150.0 and best["value"] == 0.895
+    assert [t["trial"] for t in best["pareto_front"]] == [2, 1, 0]
+    assert tuned_section("evaluate", {"size": 320, "worst": 8}, {"evaluate.size": 257, "train.loss": "bce"}) == {"size": 257, "worst": 8}
+    with pytest.raises(ValueError, match="no such setting"):
+        tuned_section("evaluate", {"size": 320}, {"evaluate.sise": 256})
+
+
+def test_a_two_objective_study_measures_latency_and_logs_its_front(tmp_path, shards):
+    """Quality and latency together: the serving size is searched, each trial measured at it."""
+    tracking.configure(f"sqlite:///{tmp_path / 'mlflow.db'}", "tune-pareto")
+    cfg = StudyConfig(storage=f"sqlite:///{tmp_path / 'optuna.db'}", study_name="pareto", n_trials=3, max_failed=2,
+                      metric="val/iou", pruner={"type": "median"}, heartbeat_interval=None, latency=True)
+    space = {"evaluate.size": {"type": "categorical", "choices": [32, 256]}}
+    train_one = _objective(shards, prune=False)  # Optuna cannot prune multi-objective trials
+
+    def quality_and_latency(trial, values, ckpt):
+        quality = train_one(trial, {}, ckpt)
+        network = build_network(ModelConfig(family="unet", unet_filters=[4, 8]))
+        return quality, forward_ms(network.predict_on_batch, values["evaluate.size"])
+
+    study = open_study(cfg, seed=0)
+    with mlflow.start_run() as parent:
+        optimise(study, cfg, space, quality_and_latency, progress=False)
+    assert count(open_study(cfg, seed=0), DONE) == 3 and len(study.directions) == 2
+    times = {t.params["evaluate.size"]: t.values[1] for t in study.get_trials(states=DONE)}
+    if len(times) == 2:  # a 64x larger input must take longer
+        assert times[256] > times[32]
+    runs = mlflow.search_runs(filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'", output_format="list")
+    assert len(runs) == 3 and all(r.data.metrics["latency_ms"] > 0 for r in runs)
+    written = {p.name for p in write_plots(study, tmp_path / "plots", "val/iou")}
+    assert "pareto_front.html" in written
+    best = best_params(study, 1.0)  # any loss allowed: the fastest front trial
+    assert best["latency_ms"] == min(t["latency_ms"] for t in best["pareto_front"])
