@@ -112,6 +112,36 @@ def _image_exts() -> tuple[str, ...]:
     return IMAGE_EXTENSIONS
 
 
+def _cmd_tune_worker(args: argparse.Namespace) -> int:
+    import os
+
+    import mlflow
+    import optuna
+
+    from bgremoval import tracking
+    from bgremoval.tune import DONE, count, open_study, optimise
+    from bgremoval.tune_job import STORAGE_ENV, TuneJob
+
+    logging.getLogger("bgremoval").setLevel(logging.INFO)
+    params = _params(args.params)
+    if args.storage:
+        os.environ[STORAGE_ENV] = args.storage
+    try:
+        job = TuneJob.from_params(params)
+    except FileNotFoundError as exc:
+        sys.exit(f"bgremoval tune-worker: {exc}")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = open_study(job.cfg, params["base"]["seed"])
+    where = job.cfg.storage.split("@")[-1]
+    print(f"joined study {job.cfg.study_name} in {where}: {count(study, DONE)} of {job.cfg.n_trials} trials done", flush=True)
+    tracking.configure(params["mlflow"]["tracking_uri"], params["mlflow"]["experiment"])
+    with mlflow.start_run(run_id=job.parent_run_id(study)):
+        optimise(study, job.cfg, params["tune"]["space"], job.train_one, progress=not args.quiet)
+    print(f"study {job.cfg.study_name}: {count(study, DONE)} of {job.cfg.n_trials} trials done; "
+          "`dvc repro` now reads it (the tune stage runs whatever is left)", flush=True)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Sub-commands of the CLI."""
     parser = argparse.ArgumentParser(prog="bgremoval", description=__doc__)
@@ -145,6 +175,19 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--params", default="params.yaml", help=argparse.SUPPRESS)
     predict.add_argument("--quiet", action="store_true", help="no progress bar")
     predict.set_defaults(func=_cmd_predict)
+
+    worker = sub.add_parser(
+        "tune-worker", help="run tuning trials for this project's study, alongside other workers",
+        description="Joins the tune stage's Optuna study (the same params and augmented shards give the same study) "
+                    "in a shared storage and runs trials until the study holds tune.n_trials finished ones. Start "
+                    "as many as you like, on one machine or many; each trial is a nested run under the study's "
+                    "MLflow parent run ($MLFLOW_TRACKING_URI). Then `dvc repro` reads the finished study.")
+    worker.add_argument("--storage", default=None,
+                        help=f"SQLAlchemy URL of the study storage, e.g. postgresql://host/optuna "
+                             f"(default: ${{BGREMOVAL_TUNE_STORAGE}}, else tune.storage)")
+    worker.add_argument("--params", default="params.yaml", help="the project's params file (default: %(default)s)")
+    worker.add_argument("--quiet", action="store_true", help="no progress bar")
+    worker.set_defaults(func=_cmd_tune_worker)
     return parser
 
 

@@ -5,10 +5,14 @@ pick the trade-off."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import os
+import socket
 import tempfile
+import threading
 import time
 import traceback
 import warnings
@@ -91,12 +95,80 @@ def study_key(space: dict, budget: dict, data_fingerprint: str, seed: int) -> st
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
+class BudgetReached(Exception):
+    """The study already holds n_trials complete, pruned, running or waiting trials."""
+
+
+class BudgetedStorage(optuna.storages.RDBStorage):
+    """Optuna's RDB storage that hands out a new trial only while the study holds fewer than n_trials
+    complete, pruned, running or waiting ones, atomically across processes and machines (a PostgreSQL
+    advisory lock; a file lock next to a SQLite file). N workers then stop at exactly n_trials, where
+    checking a count after each trial would overshoot by up to N - 1."""
+
+    def __init__(self, url: str, n_trials: int, **kwargs):
+        super().__init__(url, **kwargs)
+        self.n_trials = n_trials
+
+    @contextlib.contextmanager
+    def lock(self, study_id: int):
+        """Held by one process at a time, per study."""
+        dialect = self.engine.dialect.name
+        if dialect == "postgresql":
+            from sqlalchemy import text
+
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _LOCK_KEY + study_id})
+                try:
+                    yield
+                finally:
+                    conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _LOCK_KEY + study_id})
+                    conn.commit()
+        elif dialect == "sqlite" and self.engine.url.database not in (None, "", ":memory:"):
+            import fcntl
+
+            with open(f"{self.engine.url.database}.lock", "a") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX)
+                try:
+                    yield
+                finally:
+                    fcntl.flock(handle, fcntl.LOCK_UN)
+        else:  # one process (in-memory SQLite), or a database we hold no lock recipe for
+            with _LOCAL_LOCK:
+                yield
+
+    def create_new_trial(self, study_id: int, template_trial=None) -> int:
+        if template_trial is not None:  # add_trial / enqueue_trial (e.g. a retry): not a fresh draw
+            return super().create_new_trial(study_id, template_trial)
+        with self.lock(study_id):
+            taken = self.get_all_trials(study_id, deepcopy=False, states=(*DONE, *_CLAIMED))
+            if len(taken) >= self.n_trials:
+                raise BudgetReached(f"study holds {len(taken)} of {self.n_trials} trials")
+            return super().create_new_trial(study_id, template_trial)
+
+
+_LOCK_KEY = 0x6267_0000  # advisory-lock namespace ("bg"), plus the study id
+_LOCAL_LOCK = threading.Lock()
+_CLAIMED = (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
+
+
+def study_lock(study: optuna.Study):
+    """The storage's per-study lock (a context manager) for a study opened by open_study."""
+    backend = getattr(study._storage, "_backend", study._storage)  # noqa: SLF001 (Optuna caches RDB storages)
+    if not isinstance(backend, BudgetedStorage):
+        raise TypeError(f"study {study.study_name} was not opened with open_study")
+    return backend.lock(study._study_id)  # noqa: SLF001
+
+
 def open_study(cfg: StudyConfig, seed: int) -> optuna.Study:
-    """Create the study, or load it when it exists (resuming): TPE seeded from params."""
-    storage = optuna.storages.RDBStorage(
+    """Create the study, or load it when it exists (resuming, or joining other workers): TPE seeded
+    from params. With heartbeats, a trial whose worker went silent (killed) is failed after the grace
+    period by the next worker to ask for a trial, and re-queued with the same params."""
+    storage = BudgetedStorage(
         cfg.storage,
+        cfg.n_trials,
         heartbeat_interval=cfg.heartbeat_interval,
         grace_period=2 * cfg.heartbeat_interval if cfg.heartbeat_interval else None,
+        heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2) if cfg.heartbeat_interval else None,
     )
     return optuna.create_study(
         study_name=cfg.study_name,
@@ -176,30 +248,54 @@ def run_trial(trial: optuna.Trial, values: dict[str, Any], train_one: Callable[[
 
 
 def optimise(
-    study: optuna.Study, cfg: StudyConfig, space: dict, train_one: Callable[[optuna.Trial, dict, Path], Objective], progress: bool = True
+    study: optuna.Study, cfg: StudyConfig, space: dict, train_one: Callable[[optuna.Trial, dict, Path], Objective],
+    progress: bool = True, poll_seconds: float = 5.0,
 ) -> None:
-    """Run trials until the study holds n_trials complete or pruned ones (continuing an earlier run)."""
-    remaining = cfg.n_trials - count(study, DONE)
-    if remaining <= 0:
-        log.info("study %s already has %d finished trials", cfg.study_name, count(study, DONE))
-        return
+    """Run trials until the study holds n_trials complete or pruned ones (continuing an earlier run, or
+    alongside other workers). When other workers hold the last trials, wait for them (with heartbeats, a
+    killed worker's trial is failed and re-queued after the grace period) and take over what is left."""
 
     def objective(trial: optuna.Trial) -> Objective:
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         return run_trial(trial, suggest(trial, space), train_one)
 
     def enough_failures(study: optuna.Study, _trial) -> None:
-        if count(study, (optuna.trial.TrialState.FAIL,)) >= cfg.max_failed:
+        if failures() >= cfg.max_failed:
             log.error("stopping the study: %d trials failed (tune.max_failed)", cfg.max_failed)
             study.stop()
 
-    study.optimize(
-        objective,
-        n_trials=remaining + cfg.max_failed,  # failures don't use up the budget, MaxTrialsCallback ends it
-        callbacks=[optuna.study.MaxTrialsCallback(cfg.n_trials, states=DONE), enough_failures],
-        catch=(Exception,),  # a failed trial is recorded with its error; the study goes on
-        show_progress_bar=progress,
-        gc_after_trial=True,
-    )
+    def failures() -> int:  # a killed worker's trial is re-queued, so it does not count as a failure
+        return sum(1 for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))
+                   if not _retried(study, t))
+
+    for _ in range(cfg.n_trials + cfg.max_failed + 1):  # each round finishes or fails at least one trial
+        remaining = cfg.n_trials - count(study, DONE)
+        if remaining <= 0 or failures() >= cfg.max_failed:
+            break
+        try:
+            study.optimize(
+                objective,
+                n_trials=remaining + cfg.max_failed,  # failures don't use up the budget; the storage ends it
+                callbacks=[optuna.study.MaxTrialsCallback(cfg.n_trials, states=DONE), enough_failures],
+                catch=(Exception,),  # a failed trial is recorded with its error; the study goes on
+                show_progress_bar=progress,
+                gc_after_trial=True,
+            )
+        except BudgetReached:  # other workers hold the rest of the budget
+            if not cfg.heartbeat_interval:
+                log.warning("study %s: other workers hold the last trials; without tune.heartbeat_interval a killed "
+                            "worker's trial cannot be told apart from a slow one, so this worker stops here", cfg.study_name)
+                break
+            log.info("study %s: waiting for other workers' %d running trials", cfg.study_name, count(study, _CLAIMED))
+            while count(study, _CLAIMED):
+                time.sleep(poll_seconds)
+                optuna.storages.fail_stale_trials(study)  # re-queues a killed worker's trial after the grace period
+    log.info("study %s: %d of %d trials finished", cfg.study_name, count(study, DONE), cfg.n_trials)
+
+
+def _retried(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+    """Whether a failed trial was re-queued (RetryHeartbeatStaleTrialCallback records it in the copy)."""
+    return any(trial.number in t.system_attrs.get("retry_history", ()) for t in study.get_trials(deepcopy=False))
 
 
 def pareto_front(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:

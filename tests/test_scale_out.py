@@ -1,0 +1,182 @@
+"""Scale-out against the machine's real PostgreSQL: three `bgremoval tune-worker` processes share one
+Optuna study, one is killed with SIGKILL mid-trial, and every trial is tracked by a real `mlflow server`
+whose backend store is PostgreSQL too. Skips (with the reason) only where no PostgreSQL answers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+import yaml
+
+from tests.test_train import _toy_shards
+
+ROOT = Path(__file__).resolve().parents[1]
+PG = os.environ.get("BGREMOVAL_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
+N_TRIALS = 6
+pytestmark = pytest.mark.slow
+
+
+def _admin():
+    import psycopg
+
+    try:
+        return psycopg.connect(f"{PG}/postgres", connect_timeout=5, autocommit=True)
+    except psycopg.OperationalError as exc:
+        pytest.skip(f"no PostgreSQL reachable at {PG} ({exc}); set BGREMOVAL_TEST_PG to one")
+
+
+def _temp_database(prefix: str) -> str:
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    conn = _admin()
+    with conn.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    conn.close()
+    return name
+
+
+def _drop(name: str) -> None:
+    conn = _admin()
+    with conn.cursor() as cur:
+        cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    conn.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(**extra) -> dict:
+    return dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+                TF_CPP_MIN_LOG_LEVEL="2", **extra)
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """`mlflow server` with a PostgreSQL backend store and a local artifact root, on a free loopback port."""
+    db = _temp_database("bgremoval_mlflow")
+    port, artifacts = _free_port(), tmp_path_factory.mktemp("artifacts")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"{PG}/{db}",
+         "--artifacts-destination", str(artifacts), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            _drop(db)
+            pytest.fail(f"mlflow server exited with {proc.returncode}:\n{proc.stdout.read()}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as resp:
+                if resp.status == 200:
+                    break
+        except OSError:
+            time.sleep(1)
+    else:
+        proc.kill()
+        _drop(db)
+        pytest.fail("mlflow server did not answer /health within 180 s")
+    yield f"http://127.0.0.1:{port}"
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    _drop(db)
+
+
+@pytest.fixture(scope="module")
+def workers_run(tmp_path_factory, mlflow_server):
+    """Three workers on one study in PostgreSQL; the first is killed with SIGKILL inside its first trial."""
+    db = _temp_database("bgremoval_optuna")
+    storage = f"{PG}/{db}"
+    project = tmp_path_factory.mktemp("project")
+    shards = _toy_shards(project / "shards", n_train=16, n_val=8)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["paths"]["augmented"] = str(shards)
+    params["model"] |= {"family": "unet", "unet_filters": [4, 8]}
+    params["tune"] |= {"n_trials": N_TRIALS, "epochs": 2, "steps_per_epoch": 3, "size": 32, "latency": False,
+                       "heartbeat_interval": 1, "max_failed": 3, "pruner": {"type": "none"},
+                       "space": {"train.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}}}
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = _env(MLFLOW_TRACKING_URI=mlflow_server, BGREMOVAL_TUNE_STORAGE=storage)
+    cmd = [sys.executable, "-m", "bgremoval.cli", "tune-worker", "--quiet"]
+    logs = [open(project / f"worker{i}.log", "w") for i in range(3)]
+    procs = [subprocess.Popen(cmd, cwd=project, env=env, stdout=log, stderr=subprocess.STDOUT) for log in logs]
+    victim = procs[0]
+
+    def load():
+        (name,) = optuna.study.get_all_study_names(storage)
+        return optuna.load_study(study_name=name, storage=storage)
+
+    killed_trial, deadline = None, time.time() + 240
+    while killed_trial is None and time.time() < deadline:
+        time.sleep(0.5)
+        try:
+            running = load().get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+        except (ValueError, KeyError):  # not created yet
+            continue
+        mine = [t for t in running if t.user_attrs.get("worker", "").endswith(f":{victim.pid}")]
+        if mine:
+            time.sleep(1.0)  # well inside the trial: it has sent heartbeats
+            victim.send_signal(signal.SIGKILL)
+            killed_trial = mine[0].number
+    assert killed_trial is not None, "the first worker never started a trial"
+    codes = [p.wait(timeout=400) for p in procs[1:]]
+    for log in logs:
+        log.close()
+    # Run once more after all is done: a late worker finds the budget spent and starts nothing.
+    late = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True, timeout=300)
+    yield {"study": load(), "killed": killed_trial, "codes": codes, "late": late, "tracking": mlflow_server,
+           "logs": [(project / f"worker{i}.log").read_text() for i in range(3)]}
+    _drop(db)
+
+
+def test_three_workers_reach_exactly_n_trials_without_duplicates(workers_run):
+    study = workers_run["study"]
+    assert workers_run["codes"] == [0, 0], workers_run["logs"]
+    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))
+    assert len(done) == N_TRIALS, [(t.number, t.state.name) for t in study.trials]
+    numbers = [t.number for t in study.trials]
+    assert len(numbers) == len(set(numbers))
+    assert len({t.user_attrs["worker"] for t in done}) >= 2  # the trials really were shared out
+    late = workers_run["late"]
+    assert late.returncode == 0 and f"{N_TRIALS} of {N_TRIALS} trials done" in late.stdout, late.stdout + late.stderr
+    assert len(study.trials) == len(optuna.load_study(study_name=study.study_name, storage=study._storage).trials)
+
+
+def test_a_killed_workers_trial_is_failed_and_retried_not_left_running(workers_run):
+    study = workers_run["study"]
+    assert not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING))
+    killed = study.trials[workers_run["killed"]]
+    assert killed.state == optuna.trial.TrialState.FAIL
+    retries = [t for t in study.trials if killed.number in t.system_attrs.get("retry_history", [])]
+    assert len(retries) == 1 and retries[0].state == optuna.trial.TrialState.COMPLETE
+    assert retries[0].params == killed.params  # the same trial again, not a new draw
+
+
+def test_the_shared_mlflow_server_holds_every_trials_nested_run(workers_run):
+    study = workers_run["study"]
+    client = mlflow.MlflowClient(tracking_uri=workers_run["tracking"])
+    parent_id = study.user_attrs["mlflow_parent_run_id"]
+    parent = client.get_run(parent_id)
+    assert parent.data.params["study"] == study.study_name
+    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'")
+    by_id = {r.info.run_id: r for r in children}
+    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(done) == N_TRIALS
+    for trial in done:
+        run = by_id[trial.user_attrs["mlflow_run_id"]]  # every worker logged under the one parent
+        assert run.data.tags["optuna.state"] == "complete" and run.data.metrics["objective"] == pytest.approx(trial.value)
+    assert len(children) == N_TRIALS + 1  # and the killed trial's run, left as it was when the worker died
