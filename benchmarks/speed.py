@@ -3,6 +3,7 @@
 Run in the project after `dvc repro` (it needs models:/bgremoval@champion in the registry):
 
     python benchmarks/speed.py [--model models:/bgremoval@champion] [--threads 2] [--out reports/speed.json]
+                               [--project DIR]   (another run of the project, e.g. benchmarks/quality.py's workdir)
 
 - ms per image: the champion as served (onnxruntime at its input size) vs stock u2netp
   (rembg's u2netp.onnx at 320, rembg's preprocessing) in onnxruntime with the same threads;
@@ -47,12 +48,12 @@ def timed(fn, repeat: int, warmup: int = 2) -> float:
     return statistics.median(times)
 
 
-def test_images(n: int) -> list[np.ndarray]:
+def test_images(project: Path, n: int) -> list[np.ndarray]:
     import pandas as pd
 
     from bgremoval.imageio import load_rgb
 
-    manifest = pd.read_parquet(ROOT / "data" / "manifest.parquet")
+    manifest = pd.read_parquet(project / "data" / "manifest.parquet")
     paths = manifest[manifest["split"] == "test"]["image_path"].head(n)
     return [load_rgb(Path(p), 10**8) for p in paths]
 
@@ -63,12 +64,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def serve_round_trip(model_uri: str, tracking_uri: str, body: bytes, repeat: int, threads: int) -> float:
+def serve_round_trip(project: Path, model_uri: str, tracking_uri: str, body: bytes, repeat: int, threads: int) -> float:
     port = free_port()
     env = dict(os.environ, MLFLOW_TRACKING_URI=tracking_uri, BGREMOVAL_THREADS=str(threads),
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     proc = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local",
-                             "-h", "127.0.0.1", "-p", str(port), "-w", "1"], env=env, cwd=ROOT,
+                             "-h", "127.0.0.1", "-p", str(port), "-w", "1"], env=env, cwd=project,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 180
@@ -90,13 +91,13 @@ def serve_round_trip(model_uri: str, tracking_uri: str, body: bytes, repeat: int
         proc.wait(timeout=30)
 
 
-def train_vs_forward(size: int, repeat: int) -> tuple[float, float]:
+def train_vs_forward(project: Path, size: int, repeat: int) -> tuple[float, float]:
     import keras
     import tensorflow as tf
 
     from bgremoval import train, u2netp  # noqa: F401
 
-    model = keras.models.load_model(ROOT / "models" / "model.keras", compile=False)
+    model = keras.models.load_model(project / "models" / "model.keras", compile=False)
     model.compile(optimizer=keras.optimizers.Adam(1e-4), loss="binary_crossentropy")
     x = np.random.default_rng(0).random((1, size, size, 3), dtype=np.float32)
     y = (x[..., :1] > 0.5).astype(np.float32)
@@ -112,9 +113,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--repeat", type=int, default=15)
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "speed.json")
+    parser.add_argument("--project", type=Path, default=ROOT, help="the project run to measure (default: this checkout)")
     args = parser.parse_args()
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    project = args.project.resolve()
+    params = yaml.safe_load((project / "params.yaml").read_text())
     tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or params["mlflow"]["tracking_uri"]
+    if tracking_uri.startswith("sqlite:///") and not tracking_uri.startswith("sqlite:////"):
+        tracking_uri = f"sqlite:///{project / tracking_uri[len('sqlite:///'):]}"  # relative to the project
     os.environ["BGREMOVAL_THREADS"] = str(args.threads)
 
     import mlflow
@@ -124,7 +129,7 @@ def main() -> None:
     from bgremoval.u2netp import find_u2netp_onnx
 
     mlflow.set_tracking_uri(tracking_uri)
-    images = test_images(8)
+    images = test_images(project, 8)
     pyfunc = mlflow.pyfunc.load_model(args.model)
     champion = pyfunc.unwrap_python_model().segmenter
     runtime = pyfunc.model_config.get("runtime", "keras")
@@ -140,13 +145,13 @@ def main() -> None:
 
     df = pd.DataFrame({"image": frame["dataframe_split"]["data"][0]})
     inproc_ms = timed(lambda: pyfunc.predict(df, params={"output": "cutout"}), args.repeat)
-    serve_ms = serve_round_trip(args.model, tracking_uri, body, args.repeat, args.threads)
+    serve_ms = serve_round_trip(project, args.model, tracking_uri, body, args.repeat, args.threads)
 
     size = params["train"]["size"]
-    step_ms, fwd_ms = train_vs_forward(size, args.repeat)
+    step_ms, fwd_ms = train_vs_forward(project, size, args.repeat)
 
     t = time.perf_counter()
-    noop = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=ROOT, capture_output=True, text=True,
+    noop = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=project, capture_output=True, text=True,
                           env=dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"))
     noop_s = time.perf_counter() - t
 

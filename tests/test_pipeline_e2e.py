@@ -51,10 +51,12 @@ def set_params(project: Path, overrides: dict) -> None:
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-def dvc(project: Path, *args: str) -> subprocess.CompletedProcess:
+def dvc(project: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    extra = env or {}
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
                GX_ANALYTICS_ENABLED="false")
     env.pop("MLFLOW_TRACKING_URI", None)  # the project's own default: sqlite mlflow.db in the copy
+    env.update(extra)
     return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=project, env=env,
                           capture_output=True, text=True, timeout=600)
 

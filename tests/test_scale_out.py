@@ -19,6 +19,7 @@ import optuna
 import pytest
 import yaml
 
+from tests.test_pipeline_e2e import dvc, project, set_params  # noqa: F401 (project is a fixture)
 from tests.test_train import _toy_shards
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -180,3 +181,39 @@ def test_the_shared_mlflow_server_holds_every_trials_nested_run(workers_run):
         run = by_id[trial.user_attrs["mlflow_run_id"]]  # every worker logged under the one parent
         assert run.data.tags["optuna.state"] == "complete" and run.data.metrics["objective"] == pytest.approx(trial.value)
     assert len(children) == N_TRIALS + 1  # and the killed trial's run, left as it was when the worker died
+
+
+def test_queued_experiments_run_in_parallel_against_shared_engines(project, mlflow_server):
+    """`dvc exp run --queue` + `dvc queue start -j 2`: each experiment runs in its own workspace, so the
+    tracking and the study go to shared engines (MLflow server, PostgreSQL), never to one SQLite file."""
+    db = _temp_database("bgremoval_queue")
+    try:
+        set_params(project, {"evaluate.size": 32, "evaluate.baseline_size": 64})
+        git = ["git", "-c", "user.name=t", "-c", "user.email=t@localhost"]
+        subprocess.run([*git, "add", "-A"], cwd=project, check=True)
+        subprocess.run([*git, "commit", "-qm", "toy project"], cwd=project, check=True)
+        env = {"MLFLOW_TRACKING_URI": mlflow_server, "BGREMOVAL_TUNE_STORAGE": f"{PG}/{db}"}
+        for weight in ("0.5", "1.5"):
+            queued = dvc(project, "exp", "run", "--queue", "-n", f"side-{weight}", "-S", f"train.side_weight={weight}", env=env)
+            assert queued.returncode == 0, queued.stdout + queued.stderr
+        started = dvc(project, "queue", "start", "-j", "2", env=env)
+        assert started.returncode == 0, started.stdout + started.stderr
+        deadline = time.time() + 900
+        while time.time() < deadline:
+            status = dvc(project, "queue", "status", env=env).stdout
+            if "Queued" not in status and "Running" not in status:
+                break
+            time.sleep(5)
+        assert status.count("Success") == 2, status + dvc(project, "queue", "logs", "side-0.5", env=env).stdout
+        shown = dvc(project, "exp", "show", "--csv", env=env).stdout
+        assert "side-0.5" in shown and "side-1.5" in shown
+        client = mlflow.MlflowClient(tracking_uri=mlflow_server)
+        train_runs = client.search_runs([client.get_experiment_by_name("bgremoval").experiment_id],
+                                        "tags.stage = 'train'")
+        assert sorted(r.data.params["train.side_weight"] for r in train_runs) == ["0.5", "1.5"]
+        versions = client.search_model_versions("name = 'bgremoval'")
+        assert len(versions) == 2 and client.get_model_version_by_alias("bgremoval", "champion")
+        studies = optuna.study.get_all_study_summaries(f"{PG}/{db}")
+        assert studies and all(s.n_trials >= 2 for s in studies)
+    finally:
+        _drop(db)
