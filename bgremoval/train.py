@@ -48,6 +48,7 @@ class TrainConfig:
     freeze_epochs: int  # encoder frozen for the first N epochs (fine-tuning)
     patience: int  # early stopping on val IoU
     side_weight: float  # U²-NetP deep supervision: weight of each side output's loss
+    pos_weight: float | str = "auto"  # BCE weight of foreground pixels: a number, or "auto" (augment's bg/fg ratio)
 
 
 @keras.saving.register_keras_serializable(package="bgremoval")
@@ -155,6 +156,19 @@ def shard_stats(shards_dir: Path) -> dict:
 def count_records(shards_dir: Path, split: str) -> int:
     """How many records the augment stage wrote for a split."""
     return int(shard_stats(shards_dir)["n"][split])
+
+
+def positive_weight(cfg: TrainConfig, shards_dir: Path) -> float:
+    """The BCE weight of foreground pixels: train.pos_weight, or for "auto" the augment stage's bg/fg ratio."""
+    if cfg.pos_weight == "auto":
+        return float(shard_stats(shards_dir)["pos_weight"])
+    try:
+        value = float(cfg.pos_weight)
+    except (TypeError, ValueError):
+        raise ValueError(f'train.pos_weight must be "auto" or a positive number; got {cfg.pos_weight!r}') from None
+    if value <= 0:
+        raise ValueError(f'train.pos_weight must be "auto" or a positive number; got {cfg.pos_weight!r}')
+    return value
 
 
 def steps_per_epoch(cfg: TrainConfig, shards_dir: Path) -> int:

@@ -71,7 +71,7 @@ class TuneJob:
         from bgremoval.metrics import summarise
         from bgremoval.serving import Segmenter
         from bgremoval.train import (
-            build_network, clean_logs, datasets, evaluate_val, fit, inference_model, shard_stats, steps_per_epoch,
+            build_network, clean_logs, datasets, evaluate_val, fit, inference_model, positive_weight, steps_per_epoch,
         )
         from bgremoval.tune import PruneOnMetric, apply_overrides, forward_ms, tuned_section
 
@@ -83,7 +83,7 @@ class TuneJob:
         train_ds, val_ds = datasets(self.shards, train_cfg.size, train_cfg.batch_size, seed)
         rename = lambda logs: clean_logs(network, logs)  # noqa: E731
         callbacks = [tracking.EpochLogger(rename)] + ([] if self.cfg.latency else [PruneOnMetric(trial, rename, metric)])
-        fit(network, train_ds, val_ds, train_cfg, shard_stats(self.shards)["pos_weight"],
+        fit(network, train_ds, val_ds, train_cfg, positive_weight(train_cfg, self.shards),
             steps_per_epoch(train_cfg, self.shards), checkpoints, callbacks)
         if not self.cfg.latency:
             return evaluate_val(network, val_ds)[metric.split("/", 1)[1]]

@@ -15,7 +15,7 @@ import numpy as np
 from bgremoval import tracking
 from bgremoval.train import (
     ModelConfig, TrainConfig, build_network, clean_logs, count_records, datasets, evaluate_val, fit,
-    inference_model, predict_masks, run_key, shard_stats, steps_per_epoch,
+    inference_model, positive_weight, predict_masks, run_key, steps_per_epoch,
 )
 from bgremoval.tune import apply_overrides
 from bgremoval.viz import grid, overlay
@@ -46,7 +46,7 @@ def main() -> int:
     model_cfg = apply_overrides("model", ModelConfig(**params["model"]), tuned["apply"])
     train_cfg = apply_overrides("train", TrainConfig(**params["train"]), tuned["apply"])
     shards, models, reports = Path(paths["augmented"]), Path(paths["models"]), Path(paths["reports"])
-    pos_weight = shard_stats(shards)["pos_weight"]
+    pos_weight = positive_weight(train_cfg, shards)
 
     train_ds, val_ds = datasets(shards, train_cfg.size, train_cfg.batch_size, seed)
     n_train = count_records(shards, "train")
