@@ -106,35 +106,19 @@ class BudgetedStorage(optuna.storages.RDBStorage):
     checking a count after each trial would overshoot by up to N - 1."""
 
     def __init__(self, url: str, n_trials: int, **kwargs):
-        super().__init__(url, **kwargs)
+        import sqlalchemy
+
+        engine = sqlalchemy.create_engine(url)
+        try:  # workers starting together on a fresh database would race to create Optuna's tables
+            with _db_lock(engine, _LOCK_KEY):
+                super().__init__(url, **kwargs)
+        finally:
+            engine.dispose()
         self.n_trials = n_trials
 
-    @contextlib.contextmanager
     def lock(self, study_id: int):
         """Held by one process at a time, per study."""
-        dialect = self.engine.dialect.name
-        if dialect == "postgresql":
-            from sqlalchemy import text
-
-            with self.engine.connect() as conn:
-                conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _LOCK_KEY + study_id})
-                try:
-                    yield
-                finally:
-                    conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _LOCK_KEY + study_id})
-                    conn.commit()
-        elif dialect == "sqlite" and self.engine.url.database not in (None, "", ":memory:"):
-            import fcntl
-
-            with open(f"{self.engine.url.database}.lock", "a") as handle:
-                fcntl.flock(handle, fcntl.LOCK_EX)
-                try:
-                    yield
-                finally:
-                    fcntl.flock(handle, fcntl.LOCK_UN)
-        else:  # one process (in-memory SQLite), or a database we hold no lock recipe for
-            with _LOCAL_LOCK:
-                yield
+        return _db_lock(self.engine, _LOCK_KEY + 1 + study_id)
 
     def create_new_trial(self, study_id: int, template_trial=None) -> int:
         if template_trial is not None:  # add_trial / enqueue_trial (e.g. a retry): not a fresh draw
@@ -146,9 +130,37 @@ class BudgetedStorage(optuna.storages.RDBStorage):
             return super().create_new_trial(study_id, template_trial)
 
 
-_LOCK_KEY = 0x6267_0000  # advisory-lock namespace ("bg"), plus the study id
+_LOCK_KEY = 0x6267_0000  # advisory-lock namespace ("bg"): + 0 the schema, + 1 + study id a study
 _LOCAL_LOCK = threading.Lock()
 _CLAIMED = (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
+
+
+@contextlib.contextmanager
+def _db_lock(engine, key: int):
+    """A lock across processes and machines: a PostgreSQL advisory lock, a file lock beside a SQLite file."""
+    dialect = engine.dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy import text
+
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                conn.commit()
+    elif dialect == "sqlite" and engine.url.database not in (None, "", ":memory:"):
+        import fcntl
+
+        with open(f"{engine.url.database}.lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+    else:  # one process (in-memory SQLite), or a database we hold no lock recipe for
+        with _LOCAL_LOCK:
+            yield
 
 
 def study_lock(study: optuna.Study):

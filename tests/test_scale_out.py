@@ -204,7 +204,8 @@ def test_queued_experiments_run_in_parallel_against_shared_engines(project, mlfl
             if "Queued" not in status and "Running" not in status:
                 break
             time.sleep(5)
-        assert status.count("Success") == 2, status + dvc(project, "queue", "logs", "side-0.5", env=env).stdout
+        logs = {name: dvc(project, "queue", "logs", name, env=env).stdout[-3000:] for name in ("side-0.5", "side-1.5")}
+        assert status.count("Success") == 2, f"{status}\n{logs}"
         shown = dvc(project, "exp", "show", "--csv", env=env).stdout
         assert "side-0.5" in shown and "side-1.5" in shown
         client = mlflow.MlflowClient(tracking_uri=mlflow_server)
