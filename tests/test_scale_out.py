@@ -69,15 +69,18 @@ def mlflow_server(tmp_path_factory):
     """`mlflow server` with a PostgreSQL backend store and a local artifact root, on a free loopback port."""
     db = _temp_database("bgremoval_mlflow")
     port, artifacts = _free_port(), tmp_path_factory.mktemp("artifacts")
+    # Its access log goes to a file: an unread pipe fills up and the server stops answering.
+    log_file = artifacts.parent / "mlflow-server.log"
+    log = open(log_file, "w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"{PG}/{db}",
          "--artifacts-destination", str(artifacts), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        env=_env(), stdout=log, stderr=subprocess.STDOUT)
     deadline = time.time() + 180
     while time.time() < deadline:
         if proc.poll() is not None:
             _drop(db)
-            pytest.fail(f"mlflow server exited with {proc.returncode}:\n{proc.stdout.read()}")
+            pytest.fail(f"mlflow server exited with {proc.returncode}:\n{log_file.read_text()}")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as resp:
                 if resp.status == 200:
@@ -94,6 +97,7 @@ def mlflow_server(tmp_path_factory):
         proc.wait(timeout=20)
     except subprocess.TimeoutExpired:
         proc.kill()
+    log.close()
     _drop(db)
 
 
@@ -132,6 +136,7 @@ def workers_run(tmp_path_factory, mlflow_server):
         if mine:
             time.sleep(1.0)  # well inside the trial: it has sent heartbeats
             victim.send_signal(signal.SIGKILL)
+            victim.wait()
             killed_trial = mine[0].number
     assert killed_trial is not None, "the first worker never started a trial"
     codes = [p.wait(timeout=400) for p in procs[1:]]

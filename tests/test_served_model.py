@@ -106,14 +106,17 @@ def server(registered):
     port = _free_port()
     env = dict(os.environ, MLFLOW_TRACKING_URI=registered["uri"], BGREMOVAL_MAX_PIXELS="200000",
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")  # its uvicorn
+    # Its log goes to a file: an unread pipe fills up and the server stops answering.
+    log_file = Path(registered["tmp"]) / "serve.log"
+    log = open(log_file, "w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{NAME}@champion", "--env-manager", "local",
          "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
-        cwd=registered["tmp"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        cwd=registered["tmp"], env=env, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.time() + 180
     while time.time() < deadline:
         if proc.poll() is not None:
-            pytest.fail(f"mlflow models serve exited with {proc.returncode}:\n{proc.stdout.read()}")
+            pytest.fail(f"mlflow models serve exited with {proc.returncode}:\n{log_file.read_text()}")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as resp:
                 if resp.status == 200:
@@ -129,6 +132,7 @@ def server(registered):
         proc.wait(timeout=20)
     except subprocess.TimeoutExpired:
         proc.kill()
+    log.close()
 
 
 def _good(port, image, **params):
