@@ -120,14 +120,16 @@ class BudgetedStorage(optuna.storages.RDBStorage):
         """Held by one process at a time, per study."""
         return _db_lock(self.engine, _LOCK_KEY + 1 + study_id)
 
-    def create_new_trial(self, study_id: int, template_trial=None) -> int:
+    def _create_new_trial(self, study_id: int, template_trial=None):
+        # The one place every new trial comes from: Optuna's cache layer calls this private method,
+        # not create_new_trial (which also ends here).
         if template_trial is not None:  # add_trial / enqueue_trial (e.g. a retry): not a fresh draw
-            return super().create_new_trial(study_id, template_trial)
+            return super()._create_new_trial(study_id, template_trial)
         with self.lock(study_id):
             taken = self.get_all_trials(study_id, deepcopy=False, states=(*DONE, *_CLAIMED))
             if len(taken) >= self.n_trials:
                 raise BudgetReached(f"study holds {len(taken)} of {self.n_trials} trials")
-            return super().create_new_trial(study_id, template_trial)
+            return super()._create_new_trial(study_id, template_trial)
 
 
 _LOCK_KEY = 0x6267_0000  # advisory-lock namespace ("bg"): + 0 the schema, + 1 + study id a study
@@ -298,10 +300,12 @@ def optimise(
                 log.warning("study %s: other workers hold the last trials; without tune.heartbeat_interval a killed "
                             "worker's trial cannot be told apart from a slow one, so this worker stops here", cfg.study_name)
                 break
-            log.info("study %s: waiting for other workers' %d running trials", cfg.study_name, count(study, _CLAIMED))
-            while count(study, _CLAIMED):
+            running = (optuna.trial.TrialState.RUNNING,)
+            log.info("study %s: waiting for other workers' %d running trials", cfg.study_name, count(study, running))
+            # Until they finish, or a killed worker's trial is failed and re-queued (WAITING) for the next round.
+            while count(study, running):
                 time.sleep(poll_seconds)
-                optuna.storages.fail_stale_trials(study)  # re-queues a killed worker's trial after the grace period
+                optuna.storages.fail_stale_trials(study)
     log.info("study %s: %d of %d trials finished", cfg.study_name, count(study, DONE), cfg.n_trials)
 
 

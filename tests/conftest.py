@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
+import subprocess
+import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -83,3 +88,38 @@ def toy_model(tmp_path_factory) -> Path:
     path = tmp / "model.keras"
     inference_model(network).save(path)
     return path
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_server(cmd: list[str], url: str, log_file: Path, env: dict, cwd: Path | None = None, timeout: float = 180):
+    """Start a server process, wait until `url` answers 200, yield, then stop it. Its output goes to
+    log_file: an unread pipe fills up and the server stops answering."""
+    with open(log_file, "w") as log:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.time() + timeout
+            while True:
+                if proc.poll() is not None:
+                    pytest.fail(f"{' '.join(cmd[:4])} exited with {proc.returncode}:\n{log_file.read_text()}")
+                try:
+                    with urllib.request.urlopen(url, timeout=2) as resp:
+                        if resp.status == 200:
+                            break
+                except OSError:
+                    if time.time() > deadline:
+                        pytest.fail(f"{' '.join(cmd[:4])}: {url} did not answer within {timeout:.0f} s")
+                    time.sleep(1)
+            yield proc
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()

@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -20,6 +18,7 @@ import pytest
 import yaml
 
 from tests.test_pipeline_e2e import dvc, project, set_params  # noqa: F401 (project is a fixture)
+from tests.conftest import free_port, running_server
 from tests.test_train import _toy_shards
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,12 +52,6 @@ def _drop(name: str) -> None:
     conn.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _env(**extra) -> dict:
     return dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
                 TF_CPP_MIN_LOG_LEVEL="2", **extra)
@@ -68,37 +61,14 @@ def _env(**extra) -> dict:
 def mlflow_server(tmp_path_factory):
     """`mlflow server` with a PostgreSQL backend store and a local artifact root, on a free loopback port."""
     db = _temp_database("bgremoval_mlflow")
-    port, artifacts = _free_port(), tmp_path_factory.mktemp("artifacts")
-    # Its access log goes to a file: an unread pipe fills up and the server stops answering.
-    log_file = artifacts.parent / "mlflow-server.log"
-    log = open(log_file, "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"{PG}/{db}",
-         "--artifacts-destination", str(artifacts), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        env=_env(), stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            _drop(db)
-            pytest.fail(f"mlflow server exited with {proc.returncode}:\n{log_file.read_text()}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as resp:
-                if resp.status == 200:
-                    break
-        except OSError:
-            time.sleep(1)
-    else:
-        proc.kill()
-        _drop(db)
-        pytest.fail("mlflow server did not answer /health within 180 s")
-    yield f"http://127.0.0.1:{port}"
-    proc.terminate()
+    port, artifacts = free_port(), tmp_path_factory.mktemp("artifacts")
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"{PG}/{db}",
+           "--artifacts-destination", str(artifacts), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
-    _drop(db)
+        with running_server(cmd, f"http://127.0.0.1:{port}/health", artifacts.parent / "mlflow-server.log", _env()):
+            yield f"http://127.0.0.1:{port}"
+    finally:
+        _drop(db)
 
 
 @pytest.fixture(scope="module")
@@ -106,19 +76,19 @@ def workers_run(tmp_path_factory, mlflow_server):
     """Three workers on one study in PostgreSQL; the first is killed with SIGKILL inside its first trial."""
     db = _temp_database("bgremoval_optuna")
     storage = f"{PG}/{db}"
-    project = tmp_path_factory.mktemp("project")
-    shards = _toy_shards(project / "shards", n_train=16, n_val=8)
+    workdir = tmp_path_factory.mktemp("workdir")
+    shards = _toy_shards(workdir / "shards", n_train=16, n_val=8)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["paths"]["augmented"] = str(shards)
     params["model"] |= {"family": "unet", "unet_filters": [4, 8]}
     params["tune"] |= {"n_trials": N_TRIALS, "epochs": 2, "steps_per_epoch": 3, "size": 32, "latency": False,
                        "heartbeat_interval": 1, "max_failed": 3, "pruner": {"type": "none"},
                        "space": {"train.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}}}
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = _env(MLFLOW_TRACKING_URI=mlflow_server, BGREMOVAL_TUNE_STORAGE=storage)
     cmd = [sys.executable, "-m", "bgremoval.cli", "tune-worker", "--quiet"]
-    logs = [open(project / f"worker{i}.log", "w") for i in range(3)]
-    procs = [subprocess.Popen(cmd, cwd=project, env=env, stdout=log, stderr=subprocess.STDOUT) for log in logs]
+    logs = [open(workdir / f"worker{i}.log", "w") for i in range(3)]
+    procs = [subprocess.Popen(cmd, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT) for log in logs]
     victim = procs[0]
 
     def load():
@@ -143,9 +113,9 @@ def workers_run(tmp_path_factory, mlflow_server):
     for log in logs:
         log.close()
     # Run once more after all is done: a late worker finds the budget spent and starts nothing.
-    late = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True, timeout=300)
+    late = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
     yield {"study": load(), "killed": killed_trial, "codes": codes, "late": late, "tracking": mlflow_server,
-           "logs": [(project / f"worker{i}.log").read_text() for i in range(3)]}
+           "logs": [(workdir / f"worker{i}.log").read_text() for i in range(3)]}
     _drop(db)
 
 

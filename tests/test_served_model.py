@@ -7,10 +7,8 @@ import base64
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -24,7 +22,7 @@ from PIL import Image
 
 from bgremoval import serving
 from bgremoval.cli import main as cli
-from tests.conftest import disc_image
+from tests.conftest import disc_image, free_port, running_server
 
 NAME = "toy-bgremoval"
 
@@ -83,12 +81,6 @@ def test_pyfunc_turns_bad_input_into_invalid_parameter_errors(registered):
     assert err.value.get_http_status_code() == 400 and "row 0 (image): is not valid base64" in err.value.message
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _post(port: int, body: dict) -> tuple[int, dict]:
     req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps(body).encode(),
                                  headers={"Content-Type": "application/json"})
@@ -103,36 +95,13 @@ def _post(port: int, body: dict) -> tuple[int, dict]:
 def server(registered):
     """`mlflow models serve -m models:/NAME@champion --env-manager local` on a free loopback port,
     started outside the checkout, with a small pixel cap so a bomb is cheap to send."""
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, MLFLOW_TRACKING_URI=registered["uri"], BGREMOVAL_MAX_PIXELS="200000",
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")  # its uvicorn
-    # Its log goes to a file: an unread pipe fills up and the server stops answering.
-    log_file = Path(registered["tmp"]) / "serve.log"
-    log = open(log_file, "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{NAME}@champion", "--env-manager", "local",
-         "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
-        cwd=registered["tmp"], env=env, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"mlflow models serve exited with {proc.returncode}:\n{log_file.read_text()}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as resp:
-                if resp.status == 200:
-                    break
-        except OSError:
-            time.sleep(1)
-    else:
-        proc.kill()
-        pytest.fail("mlflow models serve did not answer /ping within 180 s")
-    yield port
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{NAME}@champion", "--env-manager", "local",
+           "-h", "127.0.0.1", "-p", str(port), "-w", "1"]
+    with running_server(cmd, f"http://127.0.0.1:{port}/ping", Path(registered["tmp"]) / "serve.log", env, cwd=registered["tmp"]):
+        yield port
 
 
 def _good(port, image, **params):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import keras
@@ -179,3 +180,26 @@ def test_a_two_objective_study_measures_latency_and_logs_its_front(tmp_path, sha
     assert "pareto_front.html" in written
     best = best_params(study, 1.0)  # any loss allowed: the fastest front trial
     assert best["latency_ms"] == min(t["latency_ms"] for t in best["pareto_front"])
+
+
+def test_a_worker_waits_for_a_silent_trial_and_runs_its_retry(tmp_path):
+    """The budget is held by a trial whose worker went silent (killed): the next worker waits out the
+    heartbeat grace period, the trial is failed and re-queued, and the worker runs it with its params."""
+    tracking.configure(f"sqlite:///{tmp_path / 'mlflow.db'}", "tune-stale")
+    cfg = StudyConfig(storage=f"sqlite:///{tmp_path / 'optuna.db'}", study_name="stale", n_trials=1, max_failed=2,
+                      metric="val/iou", pruner={"type": "none"}, heartbeat_interval=1)
+    study = open_study(cfg, seed=0)
+    silent = study.ask({"train.learning_rate": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)})
+    study._storage.record_heartbeat(silent._trial_id)  # its worker beat once, then died
+    seen = []
+
+    def train_one(trial, values, ckpt):
+        seen.append(values)
+        return 0.5
+
+    start = time.time()
+    with mlflow.start_run():
+        optimise(study, cfg, {"train.learning_rate": SPACE["train.learning_rate"]}, train_one, progress=False, poll_seconds=0.2)
+    assert time.time() - start < 30
+    assert study.trials[silent.number].state == optuna.trial.TrialState.FAIL
+    assert count(study, DONE) == 1 and seen == [{"train.learning_rate": silent.params["train.learning_rate"]}]
