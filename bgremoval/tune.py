@@ -177,13 +177,15 @@ def open_study(cfg: StudyConfig, seed: int) -> optuna.Study:
     """Create the study, or load it when it exists (resuming, or joining other workers): TPE seeded
     from params. With heartbeats, a trial whose worker went silent (killed) is failed after the grace
     period by the next worker to ask for a trial, and re-queued with the same params."""
-    storage = BudgetedStorage(
-        cfg.storage,
-        cfg.n_trials,
-        heartbeat_interval=cfg.heartbeat_interval,
-        grace_period=2 * cfg.heartbeat_interval if cfg.heartbeat_interval else None,
-        heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2) if cfg.heartbeat_interval else None,
-    )
+    with warnings.catch_warnings():  # Optuna flags heartbeats experimental (since 2.9); noise in every stage log
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        storage = BudgetedStorage(
+            cfg.storage,
+            cfg.n_trials,
+            heartbeat_interval=cfg.heartbeat_interval,
+            grace_period=2 * cfg.heartbeat_interval if cfg.heartbeat_interval else None,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2) if cfg.heartbeat_interval else None,
+        )
     return optuna.create_study(
         study_name=cfg.study_name,
         storage=storage,
@@ -305,7 +307,9 @@ def optimise(
             # Until they finish, or a killed worker's trial is failed and re-queued (WAITING) for the next round.
             while count(study, running):
                 time.sleep(poll_seconds)
-                optuna.storages.fail_stale_trials(study)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    optuna.storages.fail_stale_trials(study)
     log.info("study %s: %d of %d trials finished", cfg.study_name, count(study, DONE), cfg.n_trials)
 
 

@@ -4,11 +4,15 @@ whose backend store is PostgreSQL too. Skips (with the reason) only where no Pos
 
 from __future__ import annotations
 
+import base64
+import io
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -16,9 +20,12 @@ import mlflow
 import optuna
 import pytest
 import yaml
+from PIL import Image
+
+from bgremoval.serving import png_bytes
 
 from tests.test_pipeline_e2e import dvc, project, set_params  # noqa: F401 (project is a fixture)
-from tests.conftest import free_port, running_server
+from tests.conftest import disc_image, free_port, running_server
 from tests.test_train import _toy_shards
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -158,7 +165,7 @@ def test_the_shared_mlflow_server_holds_every_trials_nested_run(workers_run):
     assert len(children) == N_TRIALS + 1  # and the killed trial's run, left as it was when the worker died
 
 
-def test_queued_experiments_run_in_parallel_against_shared_engines(project, mlflow_server):
+def test_queued_experiments_run_in_parallel_against_shared_engines(project, mlflow_server, tmp_path):
     """`dvc exp run --queue` + `dvc queue start -j 2`: each experiment runs in its own workspace, so the
     tracking and the study go to shared engines (MLflow server, PostgreSQL), never to one SQLite file."""
     db = _temp_database("bgremoval_queue")
@@ -191,5 +198,21 @@ def test_queued_experiments_run_in_parallel_against_shared_engines(project, mlfl
         assert len(versions) == 2 and client.get_model_version_by_alias("bgremoval", "champion")
         studies = optuna.study.get_all_study_summaries(f"{PG}/{db}")
         assert studies and all(s.n_trials >= 2 for s in studies)
+        # The champion serves from the shared registry, from a folder that is not the project.
+        port, image = free_port(), disc_image(40, 56)[0]
+        cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/bgremoval@champion", "--env-manager", "local",
+               "-h", "127.0.0.1", "-p", str(port), "-w", "1"]
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        with running_server(cmd, f"http://127.0.0.1:{port}/ping", elsewhere / "serve.log",
+                            _env(MLFLOW_TRACKING_URI=mlflow_server), cwd=elsewhere):
+            body = {"dataframe_split": {"columns": ["image"], "data": [[base64.b64encode(png_bytes(Image.fromarray(image))).decode()]]},
+                    "params": {"output": "mask"}}
+            req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", json.dumps(body).encode(),
+                                         {"Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=120) as resp:
+                row = json.loads(resp.read())["predictions"][0]
+        mask = Image.open(io.BytesIO(base64.b64decode(row["png"])))
+        assert mask.size == (56, 40)
     finally:
         _drop(db)
