@@ -17,7 +17,7 @@ import time
 import traceback
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -70,11 +70,7 @@ def suggest(trial: optuna.Trial, space: dict[str, dict[str, Any]]) -> dict[str, 
 
 def apply_overrides(section: str, config, values: dict[str, Any]):
     """A copy of a frozen config with the `section.field` values that belong to it replaced."""
-    fields = {k.split(".", 1)[1]: v for k, v in values.items() if k.split(".", 1)[0] == section}
-    unknown = set(fields) - set(config.__dataclass_fields__)
-    if unknown:
-        raise ValueError(f"{section}: no such setting(s) {sorted(unknown)}")
-    return replace(config, **fields)
+    return replace(config, **tuned_section(section, asdict(config), values))
 
 
 def make_pruner(spec: dict[str, Any]) -> optuna.pruners.BasePruner:
