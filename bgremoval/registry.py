@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from bgremoval.imageio import sha256_file
+from bgremoval.locks import named_lock
 
 log = logging.getLogger(__name__)
 
@@ -148,11 +149,14 @@ LINEAGE_TAGS = ("git.commit", "data.sha256", "dvc.augmented_md5", "tune.best_tri
 def register_run(client, name: str, run_id: str, model_file: Path, metrics: dict, test: pd.DataFrame, *,
                  size: int, max_pixels: int, serve_max_pixels: int, example: bytes, metric: str,
                  min_delta: float, require_beats_baseline: bool, onnx_file: Path | None = None,
-                 extra_tags: dict[str, str] | None = None) -> Registered:
+                 extra_tags: dict[str, str] | None = None, lock: str | None = None) -> Registered:
     """Log the servable model into the training run, register it (once per run), and gate its alias.
 
     `metrics` is the evaluate stage's metrics.json for this model on `test`. The champion's score
     is its recorded one when it was measured on the same test images, else it is scored here.
+    Reading the champion and moving the aliases happen under one lock (`lock`: a database URL or a
+    lock file; None = the registry's own database), so concurrent registrations are decided one at a
+    time: without it two could both beat the old champion and the worse one could take the alias last.
     """
     import mlflow
 
@@ -177,6 +181,24 @@ def register_run(client, name: str, run_id: str, model_file: Path, metrics: dict
     else:
         log.info("run %s is already %s version %s; deciding its alias again", run_id, name, mv.version)
 
+    with named_lock(lock or mlflow.get_registry_uri(), f"bgremoval-registry:{name}"):
+        decision, champ, champ_score = _decide_and_apply(client, name, mv, run_id, metrics, test, test_id, metric,
+                                                        min_delta, require_beats_baseline, max_pixels)
+    new_score = float(metrics[metric])
+    with mlflow.start_run(run_id=run_id):
+        mlflow.set_tags({"registry.name": name, "registry.version": str(mv.version), "registry.alias": decision.alias})
+    return Registered(
+        name=name, version=str(mv.version), alias=decision.alias, run_id=run_id,
+        model_uri=f"models:/{name}/{mv.version}", decision="promoted" if decision.promoted else "kept champion",
+        reason=decision.reason, metric=metric, score=new_score,
+        champion_version=str(champ.version) if champ is not None else None,
+        champion_score=None if champ_score is None else round(float(champ_score), 6),
+    )
+
+
+def _decide_and_apply(client, name: str, mv, run_id: str, metrics: dict, test: pd.DataFrame, test_id: str,
+                      metric: str, min_delta: float, require_beats_baseline: bool, max_pixels: int):
+    """Compare with the champion (rescored if its test set differs), move aliases, record why."""
     new_score = float(metrics[metric])
     champ, champ_score = champion_version(client, name), None
     if champ is not None and str(champ.version) == str(mv.version):
@@ -200,15 +222,7 @@ def register_run(client, name: str, run_id: str, model_file: Path, metrics: dict
     client.update_model_version(name, mv.version, description=(
         f"{metric} {new_score:.4f} on {len(test)} test images"
         + (f" (stock U²-NetP {baseline:.4f})" if baseline is not None else "") + f". {decision.reason}."))
-    with mlflow.start_run(run_id=run_id):
-        mlflow.set_tags({"registry.name": name, "registry.version": str(mv.version), "registry.alias": decision.alias})
-    return Registered(
-        name=name, version=str(mv.version), alias=decision.alias, run_id=run_id,
-        model_uri=f"models:/{name}/{mv.version}", decision="promoted" if decision.promoted else "kept champion",
-        reason=decision.reason, metric=metric, score=new_score,
-        champion_version=str(champ.version) if champ is not None else None,
-        champion_score=None if champ_score is None else round(float(champ_score), 6),
-    )
+    return decision, champ, champ_score
 
 
 def score_version(name: str, version, metric: str, test: pd.DataFrame, max_pixels: int) -> float:

@@ -5,14 +5,12 @@ pick the trade-off."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import os
 import socket
 import tempfile
-import threading
 import time
 import traceback
 import warnings
@@ -23,6 +21,8 @@ from typing import Any
 
 import keras
 import optuna
+
+from bgremoval.locks import engine_lock
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ class BudgetedStorage(optuna.storages.RDBStorage):
 
         engine = sqlalchemy.create_engine(url)
         try:  # workers starting together on a fresh database would race to create Optuna's tables
-            with _db_lock(engine, _LOCK_KEY):
+            with engine_lock(engine, _LOCK_KEY):
                 super().__init__(url, **kwargs)
         finally:
             engine.dispose()
@@ -114,7 +114,7 @@ class BudgetedStorage(optuna.storages.RDBStorage):
 
     def lock(self, study_id: int):
         """Held by one process at a time, per study."""
-        return _db_lock(self.engine, _LOCK_KEY + 1 + study_id)
+        return engine_lock(self.engine, _LOCK_KEY + 1 + study_id)
 
     def _create_new_trial(self, study_id: int, template_trial=None):
         # The one place every new trial comes from: Optuna's cache layer calls this private method,
@@ -129,36 +129,7 @@ class BudgetedStorage(optuna.storages.RDBStorage):
 
 
 _LOCK_KEY = 0x6267_0000  # advisory-lock namespace ("bg"): + 0 the schema, + 1 + study id a study
-_LOCAL_LOCK = threading.Lock()
 _CLAIMED = (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
-
-
-@contextlib.contextmanager
-def _db_lock(engine, key: int):
-    """A lock across processes and machines: a PostgreSQL advisory lock, a file lock beside a SQLite file."""
-    dialect = engine.dialect.name
-    if dialect == "postgresql":
-        from sqlalchemy import text
-
-        with engine.connect() as conn:
-            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
-            try:
-                yield
-            finally:
-                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-                conn.commit()
-    elif dialect == "sqlite" and engine.url.database not in (None, "", ":memory:"):
-        import fcntl
-
-        with open(f"{engine.url.database}.lock", "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-    else:  # one process (in-memory SQLite), or a database we hold no lock recipe for
-        with _LOCAL_LOCK:
-            yield
 
 
 def study_lock(study: optuna.Study):

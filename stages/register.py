@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -81,6 +82,7 @@ def main() -> int:
         serve_max_pixels=params["serve"]["max_pixels"],
         example=example_png(Path(test["image_path"].iloc[0]), max_pixels),
         metric=cfg["metric"], min_delta=cfg["min_delta"], require_beats_baseline=cfg["require_beats_baseline"],
+        lock=os.environ.get("BGREMOVAL_REGISTRY_LOCK") or cfg["lock"],
     )
     tmp.cleanup()
     reports.mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import mlflow
@@ -137,3 +138,82 @@ def test_the_same_model_served_differently_is_a_new_version_and_keeps_the_title(
                                   require_beats_baseline=False)
     assert again.version != first.version and again.alias == CHAMPION and "new serving set-up" in again.reason
     assert aliases(client) == {CHAMPION: again.version, PREVIOUS: first.version}
+
+
+def register_at_barrier(tracking_uri: str, artifacts: str, model_file: str, data: str, score: float, barrier, results) -> None:
+    """One registration in its own process: log a run, wait for the others, then register all at once."""
+    mlflow.set_tracking_uri(tracking_uri)
+    experiment = mlflow.get_experiment_by_name("gate") or mlflow.get_experiment(
+        mlflow.create_experiment("gate", artifact_location=artifacts))
+    mlflow.set_experiment(experiment_id=experiment.experiment_id)
+    test = build_manifest(pair_files(Path(data)), max_pixels=10**6)
+    with mlflow.start_run() as run:
+        pass
+    metrics = {"max_f": score, "baseline": {"max_f": 0.5}, "n_images": len(test)}
+    example = serving.png_bytes(Image.fromarray(disc_image(16, 16)[0]))
+    barrier.wait(timeout=300)
+    record = registry.register_run(MlflowClient(), NAME, run.info.run_id, Path(model_file), metrics, test, size=32,
+                                   max_pixels=10**6, serve_max_pixels=10**6, example=example, metric="max_f",
+                                   min_delta=0.002, require_beats_baseline=False)
+    results.put(record.to_dict())
+
+
+def register_concurrently(tracking_uri: str, tmp_path: Path, model_file: Path, scores: list[float]) -> list[dict]:
+    """Register len(scores) runs from as many processes released together; their records."""
+    import multiprocessing as mp
+
+    folder = tmp_path / "data"
+    for i in range(3):
+        img, mask = disc_image(40, 56, seed=i)
+        for sub, arr in (("images", img), ("masks", mask)):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(arr).save(folder / sub / f"disc_{i:03d}.png")
+    mlflow.set_tracking_uri(tracking_uri)  # the experiment once, before the race
+    mlflow.create_experiment("gate", artifact_location=(tmp_path / "artifacts").as_uri())
+    ctx = mp.get_context("spawn")
+    barrier, results = ctx.Barrier(len(scores)), ctx.Queue()
+    procs = [ctx.Process(target=register_at_barrier, args=(tracking_uri, (tmp_path / "artifacts").as_uri(),
+                                                           str(model_file), str(folder), s, barrier, results))
+             for s in scores]
+    for p in procs:
+        p.start()
+    import queue
+
+    records, deadline = [], time.monotonic() + 600
+    while len(records) < len(scores) and time.monotonic() < deadline:
+        try:
+            records.append(results.get(timeout=1))
+        except queue.Empty:  # a registration that crashed sends nothing: fail now, not at the deadline
+            crashed = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
+            assert not crashed, f"a registration process failed (exit codes {crashed}); its traceback is above"
+    for p in procs:
+        p.join(timeout=60)
+    assert [p.exitcode for p in procs] == [0] * len(scores)
+    return records
+
+
+def assert_consistent_aliases(client, records: list[dict], scores: list[float]) -> None:
+    """The best model is champion whatever the order; every alias agrees with its version's decision."""
+    assert len({r["version"] for r in records}) == len(scores)
+    by_version = {r["version"]: r for r in records}
+    names = aliases(client)
+    champion = by_version[names[CHAMPION]]
+    assert champion["score"] == max(scores)
+    assert client.get_model_version(NAME, names[CHAMPION]).tags["decision"] == CHAMPION
+    if CHALLENGER in names:
+        assert client.get_model_version(NAME, names[CHALLENGER]).tags["decision"] == CHALLENGER
+    # Decided one at a time: each promotion beat the champion it saw, so promoted scores only rise.
+    promoted = sorted((r for r in records if r["alias"] == CHAMPION), key=lambda r: int(r["version"]))
+    seen = [r["champion_score"] for r in records if r["champion_score"] is not None]
+    assert sum(r["champion_version"] is None for r in records) == 1  # exactly one saw no champion yet
+    assert all(r["score"] > (r["champion_score"] or 0) for r in promoted) and seen
+    if PREVIOUS in names:
+        assert by_version[names[PREVIOUS]]["score"] < max(scores)
+
+
+def test_concurrent_registrations_keep_the_aliases_consistent(tmp_path, toy_model):
+    scores = [0.70, 0.90, 0.80, 0.85]
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    records = register_concurrently(uri, tmp_path, toy_model, scores)
+    mlflow.set_tracking_uri(uri)
+    assert_consistent_aliases(MlflowClient(), records, scores)

@@ -216,3 +216,22 @@ def test_queued_experiments_run_in_parallel_against_shared_engines(project, mlfl
         assert mask.size == (56, 40)
     finally:
         _drop(db)
+
+
+def test_concurrent_registrations_on_a_postgresql_registry(tmp_path, toy_model):
+    """Four processes register at once into a PostgreSQL-backed registry: the advisory lock decides them
+    one at a time, so the best is champion and every alias agrees with its version's recorded decision."""
+    from mlflow.tracking import MlflowClient
+
+    from tests.test_register import assert_consistent_aliases, register_concurrently
+
+    db = _temp_database("bgremoval_registry")
+    try:
+        uri = f"{PG}/{db}"
+        scores = [0.85, 0.70, 0.90, 0.80]
+        records = register_concurrently(uri, tmp_path, toy_model, scores)
+        mlflow.set_tracking_uri(uri)
+        assert_consistent_aliases(MlflowClient(), records, scores)
+    finally:
+        mlflow.set_tracking_uri(None)
+        _drop(db)

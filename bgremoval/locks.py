@@ -1,0 +1,84 @@
+"""Locks across processes and machines, held where the shared state lives: a PostgreSQL advisory lock
+for a PostgreSQL database, a file lock beside a SQLite file or any other path."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+_LOCAL_LOCK = threading.Lock()
+
+
+def key_of(name: str) -> int:
+    """A stable signed 64-bit advisory-lock key for a name."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+
+
+@contextlib.contextmanager
+def file_lock(path: str | Path) -> Iterator[None]:
+    """An exclusive flock on `path` (created if missing); released when the block ends or the process dies."""
+    import fcntl
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def engine_lock(engine, key: int) -> Iterator[None]:
+    """A lock on a SQLAlchemy engine's database: advisory on PostgreSQL, a `<file>.lock` for SQLite."""
+    dialect = engine.dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy import text
+
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                conn.commit()
+    elif dialect == "sqlite" and engine.url.database not in (None, "", ":memory:"):
+        with file_lock(f"{engine.url.database}.lock"):
+            yield
+    else:  # one process (in-memory SQLite), or a database we hold no lock recipe for
+        with _LOCAL_LOCK:
+            yield
+
+
+@contextlib.contextmanager
+def named_lock(where: str, name: str) -> Iterator[None]:
+    """A lock called `name` in `where`: a database URL (sqlite:///..., postgresql://...) or a file path.
+
+    An MLflow server URL (http://...) holds no lock of its own: the lock is then a file in the
+    temp folder, which serialises processes on this machine only (say so, so a team can point
+    `where` at a shared PostgreSQL instead).
+    """
+    if where.startswith(("http://", "https://", "databricks")):
+        digest = hashlib.sha256(f"{where}|{name}".encode()).hexdigest()[:16]
+        log.debug("%s holds no locks: %s is locked on this machine only", where, name)
+        with file_lock(Path(tempfile.gettempdir()) / f"bgremoval-{digest}.lock"):
+            yield
+    elif "://" in where:
+        import sqlalchemy
+
+        engine = sqlalchemy.create_engine(where, poolclass=sqlalchemy.pool.NullPool)
+        try:
+            with engine_lock(engine, key_of(name)):
+                yield
+        finally:
+            engine.dispose()
+    else:
+        with file_lock(where):  # a lock file on a disk the processes share
+            yield
