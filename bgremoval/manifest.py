@@ -37,8 +37,10 @@ COLUMNS = [
 _CHANNELS = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4}
 
 
-def list_images(folder: Path) -> dict[str, Path]:
-    """Image files in a folder by base name; two files with one base name is an error."""
+def list_images(folder: Path, root: Path | None = None) -> dict[str, Path]:
+    """Image files in a folder by base name; two files with one base name is an error, and so is a
+    file link that resolves outside `root` (the data folder) and the folder itself: the pipeline reads
+    only what the user put there (images/ or masks/ may themselves link to another disk)."""
     if not folder.is_dir():
         raise FileNotFoundError(
             f"{folder} is not a folder. A data folder needs images/ and masks/ with files "
@@ -54,13 +56,22 @@ def list_images(folder: Path) -> dict[str, Path]:
                 "pairs are matched by base name, so rename or remove one of them"
             )
         found[path.stem] = path
+    if root is not None:
+        inside = (Path(root).resolve(), folder.resolve())
+        outside = [f"{p} -> {p.resolve()}" for p in found.values()
+                   if not any(p.resolve().is_relative_to(d) for d in inside)]
+        if outside:
+            raise ValueError(
+                f"{len(outside)} file(s) in {folder} link outside the data folder {root}: {outside[:5]}. "
+                "Copy the files into the folder (or link within it) and run again."
+            )
     return found
 
 
 def pair_files(data_dir: Path) -> list[tuple[str, Path | None, Path | None]]:
     """(name, image, mask) for every base name in images/ or masks/, orphans included."""
-    images = list_images(Path(data_dir) / "images")
-    masks = list_images(Path(data_dir) / "masks")
+    images = list_images(Path(data_dir) / "images", root=data_dir)
+    masks = list_images(Path(data_dir) / "masks", root=data_dir)
     if not images and not masks:
         raise FileNotFoundError(f"{data_dir}: images/ and masks/ hold no image files")
     return [(name, images.get(name), masks.get(name)) for name in sorted(images.keys() | masks.keys())]

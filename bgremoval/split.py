@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import re
 from collections import Counter
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import numpy as np
 import pandas as pd
@@ -73,8 +73,14 @@ def read_split_file(path: Path, names: pd.Series) -> pd.Series:
     missing = {"name", "split"} - set(table.columns)
     if missing:
         raise ValueError(f"split file {path}: needs columns 'name' and 'split'; missing {sorted(missing)}")
-    # Only the base name is used, so an entry can never point outside the data folder.
-    table["name"] = table["name"].map(lambda n: Path(str(n).replace("\\", "/")).stem)
+    outside = [str(n) for n in table["name"] if _escapes(str(n))]
+    if outside:
+        raise ValueError(
+            f"split file {path}: entries must name files inside the data folder, by base name (cat_001) or a "
+            f"relative path (images/cat_001.jpg); these point outside it: {'; '.join(outside[:10])}. Fix or remove those rows."
+        )
+    # Only the base name is used: pairs are matched by it, whatever folder the entry names.
+    table["name"] = table["name"].map(lambda n: PurePosixPath(str(n).replace("\\", "/")).stem)
     bad = table.loc[~table["split"].isin(SPLITS), ["name", "split"]]
     if len(bad):
         raise ValueError(
@@ -88,6 +94,12 @@ def read_split_file(path: Path, names: pd.Series) -> pd.Series:
     if unknown:
         log.warning("split file %s names %d files not in the data, e.g. %s", path, len(unknown), unknown[:5])
     return names.map(dict(zip(table["name"], table["split"])))
+
+
+def _escapes(entry: str) -> bool:
+    """An absolute path, a drive, or a `..` step: a split-file entry that leaves the data folder."""
+    posix = PurePosixPath(entry.replace("\\", "/"))
+    return posix.is_absolute() or ".." in posix.parts or PureWindowsPath(entry).drive != ""
 
 
 def _check_fractions(fractions: dict[str, float]) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from bgremoval.manifest import COLUMNS, build_manifest, pair_files, resolve_source
@@ -55,3 +57,31 @@ def test_decode_problems_are_recorded_not_raised(tmp_path):
 def test_source_sample_means_the_sample_folder(tmp_path):
     assert resolve_source("sample", tmp_path / "s") == tmp_path / "s"
     assert resolve_source(str(tmp_path / "mine"), tmp_path / "s") == tmp_path / "mine"
+
+
+def test_a_file_linking_outside_the_data_folder_is_refused(tmp_path):
+    data, elsewhere = tmp_path / "data", tmp_path / "elsewhere"
+    write_pair(data, "a_1")
+    secret = elsewhere / "secret.png"
+    elsewhere.mkdir()
+    secret.write_bytes((data / "images" / "a_1.png").read_bytes())
+    (data / "images" / "b_1.png").symlink_to(secret)
+    (data / "masks" / "b_1.png").symlink_to(Path("..") / ".." / "elsewhere" / "secret.png")
+    with pytest.raises(ValueError, match=r"link outside the data folder .*b_1\.png -> .*secret\.png.*Copy the files"):
+        pair_files(data)
+
+
+def test_links_inside_the_data_folder_and_a_linked_images_folder_are_fine(tmp_path):
+    store = tmp_path / "store"
+    write_pair(store, "a_1")
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "images").symlink_to(store / "images")  # a whole folder on another disk: the user's choice
+    (data / "masks").mkdir()
+    (data / "masks" / "a_1.png").symlink_to(store / "masks" / "a_1.png")
+    with pytest.raises(ValueError, match="masks"):  # a single file linking out is still refused
+        pair_files(data)
+    (data / "masks" / "a_1.png").unlink()
+    (data / "masks" / "a_1.png").write_bytes((store / "masks" / "a_1.png").read_bytes())
+    (data / "masks" / "b_1.png").symlink_to("a_1.png")  # a link within the folder
+    assert {name for name, _, _ in pair_files(data)} == {"a_1", "b_1"}

@@ -61,7 +61,7 @@ def test_fractions_must_sum_to_one():
 
 def test_split_file_overrides_and_uses_base_names_only(tmp_path):
     csv = tmp_path / "split.csv"
-    csv.write_text("name,split\nimages/a_1.jpg,test\n../../etc/b_1,val\nc_1,train\n")
+    csv.write_text("name,split\nimages/a_1.jpg,test\nmasks\\b_1.png,val\nc_1,train\n")
     names = pd.Series(["a_1", "b_1", "c_1", "d_1"])
     got = read_split_file(csv, names)
     assert got.tolist()[:3] == ["test", "val", "train"]
@@ -77,3 +77,12 @@ def test_bad_split_files_are_named(tmp_path, text, message):
     csv.write_text(text)
     with pytest.raises(ValueError, match=message):
         read_split_file(csv, pd.Series(["a"]))
+
+
+@pytest.mark.parametrize("entry", ["../../etc/passwd", "/etc/passwd", "images/../../secret_1", "C:\\data\\a_1.jpg", "..\\a_1"])
+def test_split_file_entries_cannot_leave_the_data_folder(tmp_path, entry):
+    csv = tmp_path / "split.csv"
+    csv.write_text(f"name,split\na_1,train\n{entry},test\n")
+    with pytest.raises(ValueError, match="point outside") as err:
+        read_split_file(csv, pd.Series(["a_1"]))
+    assert entry in str(err.value) and str(csv) in str(err.value)
