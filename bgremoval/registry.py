@@ -93,9 +93,11 @@ def version_of_run(client, name: str, run_id: str, serving_key: str):
     return None
 
 
-def serving_key(model_file: Path, onnx_file: Path | None, size: int, max_pixels: int, extra: dict | None) -> str:
+def serving_key(model_file: Path, onnx_file: Path | None, size: int, max_pixels: int, extra: dict | None,
+                max_request_mb: float = 50) -> str:
     """What identifies a servable: the trained weights and how they are served."""
-    parts = [sha256_file(Path(model_file)) if Path(model_file).exists() else str(model_file), str(size), str(max_pixels),
+    parts = [sha256_file(Path(model_file)) if Path(model_file).exists() else str(model_file), str(size),
+             str(max_pixels), f"{max_request_mb:g}",
              "onnx" if onnx_file else "keras", (extra or {}).get("onnx.int8", "")]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
@@ -149,7 +151,8 @@ LINEAGE_TAGS = ("git.commit", "data.sha256", "dvc.augmented_md5", "tune.best_tri
 def register_run(client, name: str, run_id: str, model_file: Path, metrics: dict, test: pd.DataFrame, *,
                  size: int, max_pixels: int, serve_max_pixels: int, example: bytes, metric: str,
                  min_delta: float, require_beats_baseline: bool, onnx_file: Path | None = None,
-                 extra_tags: dict[str, str] | None = None, lock: str | None = None) -> Registered:
+                 extra_tags: dict[str, str] | None = None, lock: str | None = None,
+                 serve_max_request_mb: float = 50) -> Registered:
     """Log the servable model into the training run, register it (once per run), and gate its alias.
 
     `metrics` is the evaluate stage's metrics.json for this model on `test`. The champion's score
@@ -165,11 +168,12 @@ def register_run(client, name: str, run_id: str, model_file: Path, metrics: dict
     test_id = test_set_id(test)
     ensure_registered_model(client, name, "Background removal: image in, foreground mask / cut-out out "
                             "(bgremoval pipeline). Serve with `mlflow models serve -m models:/NAME@champion`.")
-    key = serving_key(model_file, onnx_file, size, serve_max_pixels, extra_tags)
+    key = serving_key(model_file, onnx_file, size, serve_max_pixels, extra_tags, serve_max_request_mb)
     mv = version_of_run(client, name, run_id, key)
     if mv is None:
         with mlflow.start_run(run_id=run_id):
-            info = serving.log_model(Path(model_file), size, serve_max_pixels, example, onnx_file)
+            info = serving.log_model(Path(model_file), size, serve_max_pixels, example, onnx_file,
+                                     max_request_mb=serve_max_request_mb)
         run_tags = client.get_run(run_id).data.tags
         tags = {f"metric.{k}": f"{v:.6f}" for k, v in metrics.items() if isinstance(v, float)}
         tags |= {f"baseline.{k}": f"{v:.6f}" for k, v in metrics.get("baseline", {}).items()}

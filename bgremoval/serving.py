@@ -21,11 +21,25 @@ OUTPUTS = ("mask", "cutout", "composite")
 INPUT_COLUMN = "image"
 # Environment overrides of what the registered model was logged with (serve.* in params.yaml).
 MAX_PIXELS_ENV = "BGREMOVAL_MAX_PIXELS"
+MAX_REQUEST_ENV = "BGREMOVAL_MAX_REQUEST_MB"  # image data per request, in MB of base64
 THREADS_ENV = "BGREMOVAL_THREADS"  # onnxruntime intra-op threads (default: all cores)
 
 
 class RequestError(ValueError):
     """Input that cannot be served; the message says which row or parameter and why."""
+
+
+class RequestTooLarge(RequestError):
+    """A request carrying more image data than the server takes (HTTP 413)."""
+
+
+def check_request_size(values, max_request_mb: float) -> None:
+    """Refuse a request whose base64 image data exceeds the cap, before anything is decoded."""
+    total = sum(len(v) for v in values if isinstance(v, (str, bytes)))
+    if total > max_request_mb * 1e6:
+        raise RequestTooLarge(
+            f"the request carries {total / 1e6:.1f} MB of image data, over the limit of {max_request_mb:g} MB "
+            f"(serve.max_request_mb / {MAX_REQUEST_ENV}); send fewer or smaller images per request")
 
 
 @dataclass(frozen=True)
@@ -145,7 +159,8 @@ class Segmenter:
         return np.clip(np.asarray(back), 0.0, 1.0)
 
 
-def cut_out(segmenter: Segmenter, frame: pd.DataFrame, params: dict | None, max_pixels: int) -> pd.DataFrame:
+def cut_out(segmenter: Segmenter, frame: pd.DataFrame, params: dict | None, max_pixels: int,
+            max_request_mb: float = float("inf")) -> pd.DataFrame:
     """A request frame (column `image`, base64) -> one row per image: `png` (base64), width, height,
     foreground (share of pixels with alpha >= 0.5). Raises RequestError naming the bad row/param."""
     if not isinstance(frame, pd.DataFrame) or INPUT_COLUMN not in frame.columns:
@@ -153,6 +168,7 @@ def cut_out(segmenter: Segmenter, frame: pd.DataFrame, params: dict | None, max_
         raise RequestError(f"expected a column named {INPUT_COLUMN!r} of base64-encoded images; got {got}")
     if len(frame) == 0:
         raise RequestError("the request has no rows; send at least one image")
+    check_request_size(frame[INPUT_COLUMN], max_request_mb)
     opts = options_from(params)
     images = [decode_base64_image(v, max_pixels, f"row {i} ({INPUT_COLUMN})") for i, v in enumerate(frame[INPUT_COLUMN])]
     rows = []
@@ -176,7 +192,7 @@ except ImportError:  # pragma: no cover
 
 class BackgroundRemover(_PythonModel):
     """The registered model. Artifacts: `model` (the .keras file) and, for U²-NetP, `onnx` (the same
-    weights in rembg's graph, served with onnxruntime). model_config: size, max_pixels."""
+    weights in rembg's graph, served with onnxruntime). model_config: size, max_pixels, max_request_mb."""
 
     def load_context(self, context):
         cfg = context.model_config or {}
@@ -189,14 +205,31 @@ class BackgroundRemover(_PythonModel):
         else:
             self.segmenter = Segmenter.load(Path(context.artifacts["model"]), size)
         self.max_pixels = int(os.environ.get(MAX_PIXELS_ENV) or cfg.get("max_pixels", 40_000_000))
+        self.max_request_mb = float(os.environ.get(MAX_REQUEST_ENV) or cfg.get("max_request_mb", 50))
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         from mlflow.exceptions import MlflowException
 
         try:
-            return cut_out(self.segmenter, model_input, params, self.max_pixels)
+            return cut_out(self.segmenter, model_input, params, self.max_pixels, self.max_request_mb)
+        except RequestTooLarge as exc:
+            raise PayloadTooLarge(str(exc)) from None
         except RequestError as exc:  # the scoring server answers 400 with this message
             raise MlflowException.invalid_parameter_value(str(exc)) from None
+
+
+if _PythonModel is not object:
+    from mlflow.exceptions import MlflowException as _MlflowException
+    from mlflow.protos.databricks_pb2 import BAD_REQUEST as _BAD_REQUEST
+
+    class PayloadTooLarge(_MlflowException):
+        """The scoring server answers with the status an MlflowException names: 413 here."""
+
+        def __init__(self, message: str):
+            super().__init__(message, error_code=_BAD_REQUEST)
+
+        def get_http_status_code(self) -> int:
+            return 413
 
 
 def signature():
@@ -227,7 +260,7 @@ def requirements() -> list[str]:
 
 
 def log_model(model_file: Path, size: int, max_pixels: int, example: bytes, onnx_file: Path | None = None,
-              name: str = "model"):
+              name: str = "model", max_request_mb: float = 50):
     """Log the servable pyfunc (keras file, its ONNX export if any, and this package's code) into the active run."""
     import shutil
     import tempfile
@@ -243,7 +276,7 @@ def log_model(model_file: Path, size: int, max_pixels: int, example: bytes, onnx
             python_model=str(package / "served_model.py"),
             artifacts={"model": str(model_file), **({"onnx": str(onnx_file)} if onnx_file else {})},
             code_paths=[str(code)],
-            model_config={"size": int(size), "max_pixels": int(max_pixels), "runtime": "onnxruntime" if onnx_file else "keras"},
+            model_config={"size": int(size), "max_pixels": int(max_pixels), "max_request_mb": float(max_request_mb), "runtime": "onnxruntime" if onnx_file else "keras"},
             signature=signature(),
             input_example=pd.DataFrame({INPUT_COLUMN: [base64.b64encode(example).decode("ascii")]}),
             pip_requirements=requirements(),

@@ -79,7 +79,7 @@ def main() -> int:
         extra_tags=served_tags(served),
         metrics=metrics,
         test=test, size=size, max_pixels=max_pixels,
-        serve_max_pixels=params["serve"]["max_pixels"],
+        serve_max_pixels=params["serve"]["max_pixels"], serve_max_request_mb=params["serve"]["max_request_mb"],
         example=example_png(Path(test["image_path"].iloc[0]), max_pixels),
         metric=cfg["metric"], min_delta=cfg["min_delta"], require_beats_baseline=cfg["require_beats_baseline"],
         lock=os.environ.get("BGREMOVAL_REGISTRY_LOCK") or cfg["lock"],

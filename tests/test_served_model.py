@@ -25,6 +25,8 @@ from bgremoval.cli import main as cli
 from tests.conftest import disc_image, free_port, running_server
 
 NAME = "toy-bgremoval"
+MAX_REQUEST_MB = 0.2
+SERVER_PIDS: dict[int, int] = {}
 
 
 def b64_png(array: np.ndarray) -> str:
@@ -81,26 +83,36 @@ def test_pyfunc_turns_bad_input_into_invalid_parameter_errors(registered):
     assert err.value.get_http_status_code() == 400 and "row 0 (image): is not valid base64" in err.value.message
 
 
-def _post(port: int, body: dict) -> tuple[int, dict]:
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
+def _post(port: int, body: dict | bytes, content_type: str = "application/json") -> tuple[int, dict]:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=data,
+                                 headers={"Content-Type": content_type})
     try:
         with urllib.request.urlopen(req, timeout=60) as resp:
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"{}")
+        text = exc.read() or b"{}"
+        try:
+            return exc.code, json.loads(text)
+        except ValueError:  # the server's own plain-text answers (e.g. 415)
+            return exc.code, {"message": text.decode(errors="replace")}
 
 
 @pytest.fixture(scope="module")
 def server(registered):
-    """`mlflow models serve -m models:/NAME@champion --env-manager local` on a free loopback port,
-    started outside the checkout, with a small pixel cap so a bomb is cheap to send."""
+    """`mlflow models serve -m models:/NAME@champion --env-manager local` on a free port (no --host:
+    the default binding is under test), started outside the checkout, with small pixel and request
+    caps so a bomb and an oversized request are cheap to send."""
     port = free_port()
     env = dict(os.environ, MLFLOW_TRACKING_URI=registered["uri"], BGREMOVAL_MAX_PIXELS="200000",
+               BGREMOVAL_MAX_REQUEST_MB=str(MAX_REQUEST_MB),
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")  # its uvicorn
+    env.pop("MLFLOW_HOST", None)
     cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{NAME}@champion", "--env-manager", "local",
-           "-h", "127.0.0.1", "-p", str(port), "-w", "1"]
-    with running_server(cmd, f"http://127.0.0.1:{port}/ping", Path(registered["tmp"]) / "serve.log", env, cwd=registered["tmp"]):
+           "-p", str(port), "-w", "1"]
+    with running_server(cmd, f"http://127.0.0.1:{port}/ping", Path(registered["tmp"]) / "serve.log", env,
+                        cwd=registered["tmp"]) as proc:
+        SERVER_PIDS[port] = proc.pid
         yield port
 
 
@@ -219,3 +231,71 @@ def test_the_readme_curl_example_works_against_the_server(server, tmp_path):
     assert run.returncode == 0, run.stderr
     cut = Image.open(tmp_path / "photo_cutout.png")
     assert cut.mode == "RGBA" and cut.size == (66, 44)
+
+
+@pytest.mark.slow
+def test_server_binds_loopback_only_unless_told_otherwise(server):
+    import psutil
+
+    parent = psutil.Process(SERVER_PIDS[server])
+    listening = [c.laddr for p in [parent, *parent.children(recursive=True)] for c in p.net_connections("inet")
+                 if c.status == psutil.CONN_LISTEN]
+    assert listening and all(addr.ip == "127.0.0.1" for addr in listening), listening
+
+
+@pytest.mark.slow
+def test_an_oversized_request_gets_413_naming_the_limit(server):
+    noise = np.random.default_rng(0).integers(0, 256, (200, 200, 3), dtype=np.uint8)  # ~160 KB of PNG
+    body = {"dataframe_split": {"columns": ["image"], "data": [[b64_png(noise)], [b64_png(noise)]]}}
+    status, answer = _post(server, body)
+    assert status == 413, answer
+    assert f"over the limit of {MAX_REQUEST_MB:g} MB (serve.max_request_mb / BGREMOVAL_MAX_REQUEST_MB)" in answer["message"]
+    assert "send fewer or smaller images" in answer["message"]
+    status, _ = _good(server, disc_image(20, 20)[0])
+    assert status == 200
+
+
+MALFORMED = [
+    ({"dataframe_split": {"columns": ["image"], "data": [["not base64 !!"]]}}, "application/json", 400),
+    ({"dataframe_split": {"columns": ["image"], "data": [[base64.b64encode(b"\x89PNG broken").decode()]]}}, "application/json", 400),
+    ({"dataframe_split": {"columns": ["image"], "data": [[12345]]}}, "application/json", 400),
+    ({"dataframe_split": {"columns": ["image"], "data": []}}, "application/json", 400),
+    ({"instances": "nonsense"}, "application/json", 400),
+    (b"{not json", "application/json", 400),
+    (b"image\nabc", "text/plain", 415),
+]
+
+
+@pytest.mark.slow
+def test_server_under_load_answers_every_request_and_survives_malformed_ones(server):
+    """200 requests at once, of mixed sizes; then 100 malformed ones; then it still answers."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    sizes = [(24, 24), (48, 80), (120, 90), (200, 150), (64, 33)]
+
+    def good(i):
+        h, w = sizes[i % len(sizes)]
+        status, body = _good(server, disc_image(h, w, seed=i)[0], output="cutout" if i % 2 else "mask")
+        return status, (body["predictions"][0]["width"], body["predictions"][0]["height"]) if status == 200 else body, (w, h)
+
+    with ThreadPoolExecutor(max_workers=200) as pool:
+        answers = list(pool.map(good, range(200)))
+    failed = [(status, got) for status, got, want in answers if status != 200 or got != want]
+    assert not failed, failed[:5]
+
+    def bad(i):
+        body, content_type, expected = MALFORMED[i % len(MALFORMED)]
+        return _post(server, body, content_type)[0], expected
+
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        statuses = list(pool.map(bad, range(100)))
+    assert all(got == expected for got, expected in statuses), sorted(set(statuses))
+    assert psutil_alive(SERVER_PIDS[server])
+    status, body = _good(server, disc_image(40, 30)[0])
+    assert status == 200 and (body["predictions"][0]["width"], body["predictions"][0]["height"]) == (30, 40)
+
+
+def psutil_alive(pid: int) -> bool:
+    import psutil
+
+    return psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
