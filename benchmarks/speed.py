@@ -18,7 +18,6 @@ import argparse
 import base64
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -34,6 +33,8 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 from PIL import Image  # noqa: E402
+
+from serve_helper import served  # noqa: E402
 
 
 def timed(fn, repeat: int, warmup: int = 2) -> float:
@@ -58,37 +59,14 @@ def test_images(project: Path, n: int) -> list[np.ndarray]:
     return [load_rgb(Path(p), 10**8) for p in paths]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def serve_round_trip(project: Path, model_uri: str, tracking_uri: str, body: bytes, repeat: int, threads: int) -> float:
-    port = free_port()
-    env = dict(os.environ, MLFLOW_TRACKING_URI=tracking_uri, BGREMOVAL_THREADS=str(threads),
-               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local",
-                             "-h", "127.0.0.1", "-p", str(port), "-w", "1"], env=env, cwd=project,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 180
-        while time.time() < deadline:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
-                break
-            except OSError:
-                time.sleep(1)
-
+    with served(project, model_uri, tracking_uri, BGREMOVAL_THREADS=str(threads)) as (port, _):
         def call():
             req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", body, {"Content-Type": "application/json"})
             with urllib.request.urlopen(req, timeout=120) as resp:
                 resp.read()
 
         return timed(call, repeat)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def train_vs_forward(project: Path, size: int, repeat: int) -> tuple[float, float]:

@@ -24,6 +24,15 @@ def configure(default_uri: str, experiment: str) -> str:
     return uri
 
 
+def unfinished_run(tag: str, value: str) -> str | None:
+    """The id of a run in the active experiment tagged tag=value that never finished (killed), if any."""
+    import mlflow
+
+    runs = mlflow.search_runs(filter_string=f"tags.`{tag}` = '{value}' and attributes.status != 'FINISHED'",
+                              order_by=["attributes.start_time DESC"], max_results=1, output_format="list")
+    return runs[0].info.run_id if runs else None
+
+
 class EpochLogger(keras.callbacks.Callback):
     """Logs each epoch's metrics to the active MLflow run, under names like val/iou."""
 

@@ -242,7 +242,9 @@ def fit(
         for layer in encoder_layers(network):
             layer.trainable = trainable
         compile_network(network, cfg, pos_weight, steps_per_epoch)  # trainable flags take effect on compile
-        backup = keras.callbacks.BackupAndRestore(str(Path(checkpoint_dir) / name), delete_checkpoint=False)
+        # double_checkpoint: a kill while the weights are being written leaves the previous epoch's intact.
+        backup = keras.callbacks.BackupAndRestore(str(Path(checkpoint_dir) / name), delete_checkpoint=False,
+                                                  double_checkpoint=True)
         h = network.fit(
             train_ds, validation_data=val_ds, epochs=end, initial_epoch=start,
             steps_per_epoch=steps_per_epoch, callbacks=[backup, stop, *callbacks], verbose=0,
@@ -254,6 +256,19 @@ def fit(
             break
     shutil.rmtree(checkpoint_dir, ignore_errors=True)  # finished: nothing left to resume
     return history
+
+
+def checkpoint_epoch(checkpoint_dir: Path) -> int:
+    """How many epochs an interrupted run of this configuration finished (0 = nothing to resume)."""
+    done = 0
+    for phase in ("frozen", "full"):
+        meta = Path(checkpoint_dir) / phase / "training_metadata.json"
+        if meta.exists():
+            try:
+                done = max(done, int(json.loads(meta.read_text())["epoch"]))
+            except (ValueError, KeyError):  # cut off mid-write: BackupAndRestore falls back to its .bkp copy
+                continue
+    return done
 
 
 def evaluate_val(network: keras.Model, val_ds) -> dict[str, float]:

@@ -14,7 +14,7 @@ import numpy as np
 
 from bgremoval import tracking
 from bgremoval.train import (
-    ModelConfig, TrainConfig, build_network, clean_logs, count_records, datasets, evaluate_val, fit,
+    ModelConfig, TrainConfig, build_network, checkpoint_epoch, clean_logs, count_records, datasets, evaluate_val, fit,
     inference_model, positive_weight, predict_masks, run_key, steps_per_epoch,
 )
 from bgremoval.tune import apply_overrides
@@ -56,11 +56,19 @@ def main() -> int:
     checkpoints = Path(paths["checkpoints"]) / run_key(model_cfg, train_cfg, data_id, seed)
 
     tracking.configure(params["mlflow"]["tracking_uri"], params["mlflow"]["experiment"])
-    with mlflow.start_run(run_name="train") as run:
-        mlflow.log_params({f"model.{k}": v for k, v in asdict(model_cfg).items()})
-        mlflow.log_params({f"train.{k}": v for k, v in asdict(train_cfg).items()})
+    key = checkpoints.name
+    resumed = checkpoint_epoch(checkpoints)
+    previous = tracking.unfinished_run("train.run_key", key) if resumed else None
+    if resumed:  # a run of this very configuration was cut off: go on from its last finished epoch
+        log.info("resuming from the checkpoint after epoch %d (%s)%s", resumed, checkpoints,
+                 f", in MLflow run {previous}" if previous else "")
+    with mlflow.start_run(run_id=previous, run_name=None if previous else "train") as run:
+        mlflow.set_tags({"train.run_key": key, "train.resumed_at_epoch": str(resumed)})
+        if previous is None:  # a resumed run has its params already (MLflow params are write-once)
+            mlflow.log_params({f"model.{k}": v for k, v in asdict(model_cfg).items()})
+            mlflow.log_params({f"train.{k}": v for k, v in asdict(train_cfg).items()})
+            mlflow.log_params({"base.seed": seed, "pos_weight": pos_weight, "steps_per_epoch": steps, "n_train": n_train})
         mlflow.set_tag("tune.best_trial", f"{tuned['study']}#{tuned['trial']}")
-        mlflow.log_params({"base.seed": seed, "pos_weight": pos_weight, "steps_per_epoch": steps, "n_train": n_train})
         mlflow.set_tags({
             "stage": "train",
             "git.commit": tracking.git_commit(Path.cwd()),

@@ -1,0 +1,117 @@
+"""Faults: `kill -9` in the middle of the tune and train stages, then `dvc repro` again, in a temporary
+copy of the project on toy settings. Nothing finished is lost or redone."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from tests.test_pipeline_e2e import dvc, project, set_params  # noqa: F401 (project is a fixture)
+
+pytestmark = pytest.mark.slow
+
+
+def start_dvc(project: Path, *args: str, log: Path) -> subprocess.Popen:
+    """`dvc ...` in its own process group, so SIGKILL reaches the stage it runs too."""
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+               GX_ANALYTICS_ENABLED="false", TF_CPP_MIN_LOG_LEVEL="2")
+    env.pop("MLFLOW_TRACKING_URI", None)
+    handle = open(log, "w")  # noqa: SIM115 - closed with the process
+    return subprocess.Popen([sys.executable, "-m", "dvc", *args], cwd=project, env=env, stdout=handle,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def kill_when(proc: subprocess.Popen, ready, log: Path, timeout: float = 400) -> None:
+    """SIGKILL the whole process group as soon as ready() holds."""
+    deadline = time.time() + timeout
+    while not ready():
+        assert proc.poll() is None, f"finished before it could be killed:\n{log.read_text()[-3000:]}"
+        assert time.time() < deadline, f"not ready within {timeout:.0f} s:\n{log.read_text()[-3000:]}"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+def trials(project: Path) -> list[optuna.trial.FrozenTrial]:
+    storage = f"sqlite:///{project / 'optuna.db'}"
+    if not (project / "optuna.db").exists():
+        return []
+    try:
+        summaries = optuna.get_all_study_summaries(storage)
+        if not summaries:
+            return []
+        return optuna.load_study(study_name=summaries[0].study_name, storage=storage).get_trials(deepcopy=False)
+    except Exception:  # noqa: BLE001 - the schema is still being created
+        return []
+
+
+def complete(project: Path) -> list[optuna.trial.FrozenTrial]:
+    return [t for t in trials(project) if t.state == optuna.trial.TrialState.COMPLETE]
+
+
+def test_kill_9_during_tune_then_repro_continues_the_study(project, tmp_path):
+    set_params(project, {"tune.n_trials": 4, "tune.epochs": 2, "tune.steps_per_epoch": 4, "tune.heartbeat_interval": 1})
+    assert dvc(project, "repro", "augment").returncode == 0
+    log = tmp_path / "tune.log"
+    proc = start_dvc(project, "repro", "tune", log=log)
+    # Killed while a trial runs, with at least one finished before it.
+    kill_when(proc, lambda: len(complete(project)) >= 1 and any(t.state == optuna.trial.TrialState.RUNNING
+                                                                for t in trials(project)), log)
+    before = {t.number: (t.params, t.values) for t in complete(project)}
+    assert 1 <= len(before) < 4
+
+    again = dvc(project, "repro")  # the whole pipeline, as a user would
+    assert again.returncode == 0, again.stdout + again.stderr
+    after = trials(project)
+    done = {t.number: (t.params, t.values) for t in after if t.state == optuna.trial.TrialState.COMPLETE}
+    assert all(done[n] == before[n] for n in before)  # nothing finished was lost or changed
+    assert len(done) == 4  # the budget, not 4 more: finished trials were not re-run
+    killed = [t for t in after if t.state == optuna.trial.TrialState.FAIL]
+    assert len(killed) == 1  # the trial the kill cut off: failed by its stale heartbeat, then retried
+    retry = [t for t in after if t.system_attrs.get("failed_trial") == killed[0].number]
+    assert len(retry) == 1 and retry[0].number in done and retry[0].params == killed[0].params
+    assert not [t for t in after if t.state in (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)]
+    best = json.loads((project / "data" / "tune" / "best_params.json").read_text())
+    assert best["trial"] in done
+    assert json.loads((project / "reports" / "registered.json").read_text())["alias"] == "champion"
+
+
+def test_kill_9_during_train_then_repro_resumes_from_the_last_checkpoint(project, tmp_path):
+    import mlflow
+
+    set_params(project, {"train.epochs": 5, "train.steps_per_epoch": 6, "train.patience": 10, "train.freeze_epochs": 1})
+    assert dvc(project, "repro", "tune").returncode == 0
+    log = tmp_path / "train.log"
+    proc = start_dvc(project, "repro", "train", log=log)
+
+    def finished_epochs() -> int:
+        metas = list((project / ".checkpoints").glob("*/full/training_metadata.json"))
+        try:
+            return max((json.loads(m.read_text())["epoch"] for m in metas), default=0)
+        except (ValueError, KeyError):
+            return 0
+
+    kill_when(proc, lambda: finished_epochs() >= 2, log)
+    at_kill = finished_epochs()
+    assert 2 <= at_kill < 5
+
+    again = dvc(project, "repro")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"resuming from the checkpoint after epoch {at_kill}" in again.stderr
+    summary = json.loads((project / "reports" / "train.json").read_text())
+    assert summary["epochs_run"] == 5 - at_kill  # only the epochs the killed run had not finished
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    run = client.get_run(summary["run_id"])
+    assert run.info.status == "FINISHED" and run.data.tags["train.resumed_at_epoch"] == str(at_kill)
+    # One MLflow run holds the whole training: the killed part's epochs and the resumed ones.
+    steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "val/iou"))
+    assert steps[-1] == 4 and set(range(at_kill, 5)) <= set(steps)
+    assert not list((project / ".checkpoints").glob("*/full"))  # finished: nothing left to resume
