@@ -11,6 +11,7 @@ import numpy as np
 import yaml
 
 from bgremoval import __version__
+from bgremoval.quiet import import_tensorflow_quietly
 
 
 def _params(path: Path) -> dict:
@@ -80,6 +81,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         sys.exit(f"bgremoval predict: no images ({', '.join(_image_exts())}) in {args.input}")
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # ours is the one that counts
+    import_tensorflow_quietly()
     import mlflow
 
     mlflow.set_tracking_uri(args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db")
@@ -123,6 +125,7 @@ def _cmd_tune_worker(args: argparse.Namespace) -> int:
     from bgremoval.tune_job import STORAGE_ENV, TuneJob
 
     logging.getLogger("bgremoval").setLevel(logging.INFO)
+    import_tensorflow_quietly()
     params = _params(args.params)
     if args.storage:
         os.environ[STORAGE_ENV] = args.storage

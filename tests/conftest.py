@@ -123,3 +123,64 @@ def running_server(cmd: list[str], url: str, log_file: Path, env: dict, cwd: Pat
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+ARTIFACTS = Path(os.environ.get("BGREMOVAL_TEST_ARTIFACTS", ROOT / "test-artifacts"))
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+
+
+class Browser:
+    """Headless Debian Chromium driven by Selenium; every page it opens is saved as a screenshot."""
+
+    def __init__(self, driver):
+        self.driver = driver
+
+    def open(self, url: str, *texts: str, shot: str, timeout: float = 90) -> str:
+        """Load url, wait until the page shows every text, save ARTIFACTS/shot.png; the page's text."""
+        self.driver.get(url)
+        return self.wait_for(*texts, shot=shot, timeout=timeout)
+
+    def wait_for(self, *texts: str, shot: str, timeout: float = 90) -> str:
+        """Wait until the current page shows every text; screenshot it either way; the page's text."""
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        body = lambda: self.driver.find_element("tag name", "body").text  # noqa: E731
+        try:
+            WebDriverWait(self.driver, timeout).until(lambda d: all(t in body() for t in texts))
+        finally:
+            self.screenshot(shot)
+        return body()
+
+    def screenshot(self, name: str) -> Path:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        path = ARTIFACTS / f"{name}.png"
+        self.driver.save_screenshot(str(path))
+        return path
+
+    def image_sizes(self) -> list[tuple[int, int]]:
+        """(naturalWidth, naturalHeight) of every loaded <img> on the page."""
+        return [tuple(self.driver.execute_script("return [arguments[0].naturalWidth, arguments[0].naturalHeight]", img))
+                for img in self.driver.find_elements("tag name", "img")]
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Chromium (Debian's chromium + chromium-driver, installed by `make test`)."""
+    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
+        pytest.fail(f"{CHROMIUM} / {CHROMEDRIVER} not found: run `make test` (it installs Debian's chromium and "
+                    "chromium-driver) or `apt-get install chromium chromium-driver`")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    # Offline machine: no background networking, no first-run or component updates; root needs no sandbox.
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--window-size=1400,1000"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)  # no Selenium Manager download
+    try:
+        yield Browser(driver)
+    finally:
+        driver.quit()

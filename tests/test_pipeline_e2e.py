@@ -17,13 +17,25 @@ from tests.conftest import ROOT, write_pair
 
 pytestmark = pytest.mark.slow
 _SKIP = {".git", ".venv", "data", "reports", "mlruns", "mlartifacts", "__pycache__", ".pytest_cache",
-         ".hypothesis", "cache", "tmp", "mlflow.db", "optuna.db"}
+         ".hypothesis", "cache", "tmp", "mlflow.db", "optuna.db", "test-artifacts", ".checkpoints"}
 
 
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     """A copy of the repo (code and config only) with a tiny sample, as its own git+DVC repo."""
-    dst = tmp_path / "project"
+    return copy_project(tmp_path / "project")
+
+
+@pytest.fixture(scope="session")
+def full_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """One `dvc repro` of the whole toy pipeline, shared by the tests that inspect its results."""
+    dst = copy_project(tmp_path_factory.mktemp("full") / "project")
+    set_params(dst, {"evaluate.size": 32, "evaluate.baseline_size": 64})
+    return dst, dvc(dst, "repro")
+
+
+def copy_project(dst: Path) -> Path:
+    """The repo's code and config in dst, with toy settings, as its own git + DVC repo."""
     shutil.copytree(ROOT, dst, ignore=lambda d, names: [n for n in names if n in _SKIP or n.endswith(".egg-info")])
     (dst / "dvc.lock").unlink(missing_ok=True)
     subprocess.run(["git", "init", "-q"], cwd=dst, check=True)
@@ -88,7 +100,7 @@ def test_repro_through_augment_on_the_sample(project):
     assert {p.name: p.read_bytes() for p in sorted((project / "data" / "augmented").glob("*.tfrecord"))} == before
 
 
-def test_repro_stops_on_bad_user_data_naming_the_files(project, tmp_path):
+def test_repro_stops_on_bad_user_data_naming_the_files(project, tmp_path, browser):
     data = tmp_path / "user_data"
     for g in range(4):
         for f in range(3):
@@ -108,6 +120,10 @@ def test_repro_stops_on_bad_user_data_naming_the_files(project, tmp_path):
     report = json.loads((project / "reports" / "validation.json").read_text())
     failed = {u["name"] for f in report["failures"] for u in f.get("unexpected", [])}
     assert failed == {"item1_2", "item2_0"}
+    # The Data Docs page of this run, in a real browser: a person sees the failure and the files.
+    assert report["data_docs"] in run.stderr
+    page = browser.open((project / report["data_docs"]).as_uri(), "Status: Failed", shot="data-docs-bad-data")
+    assert "Unsuccessful Expectations" in page and "unexpected values found" in page
 
 
 def test_missing_data_folder_is_a_clear_error(project, tmp_path):
@@ -117,11 +133,10 @@ def test_missing_data_folder_is_a_clear_error(project, tmp_path):
     assert "nowhere/images is not a folder" in run.stderr and "Traceback" not in run.stderr
 
 
-def test_full_repro_tracks_everything_in_mlflow_and_registers_a_servable_champion(project, tmp_path):
+def test_full_repro_tracks_everything_in_mlflow_and_registers_a_servable_champion(full_run, tmp_path):
     import mlflow
 
-    set_params(project, {"evaluate.size": 32, "evaluate.baseline_size": 64})
-    run = dvc(project, "repro")
+    project, run = full_run
     assert run.returncode == 0, run.stdout + run.stderr
     assert (project / "models" / "model.keras").exists()
     summary = json.loads((project / "reports" / "train.json").read_text())
