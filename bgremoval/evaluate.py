@@ -21,10 +21,15 @@ def keras_predictor(model, size: int) -> Predictor:
     return Segmenter(model, size)
 
 
-def evaluate(rows: pd.DataFrame, predict: Predictor, max_pixels: int) -> tuple[pd.DataFrame, list[ImageScores]]:
-    """Per-image scores (a table with the files) and the raw scores for the dataset summary."""
+def evaluate(rows: pd.DataFrame, predict: Predictor, max_pixels: int,
+             progress: str | None = None) -> tuple[pd.DataFrame, list[ImageScores]]:
+    """Per-image scores (a table with the files) and the raw scores for the dataset summary; with
+    `progress`, a progress bar of that name over the images."""
+    from tqdm import tqdm
+
     records, scores = [], []
-    for _, row in rows.iterrows():
+    for _, row in tqdm(rows.iterrows(), total=len(rows), desc=progress, unit="image", leave=False,
+                       disable=progress is None):
         image = load_rgb(Path(row["image_path"]), max_pixels)
         truth = load_mask(Path(row["mask_path"]), max_pixels).astype(np.float64) / 255
         s = score_image(predict(image), truth)

@@ -138,7 +138,8 @@ def export_checked(model, out: Path, size: int, images: list[np.ndarray], tolera
     check = compare(model, out, size, images, tolerance)
     if not check.passes(tolerance):
         raise ExportError(f"ONNX export differs from Keras at {size}x{size}: max {check.max_abs:.2e}, "
-                          f"{check.share_over:.4%} of pixels over {tolerance:.0e}")
+                          f"{check.share_over:.4%} of pixels over {tolerance:.0e}; serve it with Keras (serve.runtime: keras) "
+                          "or, if the difference is acceptable, raise serve.onnx_tolerance")
     log.info("exported %s (%.1f MB): |Keras - onnxruntime| max %.1e, mean %.1e, %.4f%% of pixels over %.0e",
              out, Path(out).stat().st_size / 1e6, check.max_abs, check.mean_abs, 100 * check.share_over, tolerance)
     return check

@@ -72,8 +72,8 @@ def build_served_onnx(model, out_dir: Path, size: int, *, check_images: list[np.
     if quantize != "int8":
         raise ExportError(f"serve.quantize {quantize!r} is not one of none, int8")
     int8 = quantize_int8(f32, out_dir / "model_int8.onnx", calibration, size)
-    m32 = summarise(evaluate(test, OnnxSegmenter(f32, size), max_pixels)[1])
-    m8 = summarise(evaluate(test, OnnxSegmenter(int8, size), max_pixels)[1])
+    m32 = summarise(evaluate(test, OnnxSegmenter(f32, size), max_pixels, progress="float32 check")[1])
+    m8 = summarise(evaluate(test, OnnxSegmenter(int8, size), max_pixels, progress="int8 check")[1])
     sign = 1.0 if HIGHER_IS_BETTER[metric] else -1.0
     loss = sign * (m32[metric] - m8[metric])
     if loss > max_loss:

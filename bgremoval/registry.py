@@ -236,5 +236,5 @@ def score_version(name: str, version, metric: str, test: pd.DataFrame, max_pixel
     from bgremoval.metrics import summarise
 
     segmenter, _ = serving.load(f"models:/{name}/{version}")
-    _, scores = evaluate(test, segmenter, max_pixels)
+    _, scores = evaluate(test, segmenter, max_pixels, progress=f"rescore v{version}")
     return float(summarise(scores)[metric])

@@ -47,22 +47,28 @@ class EpochLogger(keras.callbacks.Callback):
 
 
 class Progress(keras.callbacks.Callback):
-    """One tqdm bar over epochs, showing the latest val metrics (Keras' own output is off)."""
+    """One tqdm bar over all training steps, showing the epoch and the latest val metrics (Keras' own
+    output is off). A resumed run starts the bar where the checkpoint left off."""
 
-    def __init__(self, epochs: int, rename, desc: str = "train"):
+    def __init__(self, epochs: int, steps_per_epoch: int, rename, desc: str = "train", done_epochs: int = 0):
         super().__init__()
-        self.epochs, self.rename, self.desc, self.bar = epochs, rename, desc, None
+        self.epochs, self.steps, self.rename, self.desc, self.bar = epochs, steps_per_epoch, rename, desc, None
+        self.done_epochs = done_epochs
 
     def on_train_begin(self, logs=None):
         from tqdm import tqdm
 
         if self.bar is None:
-            self.bar = tqdm(total=self.epochs, desc=self.desc, unit="epoch", leave=False)
+            self.bar = tqdm(total=self.epochs * self.steps, initial=self.done_epochs * self.steps, desc=self.desc,
+                            unit="step", leave=False)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.bar.update(1)
 
     def on_epoch_end(self, epoch, logs=None):
         shown = {k: f"{v:.3f}" for k, v in self.rename(logs or {}).items() if k.startswith("val/")}
-        self.bar.n = epoch + 1
-        self.bar.set_postfix(shown, refresh=True)
+        self.bar.n = (epoch + 1) * self.steps
+        self.bar.set_postfix({"epoch": f"{epoch + 1}/{self.epochs}", **shown}, refresh=True)
 
     def close(self):
         if self.bar is not None:

@@ -18,7 +18,7 @@ from bgremoval.balance import bin_labels, oversample_plan, positive_weight, targ
 from bgremoval.imageio import load_mask, load_rgb
 from bgremoval.shards import write_shards
 from bgremoval.viz import grid, overlay
-from stages.common import start
+from stages.common import run, start
 
 log = logging.getLogger("stages.augment")
 
@@ -117,4 +117,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+from collections.abc import Callable
 from typing import Any
 
 import dvc.api
@@ -19,3 +21,17 @@ def start(stage: str) -> dict[str, Any]:
     logging.getLogger("great_expectations").setLevel(logging.WARNING)  # it sets INFO on itself
     # Only the keys listed under the stage's `params:` come back, so an undeclared read fails.
     return dvc.api.params_show(stages=stage)
+
+
+def run(main: Callable[[], int]) -> None:
+    """Run a stage's main(). A bad setting, file or model ends with its message, which says what to fix,
+    not with a traceback (BGREMOVAL_LOG_LEVEL=DEBUG shows it)."""
+    stage = main.__module__.rsplit(".", 1)[-1]
+    try:
+        code = main()
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:  # ExportError, U2NetpWeightsError are RuntimeErrors
+        if os.environ.get("BGREMOVAL_LOG_LEVEL", "").upper() == "DEBUG":
+            raise
+        print(f"{stage}: {exc}\n(BGREMOVAL_LOG_LEVEL=DEBUG shows the traceback)", file=sys.stderr)
+        code = 1
+    sys.exit(code)

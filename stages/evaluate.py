@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from pathlib import Path
 
 import keras
@@ -20,7 +19,7 @@ from bgremoval.metrics import pr_curve, summarise
 from bgremoval.train import ModelConfig, build_network, inference_model
 from bgremoval.tune import tuned_section
 from bgremoval.viz import grid
-from stages.common import start
+from stages.common import run, start
 
 log = logging.getLogger("stages.evaluate")
 
@@ -36,9 +35,9 @@ def main() -> int:
 
     model = keras.models.load_model(Path(paths["models"]) / "model.keras", compile=False)
     ours = keras_predictor(model, cfg["size"])
-    table, scores = evaluate(test, ours, max_pixels)
+    table, scores = evaluate(test, ours, max_pixels, progress="evaluate")
     stock = keras_predictor(inference_model(build_network(ModelConfig(family="u2netp"))), cfg["baseline_size"])
-    base_table, base_scores = evaluate(test, stock, max_pixels)
+    base_table, base_scores = evaluate(test, stock, max_pixels, progress="stock u2netp")
 
     metrics = {**summarise(scores), "baseline": summarise(base_scores), "n_images": len(test), "size": cfg["size"]}
     table["baseline_iou"] = base_table["iou"]
@@ -74,4 +73,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

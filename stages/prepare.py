@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 from bgremoval.manifest import build_manifest, pair_files, resolve_source
 from bgremoval.sample import SampleSpec, ensure_sample
 from bgremoval.split import assign_groups, read_split_file, split_groups
-from stages.common import start
+from stages.common import run, start
 
 log = logging.getLogger("stages.prepare")
 
@@ -39,8 +38,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (FileNotFoundError, ValueError) as exc:  # bad input: say what, not a traceback
-        print(f"prepare: {exc}", file=sys.stderr)
-        sys.exit(1)
+    run(main)

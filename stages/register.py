@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 import tempfile
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from bgremoval import registry, serving, tracking
 from bgremoval.export import ExportError, u2netp_core
 from bgremoval.quantize import ServedOnnx, build_served_onnx
 from bgremoval.imageio import load_rgb
-from stages.common import start
+from stages.common import run, start
 
 log = logging.getLogger("stages.register")
 
@@ -93,4 +92,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from bgremoval.train import (
 )
 from bgremoval.tune import apply_overrides
 from bgremoval.viz import grid, overlay
-from stages.common import start
+from stages.common import run, start
 
 log = logging.getLogger("stages.train")
 
@@ -76,7 +75,7 @@ def main() -> int:
             "data.sha256": data_id,
         })
         rename = lambda logs: clean_logs(network, logs)  # noqa: E731
-        progress = tracking.Progress(train_cfg.epochs, rename)
+        progress = tracking.Progress(train_cfg.epochs, steps, rename, done_epochs=resumed)
         history = fit(network, train_ds, val_ds, train_cfg, pos_weight, steps, checkpoints,
                       [tracking.EpochLogger(rename), progress])
         progress.close()
@@ -100,4 +99,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from pathlib import Path
 
 import mlflow
@@ -21,7 +20,7 @@ import pandas as pd
 from bgremoval import tracking
 from bgremoval.tune import DONE, best_params, count, open_study, optimise, write_plots
 from bgremoval.tune_job import TuneJob
-from stages.common import start
+from stages.common import run, start
 
 log = logging.getLogger("stages.tune")
 
@@ -60,4 +59,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from bgremoval.validation import Thresholds, add_derived_columns, failure_message, run_suite, summarise
-from stages.common import start
+from stages.common import run, start
 
 log = logging.getLogger("stages.validate")
 
@@ -49,4 +49,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

@@ -102,3 +102,22 @@ def test_readme_has_the_two_commands_and_ci_runs_the_test_one():
     commands = re.findall(r"^make \w+", quick, flags=re.M)
     assert commands == ["make pipeline", "make test"]
     assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_a_stage_ends_bad_input_with_its_message_not_a_traceback(capsys, monkeypatch):
+    import pytest
+
+    from stages.common import run
+
+    def main() -> int:
+        raise ValueError("train.loss must be one of ('bce', 'dice'); got 'nope'")
+
+    main.__module__ = "stages.train"
+    monkeypatch.delenv("BGREMOVAL_LOG_LEVEL", raising=False)
+    with pytest.raises(SystemExit) as exit_:
+        run(main)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 1 and err.startswith("train: train.loss must be one of") and "Traceback" not in err
+    monkeypatch.setenv("BGREMOVAL_LOG_LEVEL", "DEBUG")  # ... and the traceback when asked for
+    with pytest.raises(ValueError):
+        run(main)
