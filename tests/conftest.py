@@ -184,3 +184,13 @@ def browser():
         yield Browser(driver)
     finally:
         driver.quit()
+
+
+@pytest.fixture(scope="session")
+def full_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """One `dvc repro` of the whole toy pipeline, shared by the tests that inspect its results."""
+    from tests.test_pipeline_e2e import copy_project, dvc, set_params
+
+    dst = copy_project(tmp_path_factory.mktemp("full") / "project")
+    set_params(dst, {"evaluate.size": 32, "evaluate.baseline_size": 64})
+    return dst, dvc(dst, "repro")

@@ -26,14 +26,6 @@ def project(tmp_path: Path) -> Path:
     return copy_project(tmp_path / "project")
 
 
-@pytest.fixture(scope="session")
-def full_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
-    """One `dvc repro` of the whole toy pipeline, shared by the tests that inspect its results."""
-    dst = copy_project(tmp_path_factory.mktemp("full") / "project")
-    set_params(dst, {"evaluate.size": 32, "evaluate.baseline_size": 64})
-    return dst, dvc(dst, "repro")
-
-
 def copy_project(dst: Path) -> Path:
     """The repo's code and config in dst, with toy settings, as its own git + DVC repo."""
     shutil.copytree(ROOT, dst, ignore=lambda d, names: [n for n in names if n in _SKIP or n.endswith(".egg-info")])

@@ -13,13 +13,12 @@ import pytest
 from PIL import Image
 
 from tests.conftest import free_port, running_server
-from tests.test_pipeline_e2e import full_run  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def mlflow_ui(full_run, tmp_path_factory):  # noqa: F811
+def mlflow_ui(full_run, tmp_path_factory):
     """`mlflow ui` on the pipeline's own sqlite store, as a user starts it in the project."""
     project, run = full_run
     assert run.returncode == 0, run.stdout + run.stderr
@@ -64,7 +63,7 @@ def test_mlflow_ui_shows_the_runs_the_prediction_grid_and_the_champion(mlflow_ui
     assert f"Version {version}" in page
 
 
-def test_data_docs_and_evaluate_pictures_open_readably(full_run, browser):  # noqa: F811
+def test_data_docs_and_evaluate_pictures_open_readably(full_run, browser):
     project, run = full_run
     assert run.returncode == 0, run.stdout + run.stderr
     report = json.loads((project / "reports" / "validation.json").read_text())
