@@ -118,7 +118,7 @@ def main() -> None:
                            "p50_s": round(statistics.median(lat), 2), "p95_s": round(lat[int(0.95 * (len(lat) - 1))], 2),
                            "max_s": round(lat[-1], 2), "statuses": sorted({a[0] for a in answers})}
         # Memory over many requests, a few at a time.
-        samples, done, failures = [(0, rss_mb(server))], 0, 0
+        samples, done, failures = [(0, rss_mb(server))], 0, 0  # 0 = right after the burst
         with ThreadPoolExecutor(max_workers=args.concurrency) as pool:
             while done < args.requests:
                 batch = range(done, min(done + 100, args.requests))
@@ -138,7 +138,7 @@ def main() -> None:
     print(f"\nserver: mlflow models serve -m {args.model} (1 worker), {report['machine']}; sizes {SIZES}")
     print(f"{'burst':<10} | {b['requests']} at once: {b['ok']} answered 200 with the right size; "
           f"wall {b['wall_s']} s, p50 {b['p50_s']} s, p95 {b['p95_s']} s, max {b['max_s']} s")
-    print(f"{'memory':<10} | requests | RSS of the server's process tree (MB)")
+    print(f"{'memory':<10} | requests | RSS of the server's process tree (MB); {report['rss_start_mb']} MB before the burst")
     for n, mb in m["rss_mb"]:
         print(f"{'':<10} | {n:>8} | {mb:>8.1f}")
     after_warm = [mb for n, mb in m["rss_mb"] if n >= 200]

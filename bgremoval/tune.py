@@ -230,6 +230,20 @@ def run_trial(trial: optuna.Trial, values: dict[str, Any], train_one: Callable[[
         return value
 
 
+class _TrialsBar:
+    """A tqdm bar over the study's budget (n_trials), counting every worker's finished trials."""
+
+    def __init__(self, study: optuna.Study, n_trials: int):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=n_trials, initial=count(study, DONE), desc="tune", unit="trial", leave=False)
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        self.bar.n = count(study, DONE)
+        failed = count(study, (optuna.trial.TrialState.FAIL,))
+        self.bar.set_postfix({"last": trial.state.name.lower(), **({"failed": failed} if failed else {})}, refresh=True)
+
+
 def optimise(
     study: optuna.Study, cfg: StudyConfig, space: dict, train_one: Callable[[optuna.Trial, dict, Path], Objective],
     progress: bool = True, poll_seconds: float = 5.0,
@@ -251,6 +265,7 @@ def optimise(
         return sum(1 for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))
                    if not _retried(study, t))
 
+    bar = _TrialsBar(study, cfg.n_trials) if progress else None
     for _ in range(cfg.n_trials + cfg.max_failed + 1):  # each round finishes or fails at least one trial
         remaining = cfg.n_trials - count(study, DONE)
         if remaining <= 0 or failures() >= cfg.max_failed:
@@ -259,9 +274,10 @@ def optimise(
             study.optimize(
                 objective,
                 n_trials=remaining + cfg.max_failed,  # failures don't use up the budget; the storage ends it
-                callbacks=[optuna.study.MaxTrialsCallback(cfg.n_trials, states=DONE), enough_failures],
+                callbacks=[optuna.study.MaxTrialsCallback(cfg.n_trials, states=DONE), enough_failures,
+                           *([bar] if bar else [])],
                 catch=(Exception,),  # a failed trial is recorded with its error; the study goes on
-                show_progress_bar=progress,
+                show_progress_bar=False,  # Optuna's counts this call's trials, not the study's budget: ours below
                 gc_after_trial=True,
             )
         except BudgetReached:  # other workers hold the rest of the budget
@@ -277,6 +293,8 @@ def optimise(
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                     optuna.storages.fail_stale_trials(study)
+    if bar is not None:
+        bar.bar.close()
     log.info("study %s: %d of %d trials finished", cfg.study_name, count(study, DONE), cfg.n_trials)
 
 

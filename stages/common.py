@@ -18,7 +18,9 @@ def start(stage: str) -> dict[str, Any]:
     level = os.environ.get("BGREMOVAL_LOG_LEVEL", "INFO")
     for name in ("bgremoval", "stages"):
         logging.getLogger(name).setLevel(level)
-    logging.getLogger("great_expectations").setLevel(logging.WARNING)  # it sets INFO on itself
+    # Third-party INFO lines (GX sets INFO on its loggers when it is imported) are dropped at the handler.
+    for handler in logging.getLogger().handlers if level.upper() != "DEBUG" else []:
+        handler.addFilter(lambda record: record.levelno >= logging.WARNING or record.name.startswith(("bgremoval", "stages")))
     # Only the keys listed under the stage's `params:` come back, so an undeclared read fails.
     return dvc.api.params_show(stages=stage)
 
