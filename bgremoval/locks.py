@@ -61,14 +61,22 @@ def engine_lock(engine, key: int) -> Iterator[None]:
 def named_lock(where: str, name: str) -> Iterator[None]:
     """A lock called `name` in `where`: a database URL (sqlite:///..., postgresql://...) or a file path.
 
-    An MLflow server URL (http://...) holds no lock of its own: the lock is then a file in the
-    temp folder, which serialises processes on this machine only (say so, so a team can point
-    `where` at a shared PostgreSQL instead).
+    A file store (file:///.../mlruns, or its folder) is locked with a file inside it. An MLflow server
+    URL (http://...) holds no lock of its own: the lock is then a file in the temp folder, which
+    serialises processes on this machine only, and a warning says so (point `where` at a shared
+    PostgreSQL or a lock file on a shared disk instead).
     """
     if where.startswith(("http://", "https://", "databricks")):
         digest = hashlib.sha256(f"{where}|{name}".encode()).hexdigest()[:16]
-        log.debug("%s holds no locks: %s is locked on this machine only", where, name)
+        log.warning("%s holds no locks: %s is held on this machine only; for registrations from several "
+                    "machines set register.lock (or BGREMOVAL_REGISTRY_LOCK) to a postgresql:// URL", where, name)
         with file_lock(Path(tempfile.gettempdir()) / f"bgremoval-{digest}.lock"):
+            yield
+    elif where.startswith("file:") or Path(where).is_dir():
+        from urllib.parse import unquote, urlparse
+
+        folder = Path(unquote(urlparse(where).path)) if where.startswith("file:") else Path(where)
+        with file_lock(folder / f".{name.replace(':', '-')}.lock"):
             yield
     elif "://" in where:
         import sqlalchemy

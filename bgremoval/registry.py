@@ -157,17 +157,43 @@ def register_run(client, name: str, run_id: str, model_file: Path, metrics: dict
 
     `metrics` is the evaluate stage's metrics.json for this model on `test`. The champion's score
     is its recorded one when it was measured on the same test images, else it is scored here.
-    Reading the champion and moving the aliases happen under one lock (`lock`: a database URL or a
-    lock file; None = the registry's own database), so concurrent registrations are decided one at a
-    time: without it two could both beat the old champion and the worse one could take the alias last.
+    Registering and deciding happen under one lock (`lock`: a database URL or a lock file; None = the
+    registry's own database), so concurrent registrations are decided one at a time: without it two
+    could both beat the old champion and the worse one could take the alias last.
     """
     import mlflow
-
-    from bgremoval import serving
 
     test_id = test_set_id(test)
     ensure_registered_model(client, name, "Background removal: image in, foreground mask / cut-out out "
                             "(bgremoval pipeline). Serve with `mlflow models serve -m models:/NAME@champion`.")
+    # Under one lock: finding this run's version, registering it, and deciding its alias. Two registrations
+    # of one run then add one version, and two of different runs are compared one after the other.
+    with named_lock(lock or mlflow.get_registry_uri(), f"bgremoval-registry:{name}"):
+        mv = _register_version(client, name, run_id, model_file, onnx_file, metrics, test, test_id, size=size,
+                               serve_max_pixels=serve_max_pixels, serve_max_request_mb=serve_max_request_mb,
+                               example=example, extra_tags=extra_tags)
+        decision, champ, champ_score = _decide_and_apply(client, name, mv, run_id, metrics, test, test_id, metric,
+                                                         min_delta, require_beats_baseline, max_pixels)
+    new_score = float(metrics[metric])
+    with mlflow.start_run(run_id=run_id):
+        mlflow.set_tags({"registry.name": name, "registry.version": str(mv.version), "registry.alias": decision.alias})
+    return Registered(
+        name=name, version=str(mv.version), alias=decision.alias, run_id=run_id,
+        model_uri=f"models:/{name}/{mv.version}", decision="promoted" if decision.promoted else "kept champion",
+        reason=decision.reason, metric=metric, score=new_score,
+        champion_version=str(champ.version) if champ is not None else None,
+        champion_score=None if champ_score is None else round(float(champ_score), 6),
+    )
+
+
+def _register_version(client, name: str, run_id: str, model_file: Path, onnx_file: Path | None, metrics: dict,
+                      test: pd.DataFrame, test_id: str, *, size: int, serve_max_pixels: int,
+                      serve_max_request_mb: float, example: bytes, extra_tags: dict[str, str] | None):
+    """This run's version served this way: the one registered before, or a new one logged and registered now."""
+    import mlflow
+
+    from bgremoval import serving
+
     key = serving_key(model_file, onnx_file, size, serve_max_pixels, extra_tags, serve_max_request_mb)
     mv = version_of_run(client, name, run_id, key)
     if mv is None:
@@ -184,20 +210,7 @@ def register_run(client, name: str, run_id: str, model_file: Path, metrics: dict
         log.info("registered %s version %s from run %s", name, mv.version, run_id)
     else:
         log.info("run %s is already %s version %s; deciding its alias again", run_id, name, mv.version)
-
-    with named_lock(lock or mlflow.get_registry_uri(), f"bgremoval-registry:{name}"):
-        decision, champ, champ_score = _decide_and_apply(client, name, mv, run_id, metrics, test, test_id, metric,
-                                                        min_delta, require_beats_baseline, max_pixels)
-    new_score = float(metrics[metric])
-    with mlflow.start_run(run_id=run_id):
-        mlflow.set_tags({"registry.name": name, "registry.version": str(mv.version), "registry.alias": decision.alias})
-    return Registered(
-        name=name, version=str(mv.version), alias=decision.alias, run_id=run_id,
-        model_uri=f"models:/{name}/{mv.version}", decision="promoted" if decision.promoted else "kept champion",
-        reason=decision.reason, metric=metric, score=new_score,
-        champion_version=str(champ.version) if champ is not None else None,
-        champion_score=None if champ_score is None else round(float(champ_score), 6),
-    )
+    return mv
 
 
 def _decide_and_apply(client, name: str, mv, run_id: str, metrics: dict, test: pd.DataFrame, test_id: str,

@@ -190,6 +190,20 @@ except ImportError:  # pragma: no cover
     _PythonModel = object
 
 
+def _number(env: str, default: float) -> float:
+    """A positive number from an environment override, else the logged default."""
+    text = os.environ.get(env)
+    if not text:
+        return float(default)
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if value <= 0:
+        raise ValueError(f"{env}={text!r} is not a positive number; unset it or give one, e.g. {env}={default:g}")
+    return value
+
+
 class BackgroundRemover(_PythonModel):
     """The registered model. Artifacts: `model` (the .keras file) and, for U²-NetP, `onnx` (the same
     weights in rembg's graph, served with onnxruntime). model_config: size, max_pixels, max_request_mb."""
@@ -204,8 +218,8 @@ class BackgroundRemover(_PythonModel):
             self.segmenter = OnnxSegmenter(Path(context.artifacts["onnx"]), size, threads)
         else:
             self.segmenter = Segmenter.load(Path(context.artifacts["model"]), size)
-        self.max_pixels = int(os.environ.get(MAX_PIXELS_ENV) or cfg.get("max_pixels", 40_000_000))
-        self.max_request_mb = float(os.environ.get(MAX_REQUEST_ENV) or cfg.get("max_request_mb", 50))
+        self.max_pixels = int(_number(MAX_PIXELS_ENV, cfg.get("max_pixels", 40_000_000)))
+        self.max_request_mb = _number(MAX_REQUEST_ENV, cfg.get("max_request_mb", 50))
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         from mlflow.exceptions import MlflowException

@@ -259,15 +259,29 @@ def fit(
 
 
 def checkpoint_epoch(checkpoint_dir: Path) -> int:
-    """How many epochs an interrupted run of this configuration finished (0 = nothing to resume)."""
+    """How many epochs an interrupted run of this configuration finished (0 = nothing to resume).
+
+    A phase whose record was cut off mid-write goes back to its previous checkpoint (the .bkp pair
+    BackupAndRestore keeps with double_checkpoint), or starts again if there is none: Keras itself
+    would stop on the broken JSON at every restart."""
     done = 0
     for phase in ("frozen", "full"):
-        meta = Path(checkpoint_dir) / phase / "training_metadata.json"
-        if meta.exists():
-            try:
+        folder = Path(checkpoint_dir) / phase
+        meta = folder / "training_metadata.json"
+        if not meta.exists():
+            continue
+        try:
+            done = max(done, int(json.loads(meta.read_text())["epoch"]))
+        except (ValueError, KeyError):
+            weights, previous = folder / "latest.weights.h5", folder / "training_metadata.json.bkp"
+            if previous.exists() and Path(f"{weights}.bkp").exists():
+                shutil.copy(f"{weights}.bkp", weights)
+                shutil.copy(previous, meta)
+                log.warning("%s was cut off mid-write; going back to the checkpoint before it", meta)
                 done = max(done, int(json.loads(meta.read_text())["epoch"]))
-            except (ValueError, KeyError):  # cut off mid-write: BackupAndRestore falls back to its .bkp copy
-                continue
+            else:
+                log.warning("%s was cut off mid-write and has no earlier copy; phase %s starts again", meta, phase)
+                shutil.rmtree(folder)
     return done
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import dvc.api
@@ -25,14 +27,21 @@ def start(stage: str) -> dict[str, Any]:
     return dvc.api.params_show(stages=stage)
 
 
+_OURS = tuple(str(Path(__file__).resolve().parents[1] / d) + os.sep for d in ("bgremoval", "stages"))
+
+
 def run(main: Callable[[], int]) -> None:
-    """Run a stage's main(). A bad setting, file or model ends with its message, which says what to fix,
-    not with a traceback (BGREMOVAL_LOG_LEVEL=DEBUG shows it)."""
-    stage = main.__module__.rsplit(".", 1)[-1]
+    """Run a stage's main(). An error this project raised on purpose (a bad setting, file or model; its
+    message says what to fix) ends with that message, not a traceback; anything else keeps its traceback
+    (so does everything with BGREMOVAL_LOG_LEVEL=DEBUG)."""
+    module = sys.modules.get(main.__module__)
+    spec = getattr(module, "__spec__", None)  # `python -m stages.train` runs as __main__
+    stage = (spec.name if spec else main.__module__).rsplit(".", 1)[-1]
     try:
         code = main()
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:  # ExportError, U2NetpWeightsError are RuntimeErrors
-        if os.environ.get("BGREMOVAL_LOG_LEVEL", "").upper() == "DEBUG":
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        raised_at = traceback.extract_tb(exc.__traceback__)[-1].filename
+        if not raised_at.startswith(_OURS) or os.environ.get("BGREMOVAL_LOG_LEVEL", "").upper() == "DEBUG":
             raise
         print(f"{stage}: {exc}\n(BGREMOVAL_LOG_LEVEL=DEBUG shows the traceback)", file=sys.stderr)
         code = 1

@@ -87,7 +87,8 @@ def test_kill_9_during_tune_then_repro_continues_the_study(project, tmp_path):
 def test_kill_9_during_train_then_repro_resumes_from_the_last_checkpoint(project, tmp_path):
     import mlflow
 
-    set_params(project, {"train.epochs": 5, "train.steps_per_epoch": 6, "train.patience": 10, "train.freeze_epochs": 1})
+    # Epochs long enough (12 steps) that the kill lands between the second checkpoint and the end.
+    set_params(project, {"train.epochs": 5, "train.steps_per_epoch": 12, "train.patience": 10, "train.freeze_epochs": 1})
     assert dvc(project, "repro", "tune").returncode == 0
     log = tmp_path / "train.log"
     proc = start_dvc(project, "repro", "train", log=log)
@@ -112,6 +113,8 @@ def test_kill_9_during_train_then_repro_resumes_from_the_last_checkpoint(project
     run = client.get_run(summary["run_id"])
     assert run.info.status == "FINISHED" and run.data.tags["train.resumed_at_epoch"] == str(at_kill)
     # One MLflow run holds the whole training: the killed part's epochs and the resumed ones.
-    steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "val/iou"))
-    assert steps[-1] == 4 and set(range(at_kill, 5)) <= set(steps)
+    steps = {m.step for m in client.get_metric_history(run.info.run_id, "val/iou")}
+    assert steps == set(range(5))  # epochs 0..at_kill-1 logged before the kill, the rest after
+    train_runs = client.search_runs([run.info.experiment_id], "attributes.run_name = 'train'")
+    assert [r.info.run_id for r in train_runs] == [run.info.run_id]
     assert not list((project / ".checkpoints").glob("*/full"))  # finished: nothing left to resume

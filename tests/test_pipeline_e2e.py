@@ -122,7 +122,8 @@ def test_missing_data_folder_is_a_clear_error(project, tmp_path):
     set_params(project, {"prepare.source": str(tmp_path / "nowhere")})
     run = dvc(project, "repro", "prepare")
     assert run.returncode != 0
-    assert "nowhere/images is not a folder" in run.stderr and "Traceback" not in run.stderr
+    assert "prepare: " in run.stderr and "nowhere/images is not a folder" in run.stderr
+    assert "Traceback" not in run.stderr
 
 
 def test_full_repro_tracks_everything_in_mlflow_and_registers_a_servable_champion(full_run, tmp_path):

@@ -217,3 +217,27 @@ def test_concurrent_registrations_keep_the_aliases_consistent(tmp_path, toy_mode
     records = register_concurrently(uri, tmp_path, toy_model, scores)
     mlflow.set_tracking_uri(uri)
     assert_consistent_aliases(MlflowClient(), records, scores)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "file-uri", "folder", "lock-file"])
+def test_the_registry_lock_excludes_a_second_holder(tmp_path, kind):
+    """Whatever the registry is, a second process cannot take the lock while the first holds it."""
+    import subprocess
+    import sys
+
+    from bgremoval.locks import named_lock
+
+    (tmp_path / "mlruns").mkdir()
+    where = {"sqlite": f"sqlite:///{tmp_path / 'mlflow.db'}", "file-uri": (tmp_path / "mlruns").as_uri(),
+             "folder": str(tmp_path / "mlruns"), "lock-file": str(tmp_path / "registry.lock")}[kind]
+    probe = ("import sys, threading, time; from bgremoval.locks import named_lock\n"
+             "done = threading.Event()\n"
+             "def take():\n"
+             f"    with named_lock({where!r}, 'bgremoval-registry:x'): done.set()\n"
+             "threading.Thread(target=take, daemon=True).start()\n"
+             "sys.exit(0 if done.wait(float(sys.argv[1])) else 3)\n")
+    with named_lock(where, "bgremoval-registry:x"):
+        held = subprocess.run([sys.executable, "-c", probe, "3"], capture_output=True, text=True)
+    assert held.returncode == 3, held.stderr  # blocked while we held it
+    free = subprocess.run([sys.executable, "-c", probe, "30"], capture_output=True, text=True)
+    assert free.returncode == 0, free.stderr  # and taken at once after

@@ -88,7 +88,7 @@ def _post(port: int, body: dict | bytes, content_type: str = "application/json")
     req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=data,
                                  headers={"Content-Type": content_type})
     try:
-        with urllib.request.urlopen(req, timeout=60) as resp:
+        with urllib.request.urlopen(req, timeout=180) as resp:
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         text = exc.read() or b"{}"

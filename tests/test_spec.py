@@ -110,7 +110,10 @@ def test_a_stage_ends_bad_input_with_its_message_not_a_traceback(capsys, monkeyp
     from stages.common import run
 
     def main() -> int:
-        raise ValueError("train.loss must be one of ('bce', 'dice'); got 'nope'")
+        from bgremoval.losses import make_loss
+
+        make_loss("nope", 1.0)  # a bad setting: the library says which and what the choices are
+        return 0
 
     main.__module__ = "stages.train"
     monkeypatch.delenv("BGREMOVAL_LOG_LEVEL", raising=False)
@@ -121,3 +124,15 @@ def test_a_stage_ends_bad_input_with_its_message_not_a_traceback(capsys, monkeyp
     monkeypatch.setenv("BGREMOVAL_LOG_LEVEL", "DEBUG")  # ... and the traceback when asked for
     with pytest.raises(ValueError):
         run(main)
+
+
+def test_an_error_from_a_library_we_call_keeps_its_traceback(monkeypatch):
+    import json
+
+    import pytest
+
+    from stages.common import run
+
+    monkeypatch.delenv("BGREMOVAL_LOG_LEVEL", raising=False)
+    with pytest.raises(json.JSONDecodeError):  # a bug, not bad input: raised inside json, not by us
+        run(lambda: json.loads("{"))

@@ -168,3 +168,20 @@ def test_zero_steps_per_epoch_means_one_pass_over_the_shards(tmp_path):
     shards = _toy_shards(tmp_path / "shards", n_train=20, n_val=4)
     assert steps_per_epoch(TrainConfig(**{**CFG.__dict__, "steps_per_epoch": 0, "batch_size": 8}), shards) == 2
     assert steps_per_epoch(TrainConfig(**{**CFG.__dict__, "steps_per_epoch": 7}), shards) == 7
+
+
+def test_a_checkpoint_record_cut_off_mid_write_falls_back_to_the_one_before(tmp_path):
+    from bgremoval.train import checkpoint_epoch
+
+    full = tmp_path / "ckpt" / "full"
+    full.mkdir(parents=True)
+    (full / "latest.weights.h5").write_bytes(b"epoch 3 weights")
+    (full / "latest.weights.h5.bkp").write_bytes(b"epoch 2 weights")
+    (full / "training_metadata.json").write_text('{"epoch": 3, "ba')  # killed while writing
+    (full / "training_metadata.json.bkp").write_text('{"epoch": 2, "batch": 0}')
+    assert checkpoint_epoch(tmp_path / "ckpt") == 2
+    assert (full / "latest.weights.h5").read_bytes() == b"epoch 2 weights"
+    (full / "training_metadata.json").write_text("{")  # broken again, and now no earlier copy
+    for bkp in full.glob("*.bkp"):
+        bkp.unlink()
+    assert checkpoint_epoch(tmp_path / "ckpt") == 0 and not full.exists()

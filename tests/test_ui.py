@@ -42,11 +42,12 @@ def test_mlflow_ui_shows_the_runs_the_prediction_grid_and_the_champion(mlflow_ui
     assert n_trials == 2
 
     # The experiment page: the train run and the tune study's parent run; expanding it lists every trial.
-    browser.open(f"{url}/#/experiments/{experiment.experiment_id}/runs", "train", "tune-bgremoval-", shot="mlflow-experiment")
+    browser.open(f"{url}/#/experiments/{experiment.experiment_id}/runs", "tune-bgremoval-", shot="mlflow-experiment")
+    assert browser.driver.find_elements(By.LINK_TEXT, "train")  # the train run's own link in the table
     parent = browser.driver.find_element(By.PARTIAL_LINK_TEXT, "tune-bgremoval-")
     parent.find_element(By.XPATH, "./ancestor::div[contains(@class,'ag-cell-wrapper')][1]//button").click()
-    page = browser.wait_for(*(f"trial-{i}" for i in range(n_trials)), shot="mlflow-experiment-trials")
-    assert "train" in page.split()
+    browser.wait_for(*(f"trial-{i}" for i in range(n_trials)), shot="mlflow-experiment-trials")
+    assert {e.text for e in browser.driver.find_elements(By.PARTIAL_LINK_TEXT, "trial-")} == {f"trial-{i}" for i in range(n_trials)}
 
     # The train run's page shows the prediction grid image it logged, fully loaded.
     grid = Image.open(project / "reports" / "train_predictions.png").size
