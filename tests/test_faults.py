@@ -77,7 +77,8 @@ def test_kill_9_during_tune_then_repro_continues_the_study(project, tmp_path):
     killed = [t for t in after if t.state == optuna.trial.TrialState.FAIL]
     assert len(killed) == 1  # the trial the kill cut off: failed by its stale heartbeat, then retried
     retry = [t for t in after if t.system_attrs.get("failed_trial") == killed[0].number]
-    assert len(retry) == 1 and retry[0].number in done and retry[0].params == killed[0].params
+    # The retry reuses what the killed trial had drawn (a kill can land between two suggestions).
+    assert len(retry) == 1 and retry[0].number in done and killed[0].params.items() <= retry[0].params.items()
     assert not [t for t in after if t.state in (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)]
     best = json.loads((project / "data" / "tune" / "best_params.json").read_text())
     assert best["trial"] in done
