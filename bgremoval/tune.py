@@ -55,7 +55,8 @@ def suggest(trial: optuna.Trial, space: dict[str, dict[str, Any]]) -> dict[str, 
     values = {}
     for key, spec in space.items():
         if not key.startswith(SEARCHABLE):
-            raise ValueError(f"tune.space.{key}: only model.*, train.* and evaluate.size can be searched")
+            raise ValueError(f"tune.space.{key}: only model.*, train.* and evaluate.size can be searched; "
+                             "remove it from tune.space or set it in its own section")
         kind = spec["type"]
         if kind == "float":
             values[key] = trial.suggest_float(key, float(spec["low"]), float(spec["high"]), log=bool(spec.get("log", False)))
@@ -339,7 +340,8 @@ def tuned_section(section: str, values: dict[str, Any], apply: dict[str, Any]) -
     fields = {k.split(".", 1)[1]: v for k, v in apply.items() if k.split(".", 1)[0] == section}
     unknown = set(fields) - set(values)
     if unknown:
-        raise ValueError(f"{section}: no such setting(s) {sorted(unknown)}")
+        raise ValueError(f"{section}: no such setting(s) {sorted(unknown)}; check their spelling in tune.space and "
+                         f"tune.apply against the {section}: section of params.yaml")
     return {**values, **fields}
 
 
