@@ -247,7 +247,9 @@ def fit(
                                                   double_checkpoint=True)
         h = network.fit(
             train_ds, validation_data=val_ds, epochs=end, initial_epoch=start,
-            steps_per_epoch=steps_per_epoch, callbacks=[backup, stop, *callbacks], verbose=0,
+            # The checkpoint last: an epoch is logged (MLflow, progress) before it counts as done, so a kill
+            # between the two re-runs that epoch rather than losing its metrics.
+            steps_per_epoch=steps_per_epoch, callbacks=[*callbacks, stop, backup], verbose=0,
             shuffle=False,  # tf.data already shuffles (seeded); Keras would only warn
         )
         for k, v in h.history.items():
