@@ -94,7 +94,7 @@ def version_of_run(client, name: str, run_id: str, serving_key: str):
 
 
 def serving_key(model_file: Path, onnx_file: Path | None, size: int, max_pixels: int, extra: dict | None,
-                max_request_mb: float = 50) -> str:
+                max_request_mb: float) -> str:
     """What identifies a servable: the trained weights and how they are served."""
     parts = [sha256_file(Path(model_file)) if Path(model_file).exists() else str(model_file), str(size),
              str(max_pixels), f"{max_request_mb:g}",
@@ -151,8 +151,8 @@ LINEAGE_TAGS = ("git.commit", "data.sha256", "dvc.augmented_md5", "tune.best_tri
 def register_run(client, name: str, run_id: str, model_file: Path, metrics: dict, test: pd.DataFrame, *,
                  size: int, max_pixels: int, serve_max_pixels: int, example: bytes, metric: str,
                  min_delta: float, require_beats_baseline: bool, onnx_file: Path | None = None,
-                 extra_tags: dict[str, str] | None = None, lock: str | None = None,
-                 serve_max_request_mb: float = 50) -> Registered:
+                 serve_max_request_mb: float, extra_tags: dict[str, str] | None = None,
+                 lock: str | None = None) -> Registered:
     """Log the servable model into the training run, register it (once per run), and gate its alias.
 
     `metrics` is the evaluate stage's metrics.json for this model on `test`. The champion's score

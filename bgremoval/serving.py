@@ -219,6 +219,7 @@ class BackgroundRemover(_PythonModel):
         else:
             self.segmenter = Segmenter.load(Path(context.artifacts["model"]), size)
         self.max_pixels = int(_number(MAX_PIXELS_ENV, cfg.get("max_pixels", 40_000_000)))
+        # Models logged before the request cap existed carry none: they get the cap params.yaml had then.
         self.max_request_mb = _number(MAX_REQUEST_ENV, cfg.get("max_request_mb", 50))
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
@@ -274,7 +275,7 @@ def requirements() -> list[str]:
 
 
 def log_model(model_file: Path, size: int, max_pixels: int, example: bytes, onnx_file: Path | None = None,
-              name: str = "model", max_request_mb: float = 50):
+              *, max_request_mb: float, name: str = "model"):
     """Log the servable pyfunc (keras file, its ONNX export if any, and this package's code) into the active run."""
     import shutil
     import tempfile

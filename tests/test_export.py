@@ -82,7 +82,8 @@ def test_the_served_pyfunc_runs_the_onnx_export(model, images, tmp_path):
     mlflow.set_experiment("onnx")
     example = serving.png_bytes(Image.fromarray(images[0]))
     with mlflow.start_run():
-        info = serving.log_model(tmp_path / "model.keras", 160, 10**6, example, onnx_file=tmp_path / "model.onnx")
+        info = serving.log_model(tmp_path / "model.keras", 160, 10**6, example, onnx_file=tmp_path / "model.onnx",
+                                 max_request_mb=50)
     loaded = mlflow.pyfunc.load_model(info.model_uri)
     assert loaded.model_config["runtime"] == "onnxruntime"
     assert isinstance(loaded.unwrap_python_model().segmenter, OnnxSegmenter)

@@ -68,7 +68,7 @@ def setup(tmp_path, toy_model):
         metrics = {"max_f": score, "mae": 1 - score, "iou": score, "dice": score, "boundary_f": score,
                    "baseline": {"max_f": 0.5, "mae": 0.5, "iou": 0.5, "dice": 0.5, "boundary_f": 0.5}, "n_images": len(test_rows)}
         return registry.register_run(MlflowClient(), NAME, run.info.run_id, toy_model, metrics, test_rows, size=32,
-                                     max_pixels=10**6, serve_max_pixels=10**6, example=example, metric=metric,
+                                     max_pixels=10**6, serve_max_pixels=10**6, serve_max_request_mb=50, example=example, metric=metric,
                                      min_delta=0.002, require_beats_baseline=False), run.info.run_id
 
     return register, test
@@ -110,7 +110,7 @@ def test_registering_the_same_run_again_adds_no_version(setup, toy_model):
     first, run_id = register(0.80)
     metrics = {"max_f": 0.80, "baseline": {}, "n_images": len(test)}
     again = registry.register_run(client, NAME, run_id, toy_model, metrics, test, size=32, max_pixels=10**6,
-                                  serve_max_pixels=10**6, example=b"", metric="max_f", min_delta=0.002,
+                                  serve_max_pixels=10**6, serve_max_request_mb=50, example=b"", metric="max_f", min_delta=0.002,
                                   require_beats_baseline=False)
     assert again.version == first.version and again.alias == CHAMPION
     assert len(client.search_model_versions(f"name='{NAME}'")) == 1
@@ -134,7 +134,7 @@ def test_the_same_model_served_differently_is_a_new_version_and_keeps_the_title(
     metrics = {"max_f": 0.80, "baseline": {}, "n_images": len(test)}
     example = serving.png_bytes(Image.fromarray(disc_image(16, 16)[0]))
     again = registry.register_run(client, NAME, run_id, toy_model, metrics, test, size=48, max_pixels=10**6,
-                                  serve_max_pixels=10**6, example=example, metric="max_f", min_delta=0.002,
+                                  serve_max_pixels=10**6, serve_max_request_mb=50, example=example, metric="max_f", min_delta=0.002,
                                   require_beats_baseline=False)
     assert again.version != first.version and again.alias == CHAMPION and "new serving set-up" in again.reason
     assert aliases(client) == {CHAMPION: again.version, PREVIOUS: first.version}
@@ -153,7 +153,7 @@ def register_at_barrier(tracking_uri: str, artifacts: str, model_file: str, data
     example = serving.png_bytes(Image.fromarray(disc_image(16, 16)[0]))
     barrier.wait(timeout=300)
     record = registry.register_run(MlflowClient(), NAME, run.info.run_id, Path(model_file), metrics, test, size=32,
-                                   max_pixels=10**6, serve_max_pixels=10**6, example=example, metric="max_f",
+                                   max_pixels=10**6, serve_max_pixels=10**6, serve_max_request_mb=50, example=example, metric="max_f",
                                    min_delta=0.002, require_beats_baseline=False)
     results.put(record.to_dict())
 

@@ -48,7 +48,7 @@ def registered(tmp_path_factory, toy_model):
     mlflow.set_experiment("toy")
     example = serving.png_bytes(Image.fromarray(disc_image(24, 24)[0]))
     with mlflow.start_run() as run:
-        info = serving.log_model(toy_model, size=32, max_pixels=10**6, example=example)
+        info = serving.log_model(toy_model, size=32, max_pixels=10**6, example=example, max_request_mb=50)
     version = mlflow.register_model(info.model_uri, NAME).version
     mlflow.MlflowClient().set_registered_model_alias(NAME, "champion", version)
     return {"uri": uri, "run_id": run.info.run_id, "model_uri": info.model_uri, "tmp": tmp}
@@ -59,7 +59,7 @@ def test_the_logged_model_carries_its_code_and_config(registered):
     assert (local / "code" / "bgremoval" / "serving.py").exists()
     assert not list((local / "code").rglob("__pycache__"))
     loaded = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
-    assert loaded.model_config["size"] == 32
+    assert loaded.model_config["size"] == 32 and loaded.model_config["max_request_mb"] == 50
     assert [c.name for c in loaded.metadata.get_input_schema().inputs] == ["image"]
     assert {p.name for p in loaded.metadata.get_params_schema().params} == {"output", "threshold", "bg_color"}
 
