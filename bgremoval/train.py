@@ -49,6 +49,19 @@ class TrainConfig:
     patience: int  # early stopping on val IoU
     side_weight: float  # U²-NetP deep supervision: weight of each side output's loss
     pos_weight: float | str = "auto"  # BCE weight of foreground pixels: a number, or "auto" (augment's bg/fg ratio)
+    # Share of the fine-tuned weights in the saved network, the rest the pretrained ones (WiSE-FT); with
+    # several, each is scored on val and the best val IoU is kept. (1.0,) = the fine-tuned weights alone.
+    blend: tuple[float, ...] = (1.0,)
+
+    def __post_init__(self):
+        shares = self.blend if isinstance(self.blend, (list, tuple)) else (self.blend,)
+        try:
+            shares = tuple(float(s) for s in shares)
+        except (TypeError, ValueError):
+            raise ValueError(f"train.blend must be a number or a list of numbers in [0, 1]; got {self.blend!r}") from None
+        if not shares or any(not 0.0 <= s <= 1.0 for s in shares):
+            raise ValueError(f"train.blend must be a number or a list of numbers in [0, 1]; got {self.blend!r}")
+        object.__setattr__(self, "blend", shares)
 
 
 @keras.saving.register_keras_serializable(package="bgremoval")
@@ -285,6 +298,35 @@ def checkpoint_epoch(checkpoint_dir: Path) -> int:
                 log.warning("%s was cut off mid-write and has no earlier copy; phase %s starts again", meta, phase)
                 shutil.rmtree(folder)
     return done
+
+
+def blend_weights(finetuned: list[np.ndarray], pretrained: list[np.ndarray], share: float) -> list[np.ndarray]:
+    """share * fine-tuned + (1 - share) * pretrained, tensor by tensor (integer tensors: the fine-tuned ones)."""
+    if len(finetuned) != len(pretrained):
+        raise ValueError(f"cannot blend {len(finetuned)} weight tensors with {len(pretrained)}: not the same network")
+    out = []
+    for f, p in zip(finetuned, pretrained):
+        if f.shape != p.shape:
+            raise ValueError(f"cannot blend weights of shape {f.shape} with {p.shape}: not the same network")
+        out.append(share * f + (1.0 - share) * p if np.issubdtype(f.dtype, np.floating) else f)
+    return out
+
+
+def choose_blend(network: keras.Model, pretrained: list[np.ndarray], val_ds,
+                 shares: tuple[float, ...]) -> tuple[float, dict[float, dict[str, float]]]:
+    """Weight-space ensembling of a fine-tuned network with its pretrained weights (WiSE-FT, Wortsman et al.
+    2022): score each share of fine-tuned weights on val, leave the network at the best val IoU (ties: the
+    larger share). Returns the share and the val metrics of every share tried."""
+    if tuple(shares) == (1.0,):
+        return 1.0, {}
+    finetuned = [w.copy() for w in network.get_weights()]
+    scores: dict[float, dict[str, float]] = {}
+    for share in sorted(set(shares)):
+        network.set_weights(blend_weights(finetuned, pretrained, share))
+        scores[share] = evaluate_val(network, val_ds)
+    best = max(scores, key=lambda s: (scores[s]["iou"], s))
+    network.set_weights(blend_weights(finetuned, pretrained, best))
+    return best, scores
 
 
 def evaluate_val(network: keras.Model, val_ds) -> dict[str, float]:

@@ -71,7 +71,8 @@ class TuneJob:
         from bgremoval.metrics import summarise
         from bgremoval.serving import Segmenter
         from bgremoval.train import (
-            build_network, clean_logs, datasets, evaluate_val, fit, inference_model, positive_weight, steps_per_epoch,
+            build_network, choose_blend, clean_logs, datasets, evaluate_val, fit, inference_model, positive_weight,
+            steps_per_epoch,
         )
         from bgremoval.tune import PruneOnMetric, apply_overrides, forward_ms, tuned_section
 
@@ -80,11 +81,15 @@ class TuneJob:
         model_cfg = apply_overrides("model", self.base_model, values)
         train_cfg = apply_overrides("train", self.base_train, values)
         network = build_network(model_cfg)
+        pretrained = [w.copy() for w in network.get_weights()] if model_cfg.family == "u2netp" else None
         train_ds, val_ds = datasets(self.shards, train_cfg.size, train_cfg.batch_size, seed)
         rename = lambda logs: clean_logs(network, logs)  # noqa: E731
         callbacks = [tracking.EpochLogger(rename)] + ([] if self.cfg.latency else [PruneOnMetric(trial, rename, metric)])
         fit(network, train_ds, val_ds, train_cfg, positive_weight(train_cfg, self.shards),
             steps_per_epoch(train_cfg, self.shards), checkpoints, callbacks)
+        if pretrained is not None:  # score what train would save: train.blend applies to trials too
+            share, _ = choose_blend(network, pretrained, val_ds, train_cfg.blend)
+            mlflow.log_metric("blend/share", share)
         if not self.cfg.latency:
             return evaluate_val(network, val_ds)[metric.split("/", 1)[1]]
         # Both objectives where the registered model works: at the serving size, on whole val images.

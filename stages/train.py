@@ -13,8 +13,8 @@ import numpy as np
 
 from bgremoval import tracking
 from bgremoval.train import (
-    ModelConfig, TrainConfig, build_network, checkpoint_epoch, clean_logs, count_records, datasets, evaluate_val, fit,
-    inference_model, positive_weight, predict_masks, run_key, steps_per_epoch,
+    ModelConfig, TrainConfig, build_network, checkpoint_epoch, choose_blend, clean_logs, count_records, datasets,
+    evaluate_val, fit, inference_model, positive_weight, predict_masks, run_key, steps_per_epoch,
 )
 from bgremoval.tune import apply_overrides
 from bgremoval.viz import grid, overlay
@@ -36,6 +36,23 @@ def prediction_grid(model: keras.Model, val_ds, n: int = 8):
     return grid(tiles, labels, cols=4)
 
 
+def blend(network: keras.Model, pretrained: list, val_ds, model_cfg: ModelConfig, train_cfg: TrainConfig):
+    """train.blend: mix the pretrained weights back in at the share that scores best on val; logged to MLflow."""
+    if model_cfg.family != "u2netp":  # a network trained from scratch has no pretrained weights to keep
+        if train_cfg.blend != (1.0,):
+            log.warning("train.blend %s ignored: model.family %s has no pretrained weights", list(train_cfg.blend),
+                        model_cfg.family)
+        return 1.0, {}
+    share, scores = choose_blend(network, pretrained, val_ds, train_cfg.blend)
+    for s, metrics in scores.items():  # one curve in the MLflow UI: val IoU against the share of fine-tuned weights
+        mlflow.log_metric("blend/val_iou", metrics["iou"], step=round(100 * s))
+    mlflow.log_metric("blend/share", share)
+    if scores:
+        log.info("blend: %.2f of the fine-tuned weights (val IoU %s)", share,
+                 ", ".join(f"{s:.2f}: {m['iou']:.4f}" for s, m in scores.items()))
+    return share, scores
+
+
 def main() -> int:
     params = start("train")
     seed, paths = params["base"]["seed"], params["paths"]
@@ -51,6 +68,7 @@ def main() -> int:
     n_train = count_records(shards, "train")
     steps = steps_per_epoch(train_cfg, shards)
     network = build_network(model_cfg)
+    pretrained = [w.copy() for w in network.get_weights()]  # what train.blend mixes back in after fine-tuning
     data_id = tracking.fingerprint(list(shards.glob("*.tfrecord")))
     checkpoints = Path(paths["checkpoints"]) / run_key(model_cfg, train_cfg, data_id, seed)
 
@@ -79,6 +97,7 @@ def main() -> int:
         history = fit(network, train_ds, val_ds, train_cfg, pos_weight, steps, checkpoints,
                       [tracking.EpochLogger(rename), progress])
         progress.close()
+        share, blends = blend(network, pretrained, val_ds, model_cfg, train_cfg)
 
         model = inference_model(network)
         models.mkdir(parents=True, exist_ok=True)
@@ -88,10 +107,11 @@ def main() -> int:
         prediction_grid(model, val_ds).save(reports / "train_predictions.png")
         mlflow.log_artifact(str(reports / "train_predictions.png"))
 
-        # The saved model is the best epoch's (early stopping restores it): report *its* val metrics.
+        # The saved model is the best epoch's (early stopping restores it), blended: report *its* val metrics.
         final = evaluate_val(network, val_ds)
         mlflow.log_metrics({f"model_val/{k}": v for k, v in final.items()})
-        summary = {"run_id": run.info.run_id, "epochs_run": len(next(iter(history.values()), [])), "val": final}
+        summary = {"run_id": run.info.run_id, "epochs_run": len(next(iter(history.values()), [])), "val": final,
+                   "blend": {"share": share, "val_iou": {str(s): m["iou"] for s, m in blends.items()}}}
         (reports / "train.json").write_text(json.dumps(summary, indent=2))
     log.info("trained %s for %d epochs: val %s; MLflow run %s", model_cfg.family, summary["epochs_run"],
              {k: round(v, 4) for k, v in final.items()}, summary["run_id"])

@@ -187,3 +187,91 @@ def test_a_checkpoint_record_cut_off_mid_write_falls_back_to_the_one_before(tmp_
     for bkp in full.glob("*.bkp"):
         bkp.unlink()
     assert checkpoint_epoch(tmp_path / "ckpt") == 0 and not full.exists()
+
+
+def test_blend_weights_mixes_float_tensors_and_refuses_another_network():
+    from bgremoval.train import blend_weights
+
+    ft = [np.full((2, 2), 4.0, np.float32), np.array([7], np.int64)]
+    pre = [np.zeros((2, 2), np.float32), np.array([1], np.int64)]
+    out = blend_weights(ft, pre, 0.25)
+    assert np.allclose(out[0], 1.0) and out[1].tolist() == [7]  # counters are not averaged
+    with pytest.raises(ValueError, match="shape"):
+        blend_weights([np.zeros((2, 2))], [np.zeros((3, 2))], 0.5)
+    with pytest.raises(ValueError, match="not the same network"):
+        blend_weights(ft, pre[:1], 0.5)
+
+
+@pytest.mark.parametrize("bad", [1.5, -0.1, [], ["x"], [0.5, 2]])
+def test_train_blend_must_be_shares_in_0_1(bad):
+    with pytest.raises(ValueError, match="train.blend"):
+        TrainConfig(**{**CFG.__dict__, "blend": bad})
+    assert TrainConfig(**{**CFG.__dict__, "blend": 0.5}).blend == (0.5,)
+    assert TrainConfig(**{**CFG.__dict__, "blend": [0.5, 1]}).blend == (0.5, 1.0)
+
+
+def test_choose_blend_keeps_the_share_that_scores_best_on_val(tmp_path):
+    from bgremoval.train import choose_blend, evaluate_val
+
+    shards = _toy_shards(tmp_path / "shards")
+    keras.utils.set_random_seed(0)
+    network = build_network(ModelConfig(family="unet", unet_filters=[4, 8, 16]))
+    untrained = [w.copy() for w in network.get_weights()]
+    cfg = TrainConfig(**{**CFG.__dict__, "epochs": 3, "steps_per_epoch": 8})
+    train_ds, val_ds = datasets(shards, cfg.size, cfg.batch_size, 0)
+    fit(network, train_ds, val_ds, cfg, 3.0, cfg.steps_per_epoch, tmp_path / "ckpt", [])
+    trained = [w.copy() for w in network.get_weights()]
+    trained_iou = evaluate_val(network, val_ds)["iou"]
+
+    # Trained weights blended with untrained ones: the trained end wins, and the network is left at it.
+    share, scores = choose_blend(network, untrained, val_ds, (0.0, 0.5, 1.0))
+    assert share == 1.0 and set(scores) == {0.0, 0.5, 1.0}
+    assert scores[1.0]["iou"] == pytest.approx(trained_iou, abs=1e-6) and scores[0.0]["iou"] < trained_iou
+    assert all(np.array_equal(a, b) for a, b in zip(network.get_weights(), trained))
+
+    # The other way round (the "fine-tuning" ruined the weights): the pretrained end wins.
+    network.set_weights(untrained)
+    share, scores = choose_blend(network, trained, val_ds, (0.0, 0.5, 1.0))
+    assert share == 0.0 and scores[0.0]["iou"] == pytest.approx(trained_iou, abs=1e-6)
+    assert evaluate_val(network, val_ds)["iou"] == pytest.approx(trained_iou, abs=1e-6)
+
+    # A single share of 1.0 is "off": nothing is scored, nothing changes.
+    assert choose_blend(network, untrained, val_ds, (1.0,)) == (1.0, {})
+
+
+def test_train_stage_blends_the_pretrained_weights_back_and_logs_the_curve(tmp_path, caplog):
+    import mlflow
+
+    from bgremoval import tracking
+    from bgremoval.train import blend_weights, compile_network
+    from stages.train import blend
+
+    shards = _toy_shards(tmp_path / "shards", n_train=8, n_val=4)
+    keras.utils.set_random_seed(0)
+    network = build_network(ModelConfig(family="u2netp"))
+    pretrained = [w.copy() for w in network.get_weights()]
+    rng = np.random.default_rng(0)  # stands in for fine-tuning: every float tensor moved
+    tuned = [w + rng.normal(0, 0.3 * float(w.std()) + 1e-3, w.shape).astype(w.dtype) if w.dtype.kind == "f" else w
+             for w in pretrained]
+    network.set_weights(tuned)
+    _, val_ds = datasets(shards, 32, 4, 0)
+    cfg = TrainConfig(**{**CFG.__dict__, "blend": [0.0, 0.5, 1.0]})
+    compile_network(network, cfg, 1.0, 1)  # as fit leaves it
+    tracking.configure(f"sqlite:///{tmp_path / 'mlflow.db'}", "toy")
+    with mlflow.start_run() as run:
+        share, scores = blend(network, pretrained, val_ds, ModelConfig(family="u2netp"), cfg)
+    client = mlflow.MlflowClient()
+    curve = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "blend/val_iou")}
+    assert curve == {round(100 * s): pytest.approx(m["iou"]) for s, m in scores.items()} and set(curve) == {0, 50, 100}
+    assert client.get_run(run.info.run_id).data.metrics["blend/share"] == share
+    assert share == max(scores, key=lambda s: (scores[s]["iou"], s))
+    want = blend_weights(tuned, pretrained, share)
+    assert all(np.allclose(a, b) for a, b in zip(network.get_weights(), want))
+
+    # A network trained from scratch has nothing to blend with: the setting is ignored, and says so.
+    unet = build_network(ModelConfig(family="unet", unet_filters=[4, 8, 16]))
+    before = [w.copy() for w in unet.get_weights()]
+    compile_network(unet, cfg, 1.0, 1)
+    with caplog.at_level("WARNING"):
+        assert blend(unet, before, val_ds, ModelConfig(family="unet"), cfg) == (1.0, {})
+    assert "train.blend [0.0, 0.5, 1.0] ignored" in caplog.text
