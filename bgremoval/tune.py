@@ -107,8 +107,18 @@ class BudgetedStorage(optuna.storages.RDBStorage):
 
         engine = sqlalchemy.create_engine(url)
         try:  # workers starting together on a fresh database would race to create Optuna's tables
-            with engine_lock(engine, _LOCK_KEY):
-                super().__init__(url, **kwargs)
+            for attempt in range(3):
+                try:
+                    with engine_lock(engine, _LOCK_KEY):
+                        super().__init__(url, **kwargs)
+                    break
+                except sqlalchemy.exc.IntegrityError:
+                    # Something outside the lock (optuna-dashboard, a script calling optuna.load_study)
+                    # created the schema at the same moment: it exists now, so opening again finds it.
+                    if attempt == 2:
+                        raise
+                    log.info("Optuna's tables in %s were being created elsewhere; opening again", url.split("@")[-1])
+                    time.sleep(0.5)
         finally:
             engine.dispose()
         self.n_trials = n_trials

@@ -3,9 +3,11 @@ copy of the project on toy settings. Nothing finished is lost or redone."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -40,10 +42,21 @@ def kill_when(proc: subprocess.Popen, ready, log: Path, timeout: float = 400) ->
     proc.wait(timeout=30)
 
 
+def _schema_ready(db: Path) -> bool:
+    """The stage has finished creating Optuna's tables: read-only, so the check itself writes nothing."""
+    if not db.exists():
+        return False
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+            return conn.execute("SELECT count(*) FROM alembic_version").fetchone()[0] > 0
+    except sqlite3.Error:
+        return False
+
+
 def trials(project: Path) -> list[optuna.trial.FrozenTrial]:
     storage = f"sqlite:///{project / 'optuna.db'}"
-    if not (project / "optuna.db").exists():
-        return []
+    if not _schema_ready(project / "optuna.db"):
+        return []  # opening it now would make this poller create Optuna's tables alongside the stage
     try:
         summaries = optuna.get_all_study_summaries(storage)
         if not summaries:

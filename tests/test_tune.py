@@ -203,3 +203,27 @@ def test_a_worker_waits_for_a_silent_trial_and_runs_its_retry(tmp_path):
     assert time.time() - start < 30
     assert study.trials[silent.number].state == optuna.trial.TrialState.FAIL
     assert count(study, DONE) == 1 and seen == [{"train.learning_rate": silent.params["train.learning_rate"]}]
+
+
+def test_opening_a_study_survives_its_schema_being_created_outside_the_lock(tmp_path, monkeypatch):
+    """CI saw it: a script polling the study with optuna.load_study (no lock) created Optuna's tables at
+    the moment the tune stage did, and the stage died on `UNIQUE constraint failed: alembic_version`.
+    Here the other process wins that race once; open_study then finds the tables and opens the study."""
+    import sqlalchemy
+
+    cfg = _config(tmp_path, name="raced")
+    real_init, calls = optuna.storages.RDBStorage.__init__, []
+
+    def raced_init(self, url, **kwargs):
+        calls.append(url)
+        if len(calls) == 1:
+            real_init(optuna.storages.RDBStorage.__new__(optuna.storages.RDBStorage), url)  # the other process
+            raise sqlalchemy.exc.IntegrityError("INSERT INTO alembic_version", {}, Exception("UNIQUE constraint failed"))
+        real_init(self, url, **kwargs)
+
+    monkeypatch.setattr(optuna.storages.RDBStorage, "__init__", raced_init)
+    study = open_study(cfg, seed=0)
+    assert len(calls) == 2
+    study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=1)
+    monkeypatch.undo()
+    assert len(optuna.load_study(study_name="raced", storage=cfg.storage).trials) == 1
