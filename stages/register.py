@@ -34,6 +34,8 @@ def served_tags(served: ServedOnnx | None) -> dict[str, str]:
         return {"runtime": "keras"}
     tags = {"runtime": "onnxruntime", "onnx.int8": str(served.quantized).lower(), "onnx.reason": served.reason,
             "onnx.max_abs_vs_keras": f"{served.check.max_abs:.2e}"}
+    if served.float_nodes:
+        tags["onnx.int8_float_nodes"] = ",".join(served.float_nodes)
     for prefix, metrics in (("onnx_f32", served.metrics_f32), ("onnx_int8", served.metrics_int8)):
         tags |= {f"{prefix}.{k}": f"{v:.6f}" for k, v in (metrics or {}).items()}
     return tags
@@ -55,6 +57,7 @@ def served_onnx(model_file: Path, size: int, manifest: pd.DataFrame, params: dic
     return build_served_onnx(model, out_dir, size, check_images=split("test", 4), quantize=cfg["quantize"],
                              calibration=split("train", cfg["calibration_images"]), test=test, max_pixels=max_pixels,
                              metric=params["register"]["metric"], max_loss=cfg["max_int8_loss"],
+                             outlier_ratio=float(cfg["int8_outlier_ratio"]),
                              tolerance=cfg["onnx_tolerance"], template=params["model"]["onnx_path"])
 
 

@@ -25,20 +25,29 @@ def stock():
     return inference_model(build_network(ModelConfig(family="u2netp")))
 
 
-def test_int8_is_smaller_and_close_to_float32(stock, photos, tmp_path):
-    # Measured on stock U²-NetP at 320 (calibrated on 18 crops): the flower photo's mask agrees on 99.8 %
-    # of pixels, the palace's on 93 % (mean |diff| 0.09): int8 is not free, hence the guard below.
+def test_int8_is_smaller_and_close_to_float32_once_outlier_channels_stay_float(stock, photos, tmp_path):
+    # Stock U²-NetP at 320, calibrated on 18 crops. Plain int8: the palace photo's mask agreed with
+    # float32 on only 93 % of pixels. Stage2d's last conv is fed a channel ~18x the median channel's
+    # range; kept float32 (with its Concat), int8 follows float32 closely.
+    import onnx
+
+    from bgremoval.u2netp import conv_names_in_forward_order, find_u2netp_onnx
+
     crops = [p[y:y + 200, x:x + 260] for p in photos for y in (0, 100, 200) for x in (0, 180, 360)]
     f32 = export_u2netp(stock, tmp_path / "f32.onnx", 320)
-    int8 = quantize_int8(f32, tmp_path / "int8.onnx", crops, 320)
+    plain, none_kept = quantize_int8(f32, tmp_path / "plain.onnx", crops, 320)
+    int8, kept = quantize_int8(f32, tmp_path / "int8.onnx", crops, 320, outlier_ratio=10.0)
+    convs = [n.name for n in onnx.load(str(find_u2netp_onnx())).graph.node if n.op_type == "Conv"]
+    assert none_kept == [] and dict(zip(conv_names_in_forward_order(), convs))["stage2d.rebnconv1d"] in kept
     assert int8.stat().st_size < 0.4 * f32.stat().st_size
-    diffs, agree = [], []
-    for photo in photos:
-        a, b = OnnxSegmenter(f32, 320)(photo), OnnxSegmenter(int8, 320)(photo)
-        assert a.shape == b.shape == photo.shape[:2]
-        diffs.append(np.abs(a - b).mean())
-        agree.append(((a >= 0.5) == (b >= 0.5)).mean())
-    assert np.mean(diffs) < 0.08 and np.mean(agree) > 0.93
+    agree = {}
+    for name, model in (("plain", plain), ("int8", int8)):
+        for i, photo in enumerate(photos):
+            a, b = OnnxSegmenter(f32, 320)(photo), OnnxSegmenter(model, 320)(photo)
+            assert a.shape == b.shape == photo.shape[:2]
+            agree[name, i] = ((a >= 0.5) == (b >= 0.5)).mean()
+    assert min(agree["int8", i] for i in range(len(photos))) > 0.99
+    assert min(agree["plain", i] for i in range(len(photos))) < 0.95
 
 
 @pytest.fixture
@@ -55,7 +64,8 @@ def test_rows(tmp_path):
 @pytest.mark.parametrize("max_loss,served_int8", [(1.0, True), (-1.0, False)])
 def test_int8_is_served_only_within_the_allowed_loss(stock, photos, test_rows, tmp_path, max_loss, served_int8):
     served = build_served_onnx(stock, tmp_path, 160, check_images=photos[:1], quantize="int8", calibration=photos,
-                               test=test_rows, max_pixels=10**6, metric="max_f", max_loss=max_loss)
+                               test=test_rows, max_pixels=10**6, metric="max_f", max_loss=max_loss,
+                               outlier_ratio=float("inf"))
     assert served.quantized is served_int8
     assert served.path.name == ("model_int8.onnx" if served_int8 else "model_f32.onnx")
     assert set(served.metrics_f32) >= {"max_f", "mae"} and set(served.metrics_int8) >= {"max_f", "mae"}
@@ -64,5 +74,35 @@ def test_int8_is_served_only_within_the_allowed_loss(stock, photos, test_rows, t
 
 def test_quantize_none_serves_float32(stock, photos, test_rows, tmp_path):
     served = build_served_onnx(stock, tmp_path, 160, check_images=photos[:1], quantize="none", calibration=[],
-                               test=test_rows, max_pixels=10**6, metric="max_f", max_loss=0.0)
+                               test=test_rows, max_pixels=10**6, metric="max_f", max_loss=0.0,
+                               outlier_ratio=10.0)
     assert not served.quantized and served.metrics_int8 is None and served.path.exists()
+
+
+def _two_branch_graph(path, scale: float):
+    """x -> Conv a (4 ch) -> Relu -> Concat(., Relu(Conv b)) -> Conv c: branch a's channel 0 scaled by `scale`."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    wa = rng.normal(size=(4, 3, 3, 3)).astype(np.float32)
+    wa[0] *= scale
+    inits = [numpy_helper.from_array(wa, "wa"), numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "wb"),
+             numpy_helper.from_array(rng.normal(size=(2, 8, 3, 3)).astype(np.float32), "wc")]
+    conv = lambda name, x, w, y: helper.make_node("Conv", [x, w], [y], name=name, pads=[1, 1, 1, 1])  # noqa: E731
+    nodes = [conv("conv_a", "x", "wa", "a"), helper.make_node("Relu", ["a"], ["ra"], name="relu_a"),
+             conv("conv_b", "x", "wb", "b"), helper.make_node("Relu", ["b"], ["rb"], name="relu_b"),
+             helper.make_node("Concat", ["ra", "rb"], ["cat"], name="concat", axis=1), conv("conv_c", "cat", "wc", "y")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 8, 8])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), str(path))
+    return path
+
+
+@pytest.mark.parametrize("scale,kept", [(1.0, []), (100.0, ["concat", "conv_c"])])
+def test_a_conv_fed_an_outlier_channel_is_kept_in_float32(tmp_path, scale, kept):
+    from bgremoval.quantize import outlier_nodes
+
+    model = _two_branch_graph(tmp_path / "g.onnx", scale)
+    batches = [np.random.default_rng(i).normal(size=(1, 3, 8, 8)).astype(np.float32) for i in range(4)]
+    assert outlier_nodes(model, batches, ratio=10.0) == kept
