@@ -121,7 +121,7 @@ def _cmd_tune_worker(args: argparse.Namespace) -> int:
     import optuna
 
     from bgremoval import tracking
-    from bgremoval.tune import DONE, count, open_study, optimise
+    from bgremoval.tune import DONE, count, open_study, optimise, queue_each_choice
     from bgremoval.tune_job import STORAGE_ENV, TuneJob
 
     logging.getLogger("bgremoval").setLevel(logging.INFO)
@@ -135,6 +135,7 @@ def _cmd_tune_worker(args: argparse.Namespace) -> int:
         sys.exit(f"bgremoval tune-worker: {exc}")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = open_study(job.cfg, params["base"]["seed"])
+    queue_each_choice(study, params["tune"]["space"], list(params["tune"]["try_each"]), job.cfg.n_trials)
     where = job.cfg.storage.split("@")[-1]
     print(f"joined study {job.cfg.study_name} in {where}: {count(study, DONE)} of {job.cfg.n_trials} trials done", flush=True)
     tracking.configure(params["mlflow"]["tracking_uri"], params["mlflow"]["experiment"])

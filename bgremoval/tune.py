@@ -175,6 +175,26 @@ def open_study(cfg: StudyConfig, seed: int) -> optuna.Study:
     )
 
 
+def queue_each_choice(study: optuna.Study, space: dict[str, dict[str, Any]], keys: list[str], n_trials: int) -> int:
+    """A fresh study's first trials take each choice of the listed categorical keys in turn (the other
+    keys are drawn as usual), so a small budget tries every serving size, say, instead of whatever
+    the sampler happens to draw. Done once, under the study's lock: a resumed study or a second
+    worker queues nothing. Returns how many trials were queued."""
+    for key in keys:
+        if space.get(key, {}).get("type") != "categorical":
+            raise ValueError(f"tune.try_each: {key} is not a categorical key of tune.space; list only those")
+    if not keys:
+        return 0
+    with study_lock(study):
+        if study.get_trials(deepcopy=False):
+            return 0
+        n = min(max(len(space[key]["choices"]) for key in keys), n_trials)
+        for i in range(n):
+            study.enqueue_trial({key: space[key]["choices"][i % len(space[key]["choices"])] for key in keys})
+    log.info("study %s: the first %d trials try each choice of %s", study.study_name, n, ", ".join(keys))
+    return n
+
+
 def count(study: optuna.Study, states) -> int:
     """Trials of the study in the given states."""
     return len(study.get_trials(deepcopy=False, states=states))

@@ -18,7 +18,7 @@ import optuna
 import pandas as pd
 
 from bgremoval import tracking
-from bgremoval.tune import DONE, best_params, count, open_study, optimise, write_plots
+from bgremoval.tune import DONE, best_params, count, open_study, optimise, queue_each_choice, write_plots
 from bgremoval.tune_job import TuneJob
 from stages.common import run, start
 
@@ -32,6 +32,7 @@ def main() -> int:
     cfg, metric, out = job.cfg, job.cfg.metric, Path(paths["best_params"])
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = open_study(cfg, params["base"]["seed"])
+    queue_each_choice(study, tune["space"], list(tune["try_each"]), cfg.n_trials)
     log.info("study %s in %s: %d of %d trials done", cfg.study_name, cfg.storage.split("@")[-1], count(study, DONE), cfg.n_trials)
 
     tracking.configure(params["mlflow"]["tracking_uri"], params["mlflow"]["experiment"])

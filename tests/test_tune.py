@@ -14,7 +14,7 @@ from bgremoval import tracking
 from bgremoval.train import ModelConfig, TrainConfig, build_network, clean_logs, datasets, evaluate_val, fit
 from bgremoval.tune import (
     DONE, PruneOnMetric, StudyConfig, apply_overrides, best_params, count, forward_ms, open_study, optimise, pareto_front,
-    pick, suggest, tuned_section, write_plots,
+    pick, queue_each_choice, suggest, tuned_section, write_plots,
 )
 from tests.test_train import _toy_shards
 
@@ -227,3 +227,27 @@ def test_opening_a_study_survives_its_schema_being_created_outside_the_lock(tmp_
     study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=1)
     monkeypatch.undo()
     assert len(optuna.load_study(study_name="raced", storage=cfg.storage).trials) == 1
+
+
+def test_a_small_study_tries_each_listed_choice_once(tmp_path):
+    """Three seeded trials over a 3-way choice: the sampler alone may repeat one (the DAVIS run drew 256²
+    three times); with try_each every size is tried, and the other keys are still drawn."""
+    tracking.configure(f"sqlite:///{tmp_path / 'mlflow.db'}", "tune-each")
+    space = {"train.learning_rate": SPACE["train.learning_rate"],
+             "evaluate.size": {"type": "categorical", "choices": [256, 288, 320]}}
+    cfg = _config(tmp_path, name="each", n_trials=3)
+    study = open_study(cfg, seed=0)
+    assert queue_each_choice(study, space, ["evaluate.size"], cfg.n_trials) == 3
+    assert queue_each_choice(study, space, ["evaluate.size"], cfg.n_trials) == 0  # queued once per study
+    seen = []
+
+    def train_one(trial, values, ckpt):
+        seen.append(values)
+        return 0.5
+
+    with mlflow.start_run():
+        optimise(study, cfg, space, train_one, progress=False)
+    assert sorted(v["evaluate.size"] for v in seen) == [256, 288, 320]
+    assert len({v["train.learning_rate"] for v in seen}) == 3
+    with pytest.raises(ValueError, match="tune.try_each: train.learning_rate"):
+        queue_each_choice(open_study(_config(tmp_path, name="other"), seed=0), space, ["train.learning_rate"], 3)
