@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from bgremoval.imageio import load_mask, load_rgb
-from bgremoval.metrics import ImageScores, score_image
+from bgremoval.metrics import ImageScores, score_image, summarise
 
 Predictor = Callable[[np.ndarray], np.ndarray]  # (H, W, 3) uint8 -> (H, W) float in [0, 1]
 
@@ -37,6 +37,24 @@ def evaluate(rows: pd.DataFrame, predict: Predictor, max_pixels: int,
         records.append({"name": row["name"], "image_path": row["image_path"], "mae": s.mae, "iou": s.iou,
                         "dice": s.dice, "boundary_f": s.boundary_f})
     return pd.DataFrame(records), scores
+
+
+def choose_size(rows: pd.DataFrame, predictor_at: Callable[[int], Predictor], sizes: Sequence[int], max_pixels: int,
+                tolerance: float = 0.0, progress: bool = False) -> tuple[int, dict[int, dict[str, float]]]:
+    """The serving size, chosen with the trained weights on `rows` (the val split): each size is scored at
+    the images' own resolution; the smallest size (the fastest) whose IoU is within `tolerance` of the best
+    is taken. Returns it and every size's summary metrics."""
+    sizes = sorted({int(s) for s in sizes})
+    if not sizes or sizes[0] < 1:
+        raise ValueError(f"evaluate.size_choices must list positive sizes; got {list(sizes)}")
+    if rows.empty:
+        raise ValueError("evaluate.size_choices: the val split is empty, so there is nothing to choose the size on")
+    by_size = {}
+    for size in sizes:
+        _, scores = evaluate(rows, predictor_at(size), max_pixels, progress=f"val at {size}" if progress else None)
+        by_size[size] = summarise(scores)
+    best = max(m["iou"] for m in by_size.values())
+    return min(s for s, m in by_size.items() if m["iou"] >= best - tolerance), by_size
 
 
 def error_overlay(image: np.ndarray, pred: np.ndarray, truth: np.ndarray) -> np.ndarray:

@@ -13,7 +13,7 @@ import pandas as pd
 
 from bgremoval import tracking
 from bgremoval import u2netp  # noqa: F401  (registers the layers a saved model is made of)
-from bgremoval.evaluate import error_overlay, evaluate, keras_predictor
+from bgremoval.evaluate import choose_size, error_overlay, evaluate, keras_predictor
 from bgremoval.imageio import load_mask, load_rgb
 from bgremoval.metrics import pr_curve, summarise
 from bgremoval.train import ModelConfig, build_network, inference_model
@@ -28,18 +28,30 @@ def main() -> int:
     params = start("evaluate")
     paths = params["paths"]
     # tune may have chosen the serving size (tune.apply: [evaluate.size]); the trade-off lives there.
-    cfg = tuned_section("evaluate", params["evaluate"], json.loads(Path(paths["best_params"]).read_text())["apply"])
+    tuned = json.loads(Path(paths["best_params"]).read_text())["apply"]
+    cfg = tuned_section("evaluate", params["evaluate"], tuned)
     reports, max_pixels = Path(paths["reports"]), params["prepare"]["max_pixels"]
     manifest = pd.read_parquet(paths["manifest"])
     test = manifest[manifest["split"] == "test"].reset_index(drop=True)
 
     model = keras.models.load_model(Path(paths["models"]) / "model.keras", compile=False)
+    val_by_size = {}
+    if cfg["size_choices"]:  # the serving size, chosen on val with the weights that will be served
+        val = manifest[manifest["split"] == "val"].reset_index(drop=True)
+        size, val_by_size = choose_size(val, lambda s: keras_predictor(model, s), cfg["size_choices"], max_pixels,
+                                        cfg["size_tolerance"], progress=True)
+        if "evaluate.size" in tuned and tuned["evaluate.size"] != size:
+            log.info("evaluate.size_choices: val picks %d over tune's %d", size, tuned["evaluate.size"])
+        log.info("serving size %d (val IoU %s)", size, ", ".join(f"{s}: {m['iou']:.4f}" for s, m in val_by_size.items()))
+        cfg["size"] = size
     ours = keras_predictor(model, cfg["size"])
     table, scores = evaluate(test, ours, max_pixels, progress="evaluate")
     stock = keras_predictor(inference_model(build_network(ModelConfig(family="u2netp"))), cfg["baseline_size"])
     base_table, base_scores = evaluate(test, stock, max_pixels, progress="stock u2netp")
 
     metrics = {**summarise(scores), "baseline": summarise(base_scores), "n_images": len(test), "size": cfg["size"]}
+    if val_by_size:
+        metrics["val_by_size"] = {str(s): m for s, m in val_by_size.items()}
     table["baseline_iou"] = base_table["iou"]
     table = table.sort_values("iou")  # worst first
     reports.mkdir(parents=True, exist_ok=True)
@@ -64,6 +76,9 @@ def main() -> int:
     with mlflow.start_run(run_id=run_id):  # the evaluation belongs to the training run it scores
         mlflow.log_metrics({f"test/{k}": v for k, v in metrics.items() if isinstance(v, float)})
         mlflow.log_metrics({f"baseline/{k}": v for k, v in metrics["baseline"].items()})
+        for s, m in val_by_size.items():  # one curve in the MLflow UI: val IoU against the serving size
+            mlflow.log_metric("size_choice/val_iou", m["iou"], step=s)
+        mlflow.log_metric("serving_size", cfg["size"])
         for name in ("metrics.json", "eval_images.csv", "pr_curve.csv", "eval_worst.png"):
             mlflow.log_artifact(str(reports / name), "evaluation")
     log.info("test (%d images): %s | stock u2netp: %s", len(test),

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from bgremoval.evaluate import error_overlay, evaluate, keras_predictor
+from bgremoval.evaluate import choose_size, error_overlay, evaluate, keras_predictor
 from bgremoval.metrics import summarise
 from tests.conftest import manifest_for
 
@@ -28,6 +28,29 @@ def test_evaluate_scores_every_test_image(data_dir):
     assert list(table["name"]) == list(rows["name"]) and len(scores) == len(rows)
     metrics = summarise(scores)
     assert metrics["iou"] == 0.0 and metrics["mae"] == pytest.approx(rows["fg_fraction"].mean(), abs=0.02)
+
+
+def test_the_serving_size_is_the_smallest_within_tolerance_of_the_best_val_iou(data_dir):
+    rows = manifest_for(data_dir)  # masks: the top 30 % of rows is foreground
+
+    def predictor_at(size: int):
+        """Finds more of the foreground the larger the size, all of it from 64 on."""
+        def predict(image):
+            out = np.zeros(image.shape[:2])
+            out[: int(round(image.shape[0] * 0.3 * min(1.0, size / 64)))] = 1.0
+            return out
+        return predict
+
+    size, by_size = choose_size(rows, predictor_at, [96, 32, 64, 48, 64], max_pixels=10**6)
+    assert list(by_size) == [32, 48, 64, 96]  # each size once, smallest first
+    assert by_size[64]["iou"] == by_size[96]["iou"] == 1.0 and by_size[32]["iou"] < by_size[48]["iou"] < 0.9
+    assert size == 64  # the best val IoU; of the tied sizes, the smaller (faster) one
+    assert choose_size(rows, predictor_at, [32, 48, 64], 10**6, tolerance=0.3)[0] == 48
+    assert choose_size(rows, predictor_at, [32, 48, 64], 10**6, tolerance=1.0)[0] == 32
+    with pytest.raises(ValueError, match="val split is empty"):
+        choose_size(rows.iloc[:0], predictor_at, [32], 10**6)
+    with pytest.raises(ValueError, match="evaluate.size_choices"):
+        choose_size(rows, predictor_at, [], 10**6)
 
 
 def test_error_overlay_colours_misses_and_false_positives():

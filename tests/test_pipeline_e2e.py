@@ -188,3 +188,12 @@ def test_full_repro_tracks_everything_in_mlflow_and_registers_a_servable_champio
     assert cli.returncode == 0, cli.stderr
     assert Image.open(out / f"{photo.stem}.png").mode == "RGBA"
     assert Image.open(out / f"{photo.stem}.png").size == Image.open(photo).size
+    # evaluate.size_choices: the serving size is chosen on val with the trained weights, replacing tune's pick.
+    set_params(project, {"evaluate.size_choices": [32, 48], "evaluate.size_tolerance": 0.0})
+    chosen = dvc(project, "repro", "evaluate")
+    assert chosen.returncode == 0, chosen.stdout + chosen.stderr
+    metrics = json.loads((project / "reports" / "metrics.json").read_text())
+    val_iou = {int(s): m["iou"] for s, m in metrics["val_by_size"].items()}
+    assert set(val_iou) == {32, 48} and metrics["size"] == min(val_iou, key=lambda s: (-val_iou[s], s))
+    history = client.get_metric_history(r.info.run_id, "size_choice/val_iou")
+    assert {(h.step, round(h.value, 6)) for h in history} == {(s, round(v, 6)) for s, v in val_iou.items()}

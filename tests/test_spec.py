@@ -67,6 +67,16 @@ def test_declared_params_exist():
                 node = node[part]
 
 
+def test_the_real_data_profile_sets_only_settings_params_yaml_has():
+    """benchmarks/real_data_profile.yaml overrides settings; a misspelt key would silently add a new one."""
+    profile = yaml.safe_load((ROOT / "benchmarks" / "real_data_profile.yaml").read_text())["set"]
+    for key in profile:
+        node = PARAMS
+        for part in key.split("."):
+            assert isinstance(node, dict) and part in node, f"{key} is not in params.yaml"
+            node = node[part]
+
+
 def test_paths_in_dvc_yaml_are_templated_from_params():
     for name, stage in DVC.items():
         entries = [e if isinstance(e, str) else next(iter(e)) for k in ("deps", "outs", "metrics", "plots") for e in stage.get(k, [])]
