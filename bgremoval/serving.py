@@ -145,16 +145,27 @@ class Segmenter:
 
     def __init__(self, model, size: int):
         self.model, self.size = model, int(size)
+        self._forward = None
 
     @classmethod
     def load(cls, path: Path, size: int) -> "Segmenter":
         return cls(load_keras(path), size)
 
+    def forward(self, batch: np.ndarray) -> np.ndarray:
+        """(1, size, size, 3) float32 in [0, 1] -> (1, size, size, 1) probability, through a graph traced once
+        for this Segmenter's shape. (Keras' own predict function is shared by every caller of the model: called
+        at a second size, it retraces with unknown height and width, which bilinear UpSampling2D cannot trace.)"""
+        if self._forward is None:
+            import tensorflow as tf
+
+            spec = tf.TensorSpec((1, self.size, self.size, 3), tf.float32)
+            self._forward = tf.function(lambda x: self.model(x, training=False), input_signature=[spec])
+        return np.asarray(self._forward(batch))
+
     def __call__(self, image: np.ndarray) -> np.ndarray:
         h, w = image.shape[:2]
         x = np.asarray(Image.fromarray(image).resize((self.size, self.size), Image.Resampling.BILINEAR), np.float32) / 255
-        # predict_on_batch runs Keras' compiled predict function: traced once for this shape.
-        prob = np.asarray(self.model.predict_on_batch(x[None]))[0, ..., 0]
+        prob = self.forward(x[None])[0, ..., 0]
         back = Image.fromarray(prob.astype(np.float32), mode="F").resize((w, h), Image.Resampling.BILINEAR)
         return np.clip(np.asarray(back), 0.0, 1.0)
 

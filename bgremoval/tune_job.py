@@ -48,7 +48,7 @@ class TuneJob:
         data_id = tracking.fingerprint(list(shards.glob("*.tfrecord")))
         budget = {"epochs": tune["epochs"], "steps": tune["steps_per_epoch"], "model": asdict(base_model), "train": asdict(base_train)}
         if tune["latency"]:  # the second objective and the size it is measured at change what a trial means
-            budget |= {"latency": True, "evaluate": params["evaluate"]}
+            budget |= {"latency": True, "evaluate.size": params["evaluate"]["size"]}
         cfg = StudyConfig(
             storage=storage_url(params),
             study_name=f"{tune['study_name']}-{study_key(tune['space'], budget, data_id, seed)}",

@@ -192,5 +192,5 @@ def full_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     from tests.test_pipeline_e2e import copy_project, dvc, set_params
 
     dst = copy_project(tmp_path_factory.mktemp("full") / "project")
-    set_params(dst, {"evaluate.size": 32, "evaluate.baseline_size": 64})
+    set_params(dst, {"evaluate.size": 32})
     return dst, dvc(dst, "repro")

@@ -21,6 +21,18 @@ def test_predictions_come_back_at_the_image_size():
     assert pred[:, :20].mean() < 0.05 and pred[:, 30:].mean() > 0.95
 
 
+def test_one_model_predicts_at_several_sizes():
+    """evaluate.size_choices scores one loaded model at each size: each size keeps its own traced graph
+    (through Keras' shared predict function, the second size failed in the U-Net's bilinear upsampling)."""
+    from bgremoval.unet import build_unet
+
+    model = build_unet([4, 8])
+    image = np.random.default_rng(0).integers(0, 256, (30, 50, 3), dtype=np.uint8)
+    first = keras_predictor(model, 32)(image)
+    assert keras_predictor(model, 48)(image).shape == (30, 50)
+    assert np.array_equal(keras_predictor(model, 32)(image), first)
+
+
 def test_evaluate_scores_every_test_image(data_dir):
     rows = manifest_for(data_dir)
     truth_predictor = lambda image: np.zeros(image.shape[:2])  # noqa: E731 - predicts no foreground at all

@@ -37,6 +37,7 @@ def copy_project(dst: Path) -> Path:
                      "model.family": "unet", "model.unet_filters": [4, 8, 16],
                      "train.size": 32, "train.epochs": 2, "train.steps_per_epoch": 2, "train.batch_size": 4,
                      "train.freeze_epochs": 1,
+                     "evaluate.baseline_size": 64,  # stock U²-NetP on the toy test images: only that it runs
                      "tune.n_trials": 2, "tune.epochs": 1, "tune.steps_per_epoch": 2, "tune.size": 32,
                      "tune.space": {"train.learning_rate": {"type": "float", "low": 0.0001, "high": 0.01, "log": True},
                                     "train.batch_size": {"type": "categorical", "choices": [2, 4]},
@@ -192,6 +193,7 @@ def test_full_repro_tracks_everything_in_mlflow_and_registers_a_servable_champio
     set_params(project, {"evaluate.size_choices": [32, 48], "evaluate.size_tolerance": 0.0})
     chosen = dvc(project, "repro", "evaluate")
     assert chosen.returncode == 0, chosen.stdout + chosen.stderr
+    assert "Stage 'tune' didn't change" in chosen.stdout and "Stage 'train' didn't change" in chosen.stdout
     metrics = json.loads((project / "reports" / "metrics.json").read_text())
     val_iou = {int(s): m["iou"] for s, m in metrics["val_by_size"].items()}
     assert set(val_iou) == {32, 48} and metrics["size"] == min(val_iou, key=lambda s: (-val_iou[s], s))

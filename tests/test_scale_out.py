@@ -170,7 +170,7 @@ def test_queued_experiments_run_in_parallel_against_shared_engines(project, mlfl
     tracking and the study go to shared engines (MLflow server, PostgreSQL), never to one SQLite file."""
     db = _temp_database("bgremoval_queue")
     try:
-        set_params(project, {"evaluate.size": 32, "evaluate.baseline_size": 64})
+        set_params(project, {"evaluate.size": 32})
         git = ["git", "-c", "user.name=t", "-c", "user.email=t@localhost"]
         subprocess.run([*git, "add", "-A"], cwd=project, check=True)
         subprocess.run([*git, "commit", "-qm", "toy project"], cwd=project, check=True)
