@@ -91,19 +91,20 @@ class ServedOnnx:
     path: Path
     quantized: bool
     check: ExportCheck             # float32 export vs Keras
-    metrics_f32: dict | None       # float32 ONNX on the test split
-    metrics_int8: dict | None      # int8 ONNX on the test split (None: not tried)
+    metrics_f32: dict | None       # float32 ONNX on the holdout rows that decided (the val split)
+    metrics_int8: dict | None      # int8 ONNX on the same rows (None: not tried)
     reason: str
     float_nodes: tuple[str, ...] = ()  # nodes the int8 model keeps in float32 (outlier channels)
 
 
 def build_served_onnx(model, out_dir: Path, size: int, *, check_images: list[np.ndarray], quantize: str,
-                      calibration: list[np.ndarray], test, max_pixels: int, metric: str, max_loss: float,
+                      calibration: list[np.ndarray], holdout, max_pixels: int, metric: str, max_loss: float,
                       outlier_ratio: float, tolerance: float = 1e-4,
                       template: Path | None = None) -> ServedOnnx:
     """Export (checked against Keras); with quantize='int8', also quantise (convs fed an outlier channel
     beyond `outlier_ratio` stay float32) and keep the int8 model only if it loses at most `max_loss` of
-    `metric` on the test split against the float32 export."""
+    `metric` on the `holdout` rows (manifest rows: the val split, so test plays no part in the choice)
+    against the float32 export."""
     from bgremoval.evaluate import evaluate
     from bgremoval.metrics import summarise
     from bgremoval.registry import HIGHER_IS_BETTER
@@ -116,8 +117,8 @@ def build_served_onnx(model, out_dir: Path, size: int, *, check_images: list[np.
     if quantize != "int8":
         raise ExportError(f"serve.quantize {quantize!r} is not one of none, int8")
     int8, keep = quantize_int8(f32, out_dir / "model_int8.onnx", calibration, size, outlier_ratio)
-    m32 = summarise(evaluate(test, OnnxSegmenter(f32, size), max_pixels, progress="float32 check")[1])
-    m8 = summarise(evaluate(test, OnnxSegmenter(int8, size), max_pixels, progress="int8 check")[1])
+    m32 = summarise(evaluate(holdout, OnnxSegmenter(f32, size), max_pixels, progress="float32 check")[1])
+    m8 = summarise(evaluate(holdout, OnnxSegmenter(int8, size), max_pixels, progress="int8 check")[1])
     sign = 1.0 if HIGHER_IS_BETTER[metric] else -1.0
     loss = sign * (m32[metric] - m8[metric])
     if loss > max_loss:

@@ -13,7 +13,9 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from bgremoval import registry, serving, tracking
-from bgremoval.export import ExportError, u2netp_core
+from bgremoval.evaluate import evaluate
+from bgremoval.export import ExportError, OnnxSegmenter, u2netp_core
+from bgremoval.metrics import summarise
 from bgremoval.quantize import ServedOnnx, build_served_onnx
 from bgremoval.imageio import load_rgb
 from stages.common import run, start
@@ -29,20 +31,24 @@ def example_png(path: Path, max_pixels: int, side: int = 64) -> bytes:
 
 
 def served_tags(served: ServedOnnx | None) -> dict[str, str]:
-    """How the registered model is served, as version tags."""
+    """How the registered model is served, as version tags (the int8 check's scores are on val)."""
     if served is None:
         return {"runtime": "keras"}
     tags = {"runtime": "onnxruntime", "onnx.int8": str(served.quantized).lower(), "onnx.reason": served.reason,
             "onnx.max_abs_vs_keras": f"{served.check.max_abs:.2e}"}
     if served.float_nodes:
         tags["onnx.int8_float_nodes"] = ",".join(served.float_nodes)
-    for prefix, metrics in (("onnx_f32", served.metrics_f32), ("onnx_int8", served.metrics_int8)):
+    for prefix, metrics in (("val.onnx_f32", served.metrics_f32), ("val.onnx_int8", served.metrics_int8)):
         tags |= {f"{prefix}.{k}": f"{v:.6f}" for k, v in (metrics or {}).items()}
     return tags
 
 
+def split_rows(manifest: pd.DataFrame, name: str) -> pd.DataFrame:
+    return manifest[manifest["split"] == name].reset_index(drop=True)
+
+
 def served_onnx(model_file: Path, size: int, manifest: pd.DataFrame, params: dict, out_dir: Path):
-    """The ONNX file to serve (U²-NetP only; int8 if it keeps quality), or None to serve with Keras."""
+    """The ONNX file to serve (U²-NetP only; int8 if it keeps quality on val), or None to serve with Keras."""
     cfg, max_pixels = params["serve"], params["prepare"]["max_pixels"]
     if cfg["runtime"] != "onnxruntime":
         return None
@@ -52,13 +58,37 @@ def served_onnx(model_file: Path, size: int, manifest: pd.DataFrame, params: dic
     except ExportError as exc:
         log.info("%s; it is served with Keras", exc)
         return None
-    split = lambda name, n: [load_rgb(Path(p), max_pixels) for p in manifest[manifest["split"] == name]["image_path"].head(n)]  # noqa: E731
-    test = manifest[manifest["split"] == "test"].reset_index(drop=True)
-    return build_served_onnx(model, out_dir, size, check_images=split("test", 4), quantize=cfg["quantize"],
-                             calibration=split("train", cfg["calibration_images"]), test=test, max_pixels=max_pixels,
-                             metric=params["register"]["metric"], max_loss=cfg["max_int8_loss"],
+    images = lambda name, n: [load_rgb(Path(p), max_pixels) for p in split_rows(manifest, name)["image_path"].head(n)]  # noqa: E731
+    # int8 or float32 is a choice, so val decides it, like every other choice; test only reports.
+    holdout = split_rows(manifest, "val")
+    if holdout.empty:
+        log.warning("no val split: the int8 check scores the test split instead")
+        holdout = split_rows(manifest, "test")
+    return build_served_onnx(model, out_dir, size, check_images=images("test", 4), quantize=cfg["quantize"],
+                             calibration=images("train", cfg["calibration_images"]), holdout=holdout,
+                             max_pixels=max_pixels, metric=params["register"]["metric"], max_loss=cfg["max_int8_loss"],
                              outlier_ratio=float(cfg["int8_outlier_ratio"]),
                              tolerance=cfg["onnx_tolerance"], template=params["model"]["onnx_path"])
+
+
+def served_test_metrics(served: ServedOnnx, test: pd.DataFrame, size: int, max_pixels: int) -> dict[str, float]:
+    """The served ONNX file's scores on the test split (same protocol as the evaluate stage)."""
+    _, scores = evaluate(test, OnnxSegmenter(served.path, size), max_pixels, progress="served model")
+    return summarise(scores)
+
+
+def gate_metrics(metrics: dict, served: ServedOnnx | None, test: pd.DataFrame, size: int,
+                 max_pixels: int) -> tuple[dict, dict[str, str]]:
+    """What the champion gate judges: the model as it will be served. With an ONNX file (int8 or float32),
+    its own test scores replace the evaluate stage's Keras ones; those stay as keras.* tags."""
+    if served is None:
+        return metrics, {}
+    keras_tags = {f"keras.{k}": f"{v:.6f}" for k, v in metrics.items() if isinstance(v, float)}
+    ours = served_test_metrics(served, test, size, max_pixels)
+    log.info("served %s model on test: %s (Keras float32: %s)", "int8" if served.quantized else "float32",
+             ", ".join(f"{k} {v:.4f}" for k, v in ours.items()),
+             ", ".join(f"{k} {metrics[k]:.4f}" for k in ours if isinstance(metrics.get(k), float)))
+    return {**metrics, **ours}, keras_tags
 
 
 def main() -> int:
@@ -72,13 +102,14 @@ def main() -> int:
     model_file, size = Path(paths["models"]) / "model.keras", int(metrics["size"])  # the size evaluate scored (tuned or evaluate.size)
     tmp = tempfile.TemporaryDirectory()
     served = served_onnx(model_file, size, manifest, params, Path(tmp.name))
+    metrics, keras_tags = gate_metrics(metrics, served, test, size, max_pixels)
 
     tracking.configure(params["mlflow"]["tracking_uri"], params["mlflow"]["experiment"])
     record = registry.register_run(
         MlflowClient(), cfg["model_name"],
         run_id=json.loads((reports / "train.json").read_text())["run_id"],
         model_file=model_file, onnx_file=served.path if served else None,
-        extra_tags=served_tags(served),
+        extra_tags=served_tags(served) | keras_tags,
         metrics=metrics,
         test=test, size=size, max_pixels=max_pixels,
         serve_max_pixels=params["serve"]["max_pixels"], serve_max_request_mb=params["serve"]["max_request_mb"],

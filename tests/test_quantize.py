@@ -65,7 +65,7 @@ def test_rows(tmp_path):
 @pytest.mark.parametrize("max_loss,served_int8", [(1.0, True), (-1.0, False)])
 def test_int8_is_served_only_within_the_allowed_loss(stock, photos, test_rows, tmp_path, max_loss, served_int8):
     served = build_served_onnx(stock, tmp_path, 160, check_images=photos[:1], quantize="int8", calibration=photos,
-                               test=test_rows, max_pixels=10**6, metric="max_f", max_loss=max_loss,
+                               holdout=test_rows, max_pixels=10**6, metric="max_f", max_loss=max_loss,
                                outlier_ratio=float("inf"))
     assert served.quantized is served_int8
     assert served.path.name == ("model_int8.onnx" if served_int8 else "model_f32.onnx")
@@ -75,9 +75,29 @@ def test_int8_is_served_only_within_the_allowed_loss(stock, photos, test_rows, t
 
 def test_quantize_none_serves_float32(stock, photos, test_rows, tmp_path):
     served = build_served_onnx(stock, tmp_path, 160, check_images=photos[:1], quantize="none", calibration=[],
-                               test=test_rows, max_pixels=10**6, metric="max_f", max_loss=0.0,
+                               holdout=test_rows, max_pixels=10**6, metric="max_f", max_loss=0.0,
                                outlier_ratio=10.0)
     assert not served.quantized and served.metrics_int8 is None and served.path.exists()
+
+
+def test_the_gate_judges_the_served_model_on_test_and_keeps_the_keras_scores_as_tags(stock, photos, test_rows, tmp_path):
+    # register: the int8 check ran on val (holdout); the champion gate then scores the served file on test.
+    from bgremoval.evaluate import evaluate, keras_predictor
+    from bgremoval.metrics import summarise
+    from stages.register import gate_metrics
+
+    served = build_served_onnx(stock, tmp_path, 160, check_images=photos[:1], quantize="int8", calibration=photos,
+                               holdout=test_rows.head(2), max_pixels=10**6, metric="max_f", max_loss=1.0,
+                               outlier_ratio=10.0)
+    assert served.quantized
+    keras = {**summarise(evaluate(test_rows, keras_predictor(stock, 160), 10**6)[1]), "size": 160,
+             "baseline": {"max_f": 0.5}}
+    judged, tags = gate_metrics(keras, served, test_rows, 160, 10**6)
+    int8 = summarise(evaluate(test_rows, OnnxSegmenter(served.path, 160), 10**6)[1])
+    assert {k: judged[k] for k in int8} == int8 and judged["baseline"] == {"max_f": 0.5} and judged["size"] == 160
+    assert tags == {f"keras.{k}": f"{v:.6f}" for k, v in keras.items() if isinstance(v, float)}
+    assert any(judged[k] != keras[k] for k in int8)  # int8 is close to float32, not identical
+    assert gate_metrics(keras, None, test_rows, 160, 10**6) == (keras, {})  # served by Keras: its own scores
 
 
 def _two_branch_graph(path, scale: float):
