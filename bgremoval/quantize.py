@@ -5,10 +5,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from bgremoval.export import ExportCheck, ExportError, OnnxSegmenter, export_checked, preprocess
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -130,3 +134,26 @@ def build_served_onnx(model, out_dir: Path, size: int, *, check_images: list[np.
     if keep:
         reason += f"; {len(keep)} nodes kept float32 for outlier channels"
     return ServedOnnx(int8, True, check, m32, m8, reason, tuple(keep))
+
+
+def served_test_metrics(served: ServedOnnx, test: pd.DataFrame, size: int, max_pixels: int) -> dict[str, float]:
+    """The served ONNX file's scores on the test split (same protocol as the evaluate stage)."""
+    from bgremoval.evaluate import evaluate
+    from bgremoval.metrics import summarise
+
+    _, scores = evaluate(test, OnnxSegmenter(served.path, size), max_pixels, progress="served model")
+    return summarise(scores)
+
+
+def gate_metrics(metrics: dict, served: ServedOnnx | None, test: pd.DataFrame, size: int,
+                 max_pixels: int) -> tuple[dict, dict[str, str]]:
+    """What the champion gate judges: the model as it will be served. With an ONNX file (int8 or float32),
+    its own test scores replace the evaluate stage's Keras ones; those stay as keras.* tags."""
+    if served is None:
+        return metrics, {}
+    keras_tags = {f"keras.{k}": f"{v:.6f}" for k, v in metrics.items() if isinstance(v, float)}
+    ours = served_test_metrics(served, test, size, max_pixels)
+    log.info("served %s model on test: %s (Keras float32: %s)", "int8" if served.quantized else "float32",
+             ", ".join(f"{k} {v:.4f}" for k, v in ours.items()),
+             ", ".join(f"{k} {metrics[k]:.4f}" for k in ours if isinstance(metrics.get(k), float)))
+    return {**metrics, **ours}, keras_tags

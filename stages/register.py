@@ -13,10 +13,8 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from bgremoval import registry, serving, tracking
-from bgremoval.evaluate import evaluate
-from bgremoval.export import ExportError, OnnxSegmenter, u2netp_core
-from bgremoval.metrics import summarise
-from bgremoval.quantize import ServedOnnx, build_served_onnx
+from bgremoval.export import ExportError, u2netp_core
+from bgremoval.quantize import ServedOnnx, build_served_onnx, gate_metrics
 from bgremoval.imageio import load_rgb
 from stages.common import run, start
 
@@ -69,26 +67,6 @@ def served_onnx(model_file: Path, size: int, manifest: pd.DataFrame, params: dic
                              max_pixels=max_pixels, metric=params["register"]["metric"], max_loss=cfg["max_int8_loss"],
                              outlier_ratio=float(cfg["int8_outlier_ratio"]),
                              tolerance=cfg["onnx_tolerance"], template=params["model"]["onnx_path"])
-
-
-def served_test_metrics(served: ServedOnnx, test: pd.DataFrame, size: int, max_pixels: int) -> dict[str, float]:
-    """The served ONNX file's scores on the test split (same protocol as the evaluate stage)."""
-    _, scores = evaluate(test, OnnxSegmenter(served.path, size), max_pixels, progress="served model")
-    return summarise(scores)
-
-
-def gate_metrics(metrics: dict, served: ServedOnnx | None, test: pd.DataFrame, size: int,
-                 max_pixels: int) -> tuple[dict, dict[str, str]]:
-    """What the champion gate judges: the model as it will be served. With an ONNX file (int8 or float32),
-    its own test scores replace the evaluate stage's Keras ones; those stay as keras.* tags."""
-    if served is None:
-        return metrics, {}
-    keras_tags = {f"keras.{k}": f"{v:.6f}" for k, v in metrics.items() if isinstance(v, float)}
-    ours = served_test_metrics(served, test, size, max_pixels)
-    log.info("served %s model on test: %s (Keras float32: %s)", "int8" if served.quantized else "float32",
-             ", ".join(f"{k} {v:.4f}" for k, v in ours.items()),
-             ", ".join(f"{k} {metrics[k]:.4f}" for k in ours if isinstance(metrics.get(k), float)))
-    return {**metrics, **ours}, keras_tags
 
 
 def main() -> int:

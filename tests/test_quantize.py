@@ -8,7 +8,7 @@ from PIL import Image
 
 from bgremoval.export import OnnxSegmenter, export_u2netp
 from bgremoval.manifest import build_manifest, pair_files
-from bgremoval.quantize import build_served_onnx, quantize_int8
+from bgremoval.quantize import build_served_onnx, gate_metrics, quantize_int8
 from bgremoval.train import ModelConfig, build_network, inference_model
 from tests.conftest import disc_image
 
@@ -84,7 +84,6 @@ def test_the_gate_judges_the_served_model_on_test_and_keeps_the_keras_scores_as_
     # register: the int8 check ran on val (holdout); the champion gate then scores the served file on test.
     from bgremoval.evaluate import evaluate, keras_predictor
     from bgremoval.metrics import summarise
-    from stages.register import gate_metrics
 
     served = build_served_onnx(stock, tmp_path, 160, check_images=photos[:1], quantize="int8", calibration=photos,
                                holdout=test_rows.head(2), max_pixels=10**6, metric="max_f", max_loss=1.0,
