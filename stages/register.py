@@ -74,7 +74,7 @@ def main() -> int:
     cfg, paths = params["register"], params["paths"]
     reports, max_pixels = Path(paths["reports"]), params["prepare"]["max_pixels"]
     manifest = pd.read_parquet(paths["manifest"])
-    test = manifest[manifest["split"] == "test"].reset_index(drop=True)
+    test = split_rows(manifest, "test")
 
     metrics = json.loads((reports / "metrics.json").read_text())
     model_file, size = Path(paths["models"]) / "model.keras", int(metrics["size"])  # the size evaluate scored (tuned or evaluate.size)
