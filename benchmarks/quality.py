@@ -16,6 +16,10 @@ Prints a table and writes it as JSON (--out).
 By default the split is the pipeline's own (seeded, by group). For another fold, name the groups:
     python benchmarks/quality.py DATA --test-groups cows,dog --val-groups libby
 writes a split file (every other group trains) and sets prepare.split_file and prepare.splits to it.
+
+As a check (after `make pipeline`, on the built-in sample, say), --require-beats names a stock model the
+champion must beat on MAE, max F and IoU; the script then exits 1 if it does not, saying on which:
+    python benchmarks/quality.py data/sample --score-only --workdir . --require-beats u2netp
 """
 
 from __future__ import annotations
@@ -145,6 +149,15 @@ def score(workdir: Path, u2net: Path | None, threads: int) -> dict:
     return {"test_groups": groups, "n_test_images": len(test), "champion": registered, "models": results}
 
 
+COMPARED = (("mae", -1), ("max_f", 1), ("iou", 1))  # (metric, +1 if higher is better)
+
+
+def shortfalls(champion: dict, other: dict, name: str) -> list[str]:
+    """Where the champion's scores do not beat another model's (strictly), one sentence each; [] if it beats it."""
+    return [f"{metric}: champion {champion[metric]:.4f}, {name} {other[metric]:.4f}"
+            for metric, sign in COMPARED if not sign * (champion[metric] - other[metric]) > 0]
+
+
 def gallery(test, models: dict, out: Path, n: int = 4) -> None:
     """A few test frames, evenly spread: the photo, then each model's cut-out over a checkerboard."""
     import numpy as np
@@ -175,7 +188,11 @@ def main() -> None:
     parser.add_argument("--test-groups", default="", help="comma-separated groups to test on (another fold)")
     parser.add_argument("--val-groups", default="", help="comma-separated groups to validate on (with --test-groups)")
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "quality.json")
+    parser.add_argument("--require-beats", choices=["u2netp", "u2net"], default=None,
+                        help="exit 1 unless the champion beats this stock model on MAE, max F and IoU")
     args = parser.parse_args()
+    if args.require_beats == "u2net" and args.u2net is None:
+        parser.error("--require-beats u2net needs --u2net /path/to/u2net.onnx")
 
     groups = lambda text: [g for g in text.split(",") if g]  # noqa: E731
     seconds = None if args.score_only else run_pipeline(args.data.resolve(), args.workdir, groups(args.test_groups),
@@ -194,6 +211,13 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2, default=str))
     print(f"written to {args.out}")
+    if args.require_beats:
+        name = f"{args.require_beats} (stock)"
+        missed = shortfalls(report["models"]["champion"], report["models"][name], name)
+        if missed:
+            print(f"FAIL: the champion does not beat {name} on " + "; ".join(missed))
+            sys.exit(1)
+        print(f"OK: the champion beats {name} on " + ", ".join(m for m, _ in COMPARED))
 
 
 if __name__ == "__main__":

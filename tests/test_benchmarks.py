@@ -1,0 +1,27 @@
+"""The quality benchmark's pass/fail check (--require-beats): what makes the champion fail against a stock model."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _quality():
+    spec = importlib.util.spec_from_file_location("quality_benchmark", ROOT / "benchmarks" / "quality.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_champion_must_beat_the_stock_model_on_every_compared_metric():
+    shortfalls = _quality().shortfalls
+    stock = {"mae": 0.0323, "max_f": 0.897, "iou": 0.688}
+    assert shortfalls({"mae": 0.0260, "max_f": 0.938, "iou": 0.809}, stock, "u2netp") == []
+    # The session 8 failure: a collapsed champion (IoU 0) with a lower MAE would still fail on max F and IoU.
+    missed = shortfalls({"mae": 0.0300, "max_f": 0.192, "iou": 0.0}, stock, "u2netp")
+    assert [m.split(":")[0] for m in missed] == ["max_f", "iou"]
+    assert "champion 0.1920, u2netp 0.8970" in missed[0]
+    # A tie is not a win, and a higher MAE is a loss.
+    assert [m.split(":")[0] for m in shortfalls({"mae": 0.0400, "max_f": 0.897, "iou": 0.7}, stock, "u2netp")] == ["mae", "max_f"]
