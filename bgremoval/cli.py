@@ -33,10 +33,23 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
 
 def _default_size(params_path: Path) -> int:
-    """The input size a bare .keras file is predicted at: evaluate.size from params.yaml, else rembg's 320."""
+    """The input size a bare .keras file is predicted at: the serving size the evaluate stage used (its
+    metrics.json, where tune or evaluate.size_choices may have picked it), else evaluate.size from
+    params.yaml, else rembg's 320."""
+    import json
+
     try:
-        return int(yaml.safe_load(Path(params_path).read_text())["evaluate"]["size"])
+        params = yaml.safe_load(Path(params_path).read_text())
+    except (OSError, yaml.YAMLError):
+        return 320
+    try:
+        metrics = Path(params_path).parent / params["paths"]["reports"] / "metrics.json"
+        return int(json.loads(metrics.read_text())["size"])
     except (OSError, KeyError, TypeError, ValueError):
+        pass
+    try:
+        return int(params["evaluate"]["size"])
+    except (KeyError, TypeError, ValueError):
         return 320
 
 
@@ -175,7 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="MLflow tracking/registry URI for models:/ and runs:/ (default: $MLFLOW_TRACKING_URI, "
                               "else sqlite:///mlflow.db as params.yaml sets)")
     predict.add_argument("--size", type=int, default=None,
-                         help="input size for a bare .keras file (default: evaluate.size from --params, else 320)")
+                         help="input size for a bare .keras file (default: the serving size in reports/metrics.json, "
+                              "else evaluate.size from --params, else 320)")
     predict.add_argument("--params", default="params.yaml", help=argparse.SUPPRESS)
     predict.add_argument("--quiet", action="store_true", help="no progress bar")
     predict.set_defaults(func=_cmd_predict)

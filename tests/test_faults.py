@@ -1,5 +1,5 @@
-"""Faults: `kill -9` in the middle of the tune and train stages, then `dvc repro` again, in a temporary
-copy of the project on toy settings. Nothing finished is lost or redone."""
+"""Faults: `kill -9` in the middle of the tune stage and then of the train stage, then `dvc repro` again, in
+a temporary copy of the project on toy settings. Nothing finished is lost or redone."""
 
 from __future__ import annotations
 
@@ -70,40 +70,26 @@ def complete(project: Path) -> list[optuna.trial.FrozenTrial]:
     return [t for t in trials(project) if t.state == optuna.trial.TrialState.COMPLETE]
 
 
-def test_kill_9_during_tune_then_repro_continues_the_study(project, tmp_path):
-    set_params(project, {"tune.n_trials": 4, "tune.epochs": 2, "tune.steps_per_epoch": 4, "tune.heartbeat_interval": 1})
+def test_kill_9_during_tune_and_during_train_then_repro_loses_nothing(project, tmp_path):
+    """One project, two kills (one project instead of two saves a prepare-to-register run in CI): SIGKILL
+    while a tuning trial runs, then `dvc repro train` continues the study and is itself killed between two
+    epoch checkpoints, then `dvc repro` resumes training and runs to register."""
+    import mlflow
+
+    # Epochs long enough (12 steps) that the train kill lands between the second checkpoint and the end.
+    set_params(project, {"tune.n_trials": 4, "tune.epochs": 2, "tune.steps_per_epoch": 4, "tune.heartbeat_interval": 1,
+                         "train.epochs": 5, "train.steps_per_epoch": 12, "train.patience": 10, "train.freeze_epochs": 1})
     assert dvc(project, "repro", "augment").returncode == 0
+
+    # 1. Killed while a trial runs, with at least one finished before it.
     log = tmp_path / "tune.log"
     proc = start_dvc(project, "repro", "tune", log=log)
-    # Killed while a trial runs, with at least one finished before it.
     kill_when(proc, lambda: len(complete(project)) >= 1 and any(t.state == optuna.trial.TrialState.RUNNING
                                                                 for t in trials(project)), log)
     before = {t.number: (t.params, t.values) for t in complete(project)}
     assert 1 <= len(before) < 4
 
-    again = dvc(project, "repro")  # the whole pipeline, as a user would
-    assert again.returncode == 0, again.stdout + again.stderr
-    after = trials(project)
-    done = {t.number: (t.params, t.values) for t in after if t.state == optuna.trial.TrialState.COMPLETE}
-    assert all(done[n] == before[n] for n in before)  # nothing finished was lost or changed
-    assert len(done) == 4  # the budget, not 4 more: finished trials were not re-run
-    killed = [t for t in after if t.state == optuna.trial.TrialState.FAIL]
-    assert len(killed) == 1  # the trial the kill cut off: failed by its stale heartbeat, then retried
-    retry = [t for t in after if t.system_attrs.get("failed_trial") == killed[0].number]
-    # The retry reuses what the killed trial had drawn (a kill can land between two suggestions).
-    assert len(retry) == 1 and retry[0].number in done and killed[0].params.items() <= retry[0].params.items()
-    assert not [t for t in after if t.state in (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)]
-    best = json.loads((project / "data" / "tune" / "best_params.json").read_text())
-    assert best["trial"] in done
-    assert json.loads((project / "reports" / "registered.json").read_text())["alias"] == "champion"
-
-
-def test_kill_9_during_train_then_repro_resumes_from_the_last_checkpoint(project, tmp_path):
-    import mlflow
-
-    # Epochs long enough (12 steps) that the kill lands between the second checkpoint and the end.
-    set_params(project, {"train.epochs": 5, "train.steps_per_epoch": 12, "train.patience": 10, "train.freeze_epochs": 1})
-    assert dvc(project, "repro", "tune").returncode == 0
+    # 2. `dvc repro train` finishes the study first, then is killed mid-training.
     log = tmp_path / "train.log"
     proc = start_dvc(project, "repro", "train", log=log)
 
@@ -118,9 +104,25 @@ def test_kill_9_during_train_then_repro_resumes_from_the_last_checkpoint(project
     at_kill = finished_epochs()
     assert 2 <= at_kill < 5
 
+    # The study, as the interrupted repro left it: continued, not restarted.
+    after = trials(project)
+    done = {t.number: (t.params, t.values) for t in after if t.state == optuna.trial.TrialState.COMPLETE}
+    assert all(done[n] == before[n] for n in before)  # nothing finished was lost or changed
+    assert len(done) == 4  # the budget, not 4 more: finished trials were not re-run
+    killed = [t for t in after if t.state == optuna.trial.TrialState.FAIL]
+    assert len(killed) == 1  # the trial the kill cut off: failed by its stale heartbeat, then retried
+    retry = [t for t in after if t.system_attrs.get("failed_trial") == killed[0].number]
+    # The retry reuses what the killed trial had drawn (a kill can land between two suggestions).
+    assert len(retry) == 1 and retry[0].number in done and killed[0].params.items() <= retry[0].params.items()
+    assert not [t for t in after if t.state in (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)]
+    best = json.loads((project / "data" / "tune" / "best_params.json").read_text())
+    assert best["trial"] in done
+
+    # 3. The whole pipeline, as a user would: tune is not re-run, train resumes, then evaluate and register.
     again = dvc(project, "repro")
     assert again.returncode == 0, again.stdout + again.stderr
     assert f"resuming from the checkpoint after epoch {at_kill}" in again.stderr
+    assert len([t for t in trials(project) if t.state == optuna.trial.TrialState.COMPLETE]) == 4
     summary = json.loads((project / "reports" / "train.json").read_text())
     assert summary["epochs_run"] == 5 - at_kill  # only the epochs the killed run had not finished
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
@@ -132,3 +134,4 @@ def test_kill_9_during_train_then_repro_resumes_from_the_last_checkpoint(project
     train_runs = client.search_runs([run.info.experiment_id], "attributes.run_name = 'train'")
     assert [r.info.run_id for r in train_runs] == [run.info.run_id]
     assert not list((project / ".checkpoints").glob("*/full"))  # finished: nothing left to resume
+    assert json.loads((project / "reports" / "registered.json").read_text())["alias"] == "champion"
