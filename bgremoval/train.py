@@ -228,6 +228,84 @@ def with_side_targets(ds, n_outputs: int):
     return ds.map(lambda x, y: (x, tuple([y] * n_outputs)))
 
 
+class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+    """Early stopping on val IoU over the whole run: its best value, patience count and best weights carry
+    over from the frozen phase's fit() into the full phase's, and across a kill.
+
+    Keras resets them at every fit() and keeps them only in memory, so a resumed run (or the second
+    phase) would forget a best epoch before it and end on worse weights than an uninterrupted run.
+    Here each epoch's state is written to state_dir (before that epoch's checkpoint, which an epoch
+    writes last); `resume(n)` starts from the state after the n epochs a checkpoint holds."""
+
+    def __init__(self, state_dir: Path, **kwargs):
+        super().__init__(**kwargs)
+        self.state_dir = Path(state_dir)
+        self._begun = False
+
+    def on_train_begin(self, logs=None):
+        if not self._begun:  # the second phase goes on with the first's state
+            super().on_train_begin(logs)
+            self._begun = True
+
+    def resume(self, done_epochs: int) -> None:
+        """Before the first fit(): go on from the state written after epoch done_epochs - 1, if any."""
+        self.on_train_begin()
+        self._load(done_epochs - 1)
+
+    def on_epoch_end(self, epoch, logs=None):
+        before = self.best_epoch if self.best_weights is not None else None
+        super().on_epoch_end(epoch, logs)
+        if self.best_weights is not None and (before is None or self.best_epoch != before):
+            self._write_weights(self.best_epoch)
+        if self.best_weights is not None or self.best is not None:
+            self._write_state(epoch)
+
+    def _state(self, epoch: int) -> Path:
+        return self.state_dir / f"epoch-{epoch}.json"
+
+    def _weights(self, epoch: int) -> Path:
+        return self.state_dir / f"best-{epoch}.npz"
+
+    def _write_weights(self, epoch: int) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_dir / "best.tmp.npz"
+        np.savez(tmp, *self.best_weights)
+        tmp.replace(self._weights(epoch))
+
+    def _write_state(self, epoch: int) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        best = None if self.best is None else float(self.best)
+        tmp = self.state_dir / "state.tmp.json"
+        tmp.write_text(json.dumps({"best": best, "best_epoch": int(self.best_epoch), "wait": int(self.wait),
+                                   "has_weights": self.best_weights is not None}))
+        tmp.replace(self._state(epoch))
+        # Keep the best weights the last two epochs' states name (the checkpoint may lag one epoch behind).
+        keep = set()
+        for e in (epoch, epoch - 1):
+            if self._state(e).exists():
+                state = json.loads(self._state(e).read_text())
+                keep.add(self._weights(state["best_epoch"]).name)
+        for f in self.state_dir.glob("best-*.npz"):
+            if f.name not in keep:
+                f.unlink(missing_ok=True)
+
+    def _load(self, epoch: int) -> None:
+        if epoch < 0 or not self._state(epoch).exists():
+            return
+        state = json.loads(self._state(epoch).read_text())
+        weights = self._weights(state["best_epoch"])
+        if state["has_weights"] and self.restore_best_weights:
+            if not weights.exists():
+                log.warning("early stopping: no best weights for epoch %d in %s; starting its record afresh",
+                            state["best_epoch"], self.state_dir)
+                return
+            with np.load(weights) as saved:
+                self.best_weights = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+        self.best, self.best_epoch, self.wait = state["best"], state["best_epoch"], state["wait"]
+        log.info("early stopping goes on from epoch %d: best val %.4f at epoch %d, %d epoch(s) without gain",
+                 epoch, self.best if self.best is not None else float("nan"), self.best_epoch, self.wait)
+
+
 def fit(
     network: keras.Model,
     train_ds,
@@ -247,7 +325,9 @@ def fit(
     train_ds, val_ds = with_side_targets(train_ds, n), with_side_targets(val_ds, n)
     freeze = min(cfg.freeze_epochs, cfg.epochs)
     history: dict[str, list[float]] = {}
-    stop = keras.callbacks.EarlyStopping(monitor=_val_name(network, "iou"), mode="max", patience=cfg.patience, restore_best_weights=True)
+    stop = ResumableEarlyStopping(Path(checkpoint_dir) / "early_stopping", monitor=_val_name(network, "iou"), mode="max",
+                                  patience=cfg.patience, restore_best_weights=True)
+    stop.resume(checkpoint_epoch(checkpoint_dir))
     phases = [("frozen", 0, freeze, False), ("full", freeze, cfg.epochs, True)]
     for name, start, end, trainable in phases:
         if end <= start:

@@ -275,3 +275,59 @@ def test_train_stage_blends_the_pretrained_weights_back_and_logs_the_curve(tmp_p
     with caplog.at_level("WARNING"):
         assert blend(unet, before, val_ds, ModelConfig(family="unet"), cfg) == (1.0, {})
     assert "train.blend [0.0, 0.5, 1.0] ignored" in caplog.text
+
+
+def _dense(value: float) -> keras.Model:
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    _set(model, value)
+    return model
+
+
+def _set(model: keras.Model, value: float) -> None:
+    model.set_weights([np.full((2, 1), value, "float32"), np.zeros(1, "float32")])
+
+
+def _stopper(folder, model, done_epochs):
+    from bgremoval.train import ResumableEarlyStopping
+
+    stop = ResumableEarlyStopping(folder, monitor="val_iou", mode="max", patience=2, restore_best_weights=True)
+    stop.set_model(model)
+    stop.resume(done_epochs)
+    return stop
+
+
+@pytest.mark.parametrize("checkpointed", [3, 2])  # 2: killed after epoch 2's state, before its checkpoint
+def test_early_stopping_keeps_its_best_weights_and_patience_across_a_kill(tmp_path, checkpointed):
+    first = _dense(0.0)
+    stop = _stopper(tmp_path / "es", first, 0)
+    stop.on_train_begin()
+    for epoch, (weight, iou) in enumerate([(1.0, 0.5), (2.0, 0.9), (3.0, 0.7)]):
+        _set(first, weight)
+        stop.on_epoch_end(epoch, {"val_iou": iou})
+    assert sorted(p.name for p in (tmp_path / "es").glob("*.npz")) == ["best-1.npz"]  # only the one still named
+
+    # A new process: the checkpoint holds `checkpointed` epochs; the epochs after it run again.
+    second = _dense(float(checkpointed))
+    stop = _stopper(tmp_path / "es", second, checkpointed)
+    stop.on_train_begin()  # the phase's fit() starts: the state read back is kept
+    for epoch, (weight, iou) in enumerate([(3.0, 0.7), (4.0, 0.8)][checkpointed - 2:], start=checkpointed):
+        _set(second, weight)
+        stop.on_epoch_end(epoch, {"val_iou": iou})
+    # Epoch 1 is still the best; epochs 2 and 3 without gain exhaust a patience of 2.
+    assert second.stop_training and stop.best == pytest.approx(0.9) and stop.best_epoch == 1
+    stop.on_train_end()
+    assert (second.get_weights()[0] == 2.0).all()  # epoch 1's weights, not the last epoch's
+
+
+def test_early_stopping_carries_over_from_the_frozen_phase_to_the_full_one(tmp_path):
+    model = _dense(0.0)
+    stop = _stopper(tmp_path / "es", model, 0)
+    stop.on_train_begin()  # frozen phase
+    _set(model, 1.0)
+    stop.on_epoch_end(0, {"val_iou": 0.9})
+    stop.on_train_end()
+    stop.on_train_begin()  # full phase: Keras' own EarlyStopping would forget epoch 0 here
+    _set(model, 2.0)
+    stop.on_epoch_end(1, {"val_iou": 0.6})
+    stop.on_train_end()
+    assert stop.best_epoch == 0 and (model.get_weights()[0] == 1.0).all()
