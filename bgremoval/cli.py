@@ -32,20 +32,35 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _metrics_json(params_path: Path) -> dict | None:
+    """The evaluate stage's reports/metrics.json beside a params file, or None."""
+    import json
+
+    try:
+        params = yaml.safe_load(Path(params_path).read_text())
+        return json.loads((Path(params_path).parent / params["paths"]["reports"] / "metrics.json").read_text())
+    except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError):
+        return None
+
+
+def _default_refine(params_path: Path):
+    """The refinement a bare .keras file is predicted with: the one the evaluate stage chose, else none."""
+    from bgremoval.refine import Refine
+
+    return Refine.from_dict((_metrics_json(params_path) or {}).get("refine"))
+
+
 def _default_size(params_path: Path) -> int:
     """The input size a bare .keras file is predicted at: the serving size the evaluate stage used (its
     metrics.json, where tune or evaluate.size_choices may have picked it), else evaluate.size from
     params.yaml, else rembg's 320."""
-    import json
-
     try:
         params = yaml.safe_load(Path(params_path).read_text())
     except (OSError, yaml.YAMLError):
         return 320
     try:
-        metrics = Path(params_path).parent / params["paths"]["reports"] / "metrics.json"
-        return int(json.loads(metrics.read_text())["size"])
-    except (OSError, KeyError, TypeError, ValueError):
+        return int(_metrics_json(params_path)["size"])
+    except (KeyError, TypeError, ValueError):
         pass
     try:
         return int(params["evaluate"]["size"])
@@ -99,7 +114,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     mlflow.set_tracking_uri(args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db")
     try:
-        segmenter, max_pixels = serving.load(args.model, keras_size=args.size or _default_size(args.params))
+        segmenter, max_pixels = serving.load(args.model, keras_size=args.size or _default_size(args.params),
+                                             keras_refine=_default_refine(args.params))
     except Exception as exc:  # noqa: BLE001 - any load failure ends here with what to do next
         sys.exit(f"bgremoval predict: cannot load model {args.model!r}: {exc}\n"
                  "Pass --model models:/bgremoval@champion (after `dvc repro`), runs:/RUN_ID/model, an MLflow "

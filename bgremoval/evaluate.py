@@ -10,8 +10,7 @@ import pandas as pd
 
 from bgremoval.imageio import load_mask, load_rgb
 from bgremoval.metrics import ImageScores, score_image, summarise
-
-Predictor = Callable[[np.ndarray], np.ndarray]  # (H, W, 3) uint8 -> (H, W) float in [0, 1]
+from bgremoval.refine import Predictor, Refine, combine, mirrored_prediction
 
 
 def keras_predictor(model, size: int) -> Predictor:
@@ -55,6 +54,47 @@ def choose_size(rows: pd.DataFrame, predictor_at: Callable[[int], Predictor], si
         by_size[size] = summarise(scores)
     best = max(m["iou"] for m in by_size.values())
     return min(s for s, m in by_size.items() if m["iou"] >= best - tolerance), by_size
+
+
+def refine_grid(flip: Sequence[bool], main_object: Sequence[bool], sharpen: Sequence[float]) -> list[Refine]:
+    """Every combination of the listed choices (evaluate.refine), each once."""
+    if not (flip and main_object and sharpen):
+        raise ValueError("evaluate.refine: flip, main_object and sharpen must each list at least one choice "
+                         "(e.g. flip: [false], main_object: [false], sharpen: [1.0] for no refinement)")
+    return list(dict.fromkeys(Refine(bool(f), bool(m), float(k)) for f in flip for m in main_object for k in sharpen))
+
+
+def choose_refine(rows: pd.DataFrame, predict: Predictor, choices: Sequence[Refine], max_pixels: int,
+                  tolerance: float = 0.0, progress: bool = False) -> tuple[Refine, dict[str, dict[str, float]]]:
+    """The refinement, chosen with the served weights at the serving size on `rows` (the val split). IoU
+    decides what the mask covers: the cheapest choice (fewest forward passes) within `tolerance` of the
+    best IoU is taken, and of those the one with the lowest MAE (sharpening moves MAE, never IoU). Each
+    image is predicted once (and once mirrored, if any choice flips). Returns it and each choice's summary
+    (none when there is only one choice: it is taken as it is, and val is not scored)."""
+    from tqdm import tqdm
+
+    choices = list(dict.fromkeys(choices))
+    if not choices:
+        raise ValueError("evaluate.refine lists no choice")
+    if len(choices) == 1:
+        return choices[0], {}
+    if rows.empty:
+        raise ValueError("evaluate.refine: the val split is empty, so there is nothing to choose the refinement on")
+    any_flip = any(c.flip for c in choices)
+    scores: dict[Refine, list[ImageScores]] = {c: [] for c in choices}
+    for _, row in tqdm(rows.iterrows(), total=len(rows), desc="val refinements", unit="image", leave=False,
+                       disable=not progress):
+        image = load_rgb(Path(row["image_path"]), max_pixels)
+        truth = load_mask(Path(row["mask_path"]), max_pixels).astype(np.float64) / 255
+        plain = predict(image)
+        mirrored = mirrored_prediction(predict, image) if any_flip else None
+        for choice in choices:
+            scores[choice].append(score_image(combine(plain, mirrored, choice), truth))
+    summaries = {c: summarise(s) for c, s in scores.items()}
+    best = max(m["iou"] for m in summaries.values())
+    close = [c for c in choices if summaries[c]["iou"] >= best - tolerance]
+    chosen = min(close, key=lambda c: (c.cost, summaries[c]["mae"]))
+    return chosen, {c.name: summaries[c] for c in choices}
 
 
 def error_overlay(image: np.ndarray, pred: np.ndarray, truth: np.ndarray) -> np.ndarray:

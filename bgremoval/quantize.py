@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from bgremoval.export import ExportCheck, ExportError, OnnxSegmenter, export_checked, preprocess
+from bgremoval.refine import Refine, Refined
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -103,12 +104,12 @@ class ServedOnnx:
 
 def build_served_onnx(model, out_dir: Path, size: int, *, check_images: list[np.ndarray], quantize: str,
                       calibration: list[np.ndarray], holdout, max_pixels: int, metric: str, max_loss: float,
-                      outlier_ratio: float, tolerance: float = 1e-4,
+                      outlier_ratio: float, refine: Refine = Refine(), tolerance: float = 1e-4,
                       template: Path | None = None) -> ServedOnnx:
     """Export (checked against Keras); with quantize='int8', also quantise (convs fed an outlier channel
     beyond `outlier_ratio` stay float32) and keep the int8 model only if it loses at most `max_loss` of
     `metric` on the `holdout` rows (manifest rows: the val split, so test plays no part in the choice)
-    against the float32 export."""
+    against the float32 export, both with the `refine` they will be served with."""
     from bgremoval.evaluate import evaluate
     from bgremoval.metrics import summarise
     from bgremoval.registry import HIGHER_IS_BETTER
@@ -121,8 +122,8 @@ def build_served_onnx(model, out_dir: Path, size: int, *, check_images: list[np.
     if quantize != "int8":
         raise ExportError(f"serve.quantize {quantize!r} is not one of none, int8")
     int8, keep = quantize_int8(f32, out_dir / "model_int8.onnx", calibration, size, outlier_ratio)
-    m32 = summarise(evaluate(holdout, OnnxSegmenter(f32, size), max_pixels, progress="float32 check")[1])
-    m8 = summarise(evaluate(holdout, OnnxSegmenter(int8, size), max_pixels, progress="int8 check")[1])
+    m32 = summarise(evaluate(holdout, Refined(OnnxSegmenter(f32, size), refine), max_pixels, progress="float32 check")[1])
+    m8 = summarise(evaluate(holdout, Refined(OnnxSegmenter(int8, size), refine), max_pixels, progress="int8 check")[1])
     sign = 1.0 if HIGHER_IS_BETTER[metric] else -1.0
     loss = sign * (m32[metric] - m8[metric])
     if loss > max_loss:
@@ -136,23 +137,24 @@ def build_served_onnx(model, out_dir: Path, size: int, *, check_images: list[np.
     return ServedOnnx(int8, True, check, m32, m8, reason, tuple(keep))
 
 
-def served_test_metrics(served: ServedOnnx, test: pd.DataFrame, size: int, max_pixels: int) -> dict[str, float]:
-    """The served ONNX file's scores on the test split (same protocol as the evaluate stage)."""
+def served_test_metrics(served: ServedOnnx, test: pd.DataFrame, size: int, max_pixels: int,
+                        refine: Refine = Refine()) -> dict[str, float]:
+    """The served ONNX file's scores on the test split, refined as it is served (the evaluate stage's protocol)."""
     from bgremoval.evaluate import evaluate
     from bgremoval.metrics import summarise
 
-    _, scores = evaluate(test, OnnxSegmenter(served.path, size), max_pixels, progress="served model")
+    _, scores = evaluate(test, Refined(OnnxSegmenter(served.path, size), refine), max_pixels, progress="served model")
     return summarise(scores)
 
 
 def gate_metrics(metrics: dict, served: ServedOnnx | None, test: pd.DataFrame, size: int,
-                 max_pixels: int) -> tuple[dict, dict[str, str]]:
+                 max_pixels: int, refine: Refine = Refine()) -> tuple[dict, dict[str, str]]:
     """What the champion gate judges: the model as it will be served. With an ONNX file (int8 or float32),
     its own test scores replace the evaluate stage's Keras ones; those stay as keras.* tags."""
     if served is None:
         return metrics, {}
     keras_tags = {f"keras.{k}": f"{v:.6f}" for k, v in metrics.items() if isinstance(v, float)}
-    ours = served_test_metrics(served, test, size, max_pixels)
+    ours = served_test_metrics(served, test, size, max_pixels, refine)
     log.info("served %s model on test: %s (Keras float32: %s)", "int8" if served.quantized else "float32",
              ", ".join(f"{k} {v:.4f}" for k, v in ours.items()),
              ", ".join(f"{k} {metrics[k]:.4f}" for k in ours if isinstance(metrics.get(k), float)))

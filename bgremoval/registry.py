@@ -16,6 +16,7 @@ import pandas as pd
 
 from bgremoval.imageio import sha256_file
 from bgremoval.locks import named_lock
+from bgremoval.refine import Refine
 
 log = logging.getLogger(__name__)
 
@@ -94,11 +95,13 @@ def version_of_run(client, name: str, run_id: str, serving_key: str):
 
 
 def serving_key(model_file: Path, onnx_file: Path | None, size: int, max_pixels: int, extra: dict | None,
-                max_request_mb: float) -> str:
+                max_request_mb: float, refine: Refine = Refine()) -> str:
     """What identifies a servable: the trained weights and how they are served."""
     parts = [sha256_file(Path(model_file)) if Path(model_file).exists() else str(model_file), str(size),
              str(max_pixels), f"{max_request_mb:g}",
              "onnx" if onnx_file else "keras", (extra or {}).get("onnx.int8", "")]
+    if refine != Refine():  # a model served unrefined keeps the key it had before refinements existed
+        parts.append(refine.to_json())
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
@@ -152,7 +155,7 @@ def register_run(client, name: str, run_id: str, model_file: Path, metrics: dict
                  size: int, max_pixels: int, serve_max_pixels: int, example: bytes, metric: str,
                  min_delta: float, require_beats_baseline: bool, onnx_file: Path | None = None,
                  serve_max_request_mb: float, extra_tags: dict[str, str] | None = None,
-                 lock: str | None = None) -> Registered:
+                 refine: Refine = Refine(), lock: str | None = None) -> Registered:
     """Log the servable model into the training run, register it (once per run), and gate its alias.
 
     `metrics` is the evaluate stage's metrics.json for this model on `test`. The champion's score
@@ -171,7 +174,7 @@ def register_run(client, name: str, run_id: str, model_file: Path, metrics: dict
     with named_lock(lock or mlflow.get_registry_uri(), f"bgremoval-registry:{name}"):
         mv = _register_version(client, name, run_id, model_file, onnx_file, metrics, test, test_id, size=size,
                                serve_max_pixels=serve_max_pixels, serve_max_request_mb=serve_max_request_mb,
-                               example=example, extra_tags=extra_tags)
+                               example=example, extra_tags=extra_tags, refine=refine)
         decision, champ, champ_score = _decide_and_apply(client, name, mv, run_id, metrics, test, test_id, metric,
                                                          min_delta, require_beats_baseline, max_pixels)
     new_score = float(metrics[metric])
@@ -188,23 +191,24 @@ def register_run(client, name: str, run_id: str, model_file: Path, metrics: dict
 
 def _register_version(client, name: str, run_id: str, model_file: Path, onnx_file: Path | None, metrics: dict,
                       test: pd.DataFrame, test_id: str, *, size: int, serve_max_pixels: int,
-                      serve_max_request_mb: float, example: bytes, extra_tags: dict[str, str] | None):
+                      serve_max_request_mb: float, example: bytes, extra_tags: dict[str, str] | None,
+                      refine: Refine):
     """This run's version served this way: the one registered before, or a new one logged and registered now."""
     import mlflow
 
     from bgremoval import serving
 
-    key = serving_key(model_file, onnx_file, size, serve_max_pixels, extra_tags, serve_max_request_mb)
+    key = serving_key(model_file, onnx_file, size, serve_max_pixels, extra_tags, serve_max_request_mb, refine)
     mv = version_of_run(client, name, run_id, key)
     if mv is None:
         with mlflow.start_run(run_id=run_id):
             info = serving.log_model(Path(model_file), size, serve_max_pixels, example, onnx_file,
-                                     max_request_mb=serve_max_request_mb)
+                                     max_request_mb=serve_max_request_mb, refine=refine)
         run_tags = client.get_run(run_id).data.tags
         tags = {f"metric.{k}": f"{v:.6f}" for k, v in metrics.items() if isinstance(v, float)}
         tags |= {f"baseline.{k}": f"{v:.6f}" for k, v in metrics.get("baseline", {}).items()}
         tags |= {k: run_tags[k] for k in LINEAGE_TAGS if k in run_tags}
-        tags |= {"test_set": test_id, "n_test_images": str(len(test)), "input_size": str(size),
+        tags |= {"test_set": test_id, "n_test_images": str(len(test)), "input_size": str(size), "refine": refine.name,
                  "runtime": "onnxruntime" if onnx_file else "keras", "serving_key": key, **(extra_tags or {})}
         mv = mlflow.register_model(info.model_uri, name, tags=tags)
         log.info("registered %s version %s from run %s", name, mv.version, run_id)

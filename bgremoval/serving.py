@@ -16,6 +16,7 @@ import pandas as pd
 from PIL import Image, ImageColor
 
 from bgremoval.imageio import ImageReadError, open_image
+from bgremoval.refine import Refine, Refined, refined
 
 OUTPUTS = ("mask", "cutout", "composite")
 INPUT_COLUMN = "image"
@@ -217,7 +218,7 @@ def _number(env: str, default: float) -> float:
 
 class BackgroundRemover(_PythonModel):
     """The registered model. Artifacts: `model` (the .keras file) and, for U²-NetP, `onnx` (the same
-    weights in rembg's graph, served with onnxruntime). model_config: size, max_pixels, max_request_mb."""
+    weights in rembg's graph, served with onnxruntime). model_config: size, refine, max_pixels, max_request_mb."""
 
     def load_context(self, context):
         cfg = context.model_config or {}
@@ -229,6 +230,8 @@ class BackgroundRemover(_PythonModel):
             self.segmenter = OnnxSegmenter(Path(context.artifacts["onnx"]), size, threads)
         else:
             self.segmenter = Segmenter.load(Path(context.artifacts["model"]), size)
+        # The refinement the evaluate stage chose on val (models logged before refinements carry none).
+        self.segmenter = refined(self.segmenter, Refine.from_dict(cfg.get("refine")))
         self.max_pixels = int(_number(MAX_PIXELS_ENV, cfg.get("max_pixels", 40_000_000)))
         # Models logged before the request cap existed carry none: they get the cap params.yaml had then.
         self.max_request_mb = _number(MAX_REQUEST_ENV, cfg.get("max_request_mb", 50))
@@ -277,7 +280,7 @@ def requirements() -> list[str]:
     from importlib.metadata import PackageNotFoundError, version
 
     reqs = []
-    for pkg in ("mlflow", "tensorflow-cpu", "keras", "numpy", "pandas", "pillow"):
+    for pkg in ("mlflow", "tensorflow-cpu", "keras", "numpy", "pandas", "pillow", "scipy", "onnxruntime"):
         try:
             reqs.append(f"{pkg}=={version(pkg)}")
         except PackageNotFoundError:
@@ -286,7 +289,7 @@ def requirements() -> list[str]:
 
 
 def log_model(model_file: Path, size: int, max_pixels: int, example: bytes, onnx_file: Path | None = None,
-              *, max_request_mb: float, name: str = "model"):
+              *, max_request_mb: float, refine: Refine = Refine(), name: str = "model"):
     """Log the servable pyfunc (keras file, its ONNX export if any, and this package's code) into the active run."""
     import shutil
     import tempfile
@@ -302,19 +305,21 @@ def log_model(model_file: Path, size: int, max_pixels: int, example: bytes, onnx
             python_model=str(package / "served_model.py"),
             artifacts={"model": str(model_file), **({"onnx": str(onnx_file)} if onnx_file else {})},
             code_paths=[str(code)],
-            model_config={"size": int(size), "max_pixels": int(max_pixels), "max_request_mb": float(max_request_mb), "runtime": "onnxruntime" if onnx_file else "keras"},
+            model_config={"size": int(size), "refine": refine.to_dict(), "max_pixels": int(max_pixels),
+                          "max_request_mb": float(max_request_mb), "runtime": "onnxruntime" if onnx_file else "keras"},
             signature=signature(),
             input_example=pd.DataFrame({INPUT_COLUMN: [base64.b64encode(example).decode("ascii")]}),
             pip_requirements=requirements(),
         )
 
 
-def load(uri: str, keras_size: int = 320, keras_max_pixels: int = 40_000_000) -> tuple[Segmenter, int]:
-    """A Segmenter and its pixel cap from a registry or run URI, an MLflow model folder, or a .keras
-    file (which carries no serving config: it predicts at keras_size)."""
+def load(uri: str, keras_size: int = 320, keras_max_pixels: int = 40_000_000,
+         keras_refine: Refine = Refine()) -> tuple[Segmenter | Refined, int]:
+    """A segmenter and its pixel cap from a registry or run URI, an MLflow model folder, or a .keras
+    file (which carries no serving config: it predicts at keras_size, refined by keras_refine)."""
     path = Path(uri)
     if path.suffix == ".keras" and path.is_file():
-        return Segmenter.load(path, keras_size), int(os.environ.get(MAX_PIXELS_ENV) or keras_max_pixels)
+        return refined(Segmenter.load(path, keras_size), keras_refine), int(os.environ.get(MAX_PIXELS_ENV) or keras_max_pixels)
     if "://" not in uri and ":" not in uri.split("/")[0] and not path.exists():
         raise FileNotFoundError(f"{uri}: no such model file or folder (expected a .keras file, an MLflow model "
                                 "folder, models:/NAME@ALIAS or runs:/RUN_ID/model)")

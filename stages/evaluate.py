@@ -13,9 +13,10 @@ import pandas as pd
 
 from bgremoval import tracking
 from bgremoval import u2netp  # noqa: F401  (registers the layers a saved model is made of)
-from bgremoval.evaluate import choose_size, error_overlay, evaluate, keras_predictor
+from bgremoval.evaluate import choose_refine, choose_size, error_overlay, evaluate, keras_predictor, refine_grid
 from bgremoval.imageio import load_mask, load_rgb
 from bgremoval.metrics import pr_curve, summarise
+from bgremoval.refine import Refined
 from bgremoval.train import ModelConfig, build_network, inference_model
 from bgremoval.tune import tuned_section
 from bgremoval.viz import grid
@@ -35,21 +36,29 @@ def main() -> int:
     test = manifest[manifest["split"] == "test"].reset_index(drop=True)
 
     model = keras.models.load_model(Path(paths["models"]) / "model.keras", compile=False)
+    val = manifest[manifest["split"] == "val"].reset_index(drop=True)
     val_by_size = {}
     if cfg["size_choices"]:  # the serving size, chosen on val with the weights that will be served
-        val = manifest[manifest["split"] == "val"].reset_index(drop=True)
         size, val_by_size = choose_size(val, lambda s: keras_predictor(model, s), cfg["size_choices"], max_pixels,
                                         cfg["size_tolerance"], progress=True)
         if "evaluate.size" in tuned and tuned["evaluate.size"] != size:
             log.info("evaluate.size_choices: val picks %d over tune's %d", size, tuned["evaluate.size"])
         log.info("serving size %d (val IoU %s)", size, ", ".join(f"{s}: {m['iou']:.4f}" for s, m in val_by_size.items()))
         cfg["size"] = size
-    ours = keras_predictor(model, cfg["size"])
+    # Then, at that size, the refinement of the mask (mirror averaging, the main object, sharper edges).
+    choices = cfg["refine"]
+    refine, val_by_refine = choose_refine(val, keras_predictor(model, cfg["size"]),
+                                          refine_grid(choices["flip"], choices["main_object"], choices["sharpen"]),
+                                          max_pixels, choices["tolerance"], progress=True)
+    log.info("refinement %s (val IoU / MAE: %s)", refine.name,
+             ", ".join(f"{n}: {m['iou']:.4f} / {m['mae']:.4f}" for n, m in val_by_refine.items()))
+    ours = Refined(keras_predictor(model, cfg["size"]), refine)
     table, scores = evaluate(test, ours, max_pixels, progress="evaluate")
     stock = keras_predictor(inference_model(build_network(ModelConfig(family="u2netp"))), cfg["baseline_size"])
     base_table, base_scores = evaluate(test, stock, max_pixels, progress="stock u2netp")
 
-    metrics = {**summarise(scores), "baseline": summarise(base_scores), "n_images": len(test), "size": cfg["size"]}
+    metrics = {**summarise(scores), "baseline": summarise(base_scores), "n_images": len(test), "size": cfg["size"],
+               "refine": refine.to_dict(), "val_by_refine": val_by_refine}
     if val_by_size:
         metrics["val_by_size"] = {str(s): m for s, m in val_by_size.items()}
     table["baseline_iou"] = base_table["iou"]
@@ -79,6 +88,7 @@ def main() -> int:
         for s, m in val_by_size.items():  # one curve in the MLflow UI: val IoU against the serving size
             mlflow.log_metric("size_choice/val_iou", m["iou"], step=s)
         mlflow.log_metric("serving_size", cfg["size"])
+        mlflow.set_tag("serving_refine", refine.name)  # every choice's val scores: metrics.json, below
         for name in ("metrics.json", "eval_images.csv", "pr_curve.csv", "eval_worst.png"):
             mlflow.log_artifact(str(reports / name), "evaluation")
     log.info("test (%d images): %s | stock u2netp: %s", len(test),

@@ -16,6 +16,7 @@ from bgremoval import registry, serving, tracking
 from bgremoval.export import ExportError, u2netp_core
 from bgremoval.quantize import ServedOnnx, build_served_onnx, gate_metrics
 from bgremoval.imageio import load_rgb
+from bgremoval.refine import Refine
 from stages.common import run, start
 
 log = logging.getLogger("stages.register")
@@ -45,7 +46,7 @@ def split_rows(manifest: pd.DataFrame, name: str) -> pd.DataFrame:
     return manifest[manifest["split"] == name].reset_index(drop=True)
 
 
-def served_onnx(model_file: Path, size: int, manifest: pd.DataFrame, params: dict, out_dir: Path):
+def served_onnx(model_file: Path, size: int, refine: Refine, manifest: pd.DataFrame, params: dict, out_dir: Path):
     """The ONNX file to serve (U²-NetP only; int8 if it keeps quality on val), or None to serve with Keras."""
     cfg, max_pixels = params["serve"], params["prepare"]["max_pixels"]
     if cfg["runtime"] != "onnxruntime":
@@ -65,7 +66,7 @@ def served_onnx(model_file: Path, size: int, manifest: pd.DataFrame, params: dic
     return build_served_onnx(model, out_dir, size, check_images=images("test", 4), quantize=cfg["quantize"],
                              calibration=images("train", cfg["calibration_images"]), holdout=holdout,
                              max_pixels=max_pixels, metric=params["register"]["metric"], max_loss=cfg["max_int8_loss"],
-                             outlier_ratio=float(cfg["int8_outlier_ratio"]),
+                             outlier_ratio=float(cfg["int8_outlier_ratio"]), refine=refine,
                              tolerance=cfg["onnx_tolerance"], template=params["model"]["onnx_path"])
 
 
@@ -78,9 +79,10 @@ def main() -> int:
 
     metrics = json.loads((reports / "metrics.json").read_text())
     model_file, size = Path(paths["models"]) / "model.keras", int(metrics["size"])  # the size evaluate scored (tuned or evaluate.size)
+    refine = Refine.from_dict(metrics.get("refine"))  # and the refinement it chose on val
     tmp = tempfile.TemporaryDirectory()
-    served = served_onnx(model_file, size, manifest, params, Path(tmp.name))
-    metrics, keras_tags = gate_metrics(metrics, served, test, size, max_pixels)
+    served = served_onnx(model_file, size, refine, manifest, params, Path(tmp.name))
+    metrics, keras_tags = gate_metrics(metrics, served, test, size, max_pixels, refine)
 
     tracking.configure(params["mlflow"]["tracking_uri"], params["mlflow"]["experiment"])
     record = registry.register_run(
@@ -89,7 +91,7 @@ def main() -> int:
         model_file=model_file, onnx_file=served.path if served else None,
         extra_tags=served_tags(served) | keras_tags,
         metrics=metrics,
-        test=test, size=size, max_pixels=max_pixels,
+        test=test, size=size, refine=refine, max_pixels=max_pixels,
         serve_max_pixels=params["serve"]["max_pixels"], serve_max_request_mb=params["serve"]["max_request_mb"],
         example=example_png(Path(test["image_path"].iloc[0]), max_pixels),
         metric=cfg["metric"], min_delta=cfg["min_delta"], require_beats_baseline=cfg["require_beats_baseline"],

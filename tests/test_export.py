@@ -65,7 +65,9 @@ def test_unet_is_not_exported():
         export_u2netp(unet, "unused.onnx", 64)
 
 
-def test_the_served_pyfunc_runs_the_onnx_export(model, images, tmp_path):
+@pytest.mark.parametrize("refine", [None, {"flip": True, "main_object": True, "sharpen": 3.0}])
+def test_the_served_pyfunc_runs_the_onnx_export(model, images, tmp_path, refine):
+    """... refined as the evaluate stage chose (the model config carries it)."""
     import base64
     import io
 
@@ -74,7 +76,9 @@ def test_the_served_pyfunc_runs_the_onnx_export(model, images, tmp_path):
     from PIL import Image
 
     from bgremoval import serving
+    from bgremoval.refine import Refine, Refined
 
+    refine = Refine.from_dict(refine)
     model.save(tmp_path / "model.keras")
     export_checked(model, tmp_path / "model.onnx", 160, images)
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -83,11 +87,15 @@ def test_the_served_pyfunc_runs_the_onnx_export(model, images, tmp_path):
     example = serving.png_bytes(Image.fromarray(images[0]))
     with mlflow.start_run():
         info = serving.log_model(tmp_path / "model.keras", 160, 10**6, example, onnx_file=tmp_path / "model.onnx",
-                                 max_request_mb=50)
+                                 max_request_mb=50, refine=refine)
     loaded = mlflow.pyfunc.load_model(info.model_uri)
-    assert loaded.model_config["runtime"] == "onnxruntime"
-    assert isinstance(loaded.unwrap_python_model().segmenter, OnnxSegmenter)
+    assert loaded.model_config["runtime"] == "onnxruntime" and Refine.from_dict(loaded.model_config["refine"]) == refine
+    segmenter = loaded.unwrap_python_model().segmenter
+    if refine == Refine():
+        assert isinstance(segmenter, OnnxSegmenter)
+    else:
+        assert isinstance(segmenter, Refined) and isinstance(segmenter.predict, OnnxSegmenter) and segmenter.size == 160
     out = loaded.predict(pd.DataFrame({"image": [base64.b64encode(example).decode()]}), params={"output": "mask"})
     served = np.asarray(Image.open(io.BytesIO(base64.b64decode(out["png"][0]))), np.float32)
-    keras_mask = serving.Segmenter(model, 160)(images[0]) * 255
+    keras_mask = Refined(serving.Segmenter(model, 160), refine)(images[0]) * 255
     assert served.shape == images[0].shape[:2] and np.abs(served - keras_mask).max() <= 1.0  # same 8-bit mask

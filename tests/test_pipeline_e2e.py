@@ -159,6 +159,12 @@ def test_full_repro_tracks_everything_in_mlflow_and_registers_a_servable_champio
     assert keys <= set(metrics) and keys == set(metrics["baseline"]) and metrics["n_images"] == 3
     assert metrics["size"] == best["apply"]["evaluate.size"]
     assert all(0 <= metrics[k] <= 1 for k in keys)
+    # The refinement, chosen on val among the combinations params.yaml lists (evaluate.refine).
+    from bgremoval.refine import Refine
+
+    grid = yaml.safe_load((project / "params.yaml").read_text())["evaluate"]["refine"]
+    tried = {Refine(f, m, k).name for f in grid["flip"] for m in grid["main_object"] for k in grid["sharpen"]}
+    assert set(metrics["val_by_refine"]) == tried and Refine.from_dict(metrics["refine"]).name in tried
     assert (project / "reports" / "eval_worst.png").exists() and (project / "reports" / "pr_curve.csv").exists()
     r = client.get_run(summary["run_id"])
     assert {"test/max_f", "baseline/max_f"} <= set(r.data.metrics)
@@ -180,6 +186,9 @@ def test_full_repro_tracks_everything_in_mlflow_and_registers_a_servable_champio
     mv = client.get_model_version_by_alias("bgremoval", "champion")
     assert str(mv.version) == registered["version"] and mv.run_id == r.info.run_id
     assert float(mv.tags["metric.max_f"]) == pytest.approx(metrics["max_f"], abs=1e-6)
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")  # the version is served refined as evaluate chose
+    logged = mlflow.models.Model.load(f"models:/bgremoval/{mv.version}").flavors["python_function"]["model_config"]
+    assert logged["refine"] == metrics["refine"] and mv.tags["refine"] == Refine.from_dict(metrics["refine"]).name
     # ... and it cuts out a photo through the CLI, from the registry by alias.
     photo = next((project / "data" / "sample" / "images").iterdir())
     out = tmp_path / "cut"
