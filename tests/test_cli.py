@@ -30,3 +30,15 @@ def test_without_params_the_size_is_rembgs_320(tmp_path):
     assert _default_size(tmp_path / "missing.yaml") == 320
     (tmp_path / "params.yaml").write_text("evaluate: {}\n")
     assert _default_size(tmp_path / "params.yaml") == 320
+
+
+def test_a_bare_keras_file_is_refined_as_the_evaluate_stage_chose(tmp_path):
+    from bgremoval.cli import _default_refine
+    from bgremoval.refine import Refine
+
+    params = _project(tmp_path, 256, served=288)
+    assert _default_refine(params) == Refine()  # a metrics.json from before refinements: none
+    metrics = tmp_path / "out" / "metrics.json"
+    metrics.write_text(json.dumps({"size": 288, "refine": {"flip": False, "main_object": True, "sharpen": 2.0}}))
+    assert _default_refine(params) == Refine(main_object=True, sharpen=2.0)
+    assert _default_refine(tmp_path / "missing.yaml") == Refine()
