@@ -67,9 +67,9 @@ def sharpen(prob: np.ndarray, k: float) -> np.ndarray:
     pixels (max F) are unchanged; only how soft the edges are changes (and with it MAE)."""
     if k == 1.0:
         return prob
-    p = np.clip(np.asarray(prob, np.float64), 0.0, 1.0)
-    a, b = p**k, (1.0 - p) ** k
-    return (a / np.maximum(a + b, 1e-300)).astype(np.float32)
+    p = np.clip(np.asarray(prob, np.float32), 0.0, 1.0)
+    with np.errstate(divide="ignore", over="ignore"):  # the same as 1 / (1 + ((1 - p) / p)^k): p = 0 gives 0
+        return (1.0 / (1.0 + np.power((1.0 - p) / p, np.float32(k)))).astype(np.float32)
 
 
 def keep_main_object(prob: np.ndarray, threshold: float = MAIN_OBJECT_THRESHOLD) -> np.ndarray:
@@ -78,10 +78,10 @@ def keep_main_object(prob: np.ndarray, threshold: float = MAIN_OBJECT_THRESHOLD)
     labels, n = ndimage.label(prob > threshold, structure=np.ones((3, 3), bool))
     if n <= 1:
         return prob
-    foreground = ndimage.sum(prob >= 0.5, labels, index=np.arange(1, n + 1))
+    foreground = np.bincount(labels[prob >= 0.5], minlength=n + 1)[1:]  # per object (label 0: the background)
     if foreground.max() <= 0:
         return prob  # nothing is foreground: no object to prefer
-    return np.where(labels == int(np.argmax(foreground)) + 1, prob, 0.0).astype(np.float32)
+    return (prob * (labels == int(np.argmax(foreground)) + 1)).astype(np.float32)
 
 
 def combine(plain: np.ndarray, mirrored: np.ndarray | None, refine: Refine) -> np.ndarray:
