@@ -16,6 +16,7 @@ Prints a table and writes it as JSON (--out).
 By default the split is the pipeline's own (seeded, by group). For another fold, name the groups:
     python benchmarks/quality.py DATA --test-groups cows,dog --val-groups libby
 writes a split file (every other group trains) and sets prepare.split_file and prepare.splits to it.
+--set KEY=VALUE changes one of the profile's params for this run (a shorter schedule, say).
 
 As a check (after `make pipeline`, on the built-in sample, say), --require-beats names a stock model the
 champion must beat on MAE, max F and IoU; the script then exits 1 if it does not, saying on which:
@@ -80,14 +81,26 @@ def fold_split(data: Path, test_groups: list[str], val_groups: list[str], out: P
     return {"prepare.split_file": str(out), "prepare.splits": {"train": round(1 - val - test, 4), "val": val, "test": test}}
 
 
-def run_pipeline(data: Path, workdir: Path, test_groups: list[str] | None = None, val_groups: list[str] | None = None) -> float:
+def parse_sets(items: list[str]) -> dict:
+    """--set KEY=VALUE items (VALUE as YAML: 1, 0.5, [256, 320], true) -> {dotted key: value}."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.epochs=1")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def run_pipeline(data: Path, workdir: Path, test_groups: list[str] | None = None, val_groups: list[str] | None = None,
+                 overrides: dict | None = None) -> float:
     """A fresh copy of the project (code and config only) as its own git + DVC repo; dvc exp run."""
     if workdir.exists():
         shutil.rmtree(workdir)
     shutil.copytree(ROOT, workdir, ignore=lambda d, names: [n for n in names if n in _SKIP or n.endswith(".egg-info")])
     (workdir / "dvc.lock").unlink(missing_ok=True)
     fold = fold_split(data, test_groups, val_groups or [], workdir / "split.csv") if test_groups else {}
-    apply_profile(workdir / "params.yaml", fold)  # committed as the copy's params: `dvc params diff` shows it
+    apply_profile(workdir / "params.yaml", fold | (overrides or {}))  # committed as the copy's params: `dvc params diff` shows it
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", GX_ANALYTICS_ENABLED="false")
     env.pop("MLFLOW_TRACKING_URI", None)
     git = ["git", "-c", "user.name=benchmark", "-c", "user.email=benchmark@localhost"]
@@ -108,8 +121,11 @@ def score(workdir: Path, u2net: Path | None, threads: int) -> dict:
 
     from bgremoval import serving
     from bgremoval.evaluate import evaluate
+    from bgremoval.export import OnnxSegmenter, export_u2netp
     from bgremoval.metrics import summarise
+    from bgremoval.refine import Refine, refined
     from bgremoval.stock import RembgModel
+    from bgremoval.train import ModelConfig, build_network, inference_model
     from bgremoval.u2netp import find_u2netp_onnx
 
     os.environ["BGREMOVAL_THREADS"] = str(threads)
@@ -126,6 +142,13 @@ def score(workdir: Path, u2net: Path | None, threads: int) -> dict:
     models = {"champion": (champion, champion_mb / 1e6), "u2netp (stock)": None, "u2net (stock)": None}
     stock_p = RembgModel(find_u2netp_onnx(), threads)
     models["u2netp (stock)"] = (stock_p, stock_p.size_mb)
+    # Stock U²-NetP's weights served as the champion is (its size, this project's preprocessing, its
+    # refinement; float32): what serving alone gives, so the champion's lead over it is fine-tuning's.
+    refine = Refine.from_dict(pyfunc.model_config.get("refine"))
+    stock_served = export_u2netp(inference_model(build_network(ModelConfig(family="u2netp"))),
+                                 workdir / "reports" / "stock_u2netp_served.onnx", champion.size)
+    models["u2netp weights, served as champion"] = (refined(OnnxSegmenter(stock_served, champion.size, threads), refine),
+                                                    stock_served.stat().st_size / 1e6)
     if u2net is not None:
         stock = RembgModel(u2net, threads)
         models["u2net (stock)"] = (stock, stock.size_mb)
@@ -146,7 +169,8 @@ def score(workdir: Path, u2net: Path | None, threads: int) -> dict:
         results[name] = {**summarise(scores), "size_mb": round(size_mb, 2), "ms_per_image": round(1000 * float(np.median(times)), 1)}
     gallery(test, models, workdir / "reports" / "quality_cutouts.png")
     groups = sorted(test["group"].unique())
-    return {"test_groups": groups, "n_test_images": len(test), "champion": registered, "models": results}
+    return {"test_groups": groups, "n_test_images": len(test), "champion": registered,
+            "serving": {"size": champion.size, "refine": refine.to_dict(), "refine_name": refine.name}, "models": results}
 
 
 COMPARED = (("mae", -1), ("max_f", 1), ("iou", 1))  # (metric, +1 if higher is better)
@@ -187,25 +211,32 @@ def main() -> None:
     parser.add_argument("--score-only", action="store_true", help="score an existing --workdir run again")
     parser.add_argument("--test-groups", default="", help="comma-separated groups to test on (another fold)")
     parser.add_argument("--val-groups", default="", help="comma-separated groups to validate on (with --test-groups)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a param to set over the profile (repeatable), e.g. --set train.epochs=1")
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "quality.json")
     parser.add_argument("--require-beats", choices=["u2netp", "u2net"], default=None,
                         help="exit 1 unless the champion beats this stock model on MAE, max F and IoU")
     args = parser.parse_args()
+    if args.set and args.score_only:
+        parser.error("--set changes the pipeline's params; --score-only runs no pipeline")
     if args.require_beats == "u2net" and args.u2net is None:
         parser.error("--require-beats u2net needs --u2net /path/to/u2net.onnx")
 
     groups = lambda text: [g for g in text.split(",") if g]  # noqa: E731
+    overrides = parse_sets(args.set)
     seconds = None if args.score_only else run_pipeline(args.data.resolve(), args.workdir, groups(args.test_groups),
-                                                        groups(args.val_groups))
+                                                        groups(args.val_groups), overrides)
     report = score(args.workdir, args.u2net, args.threads)
-    report |= {"pipeline_seconds": seconds, "profile": yaml.safe_load(PROFILE.read_text())["set"],
+    report |= {"pipeline_seconds": seconds, "profile": yaml.safe_load(PROFILE.read_text())["set"], "overrides": overrides,
                "machine": f"{os.cpu_count()} CPU cores, onnxruntime with {args.threads} threads"}
     keys = ["mae", "max_f", "iou", "dice", "boundary_f", "size_mb", "ms_per_image"]
-    print(f"\ntest groups {', '.join(report['test_groups'])} ({report['n_test_images']} images, unseen in training)")
-    print(f"{'model':<16} | " + " | ".join(f"{k:>12}" for k in keys))
-    print(f"{'-' * 16}-|" + "|".join("-" * 14 for _ in keys))
+    print(f"\ntest groups {', '.join(report['test_groups'])} ({report['n_test_images']} images, unseen in training); "
+          f"champion served at {report['serving']['size']}², refinement {report['serving']['refine_name']}")
+    width = max(len(name) for name in report["models"])
+    print(f"{'model':<{width}} | " + " | ".join(f"{k:>12}" for k in keys))
+    print(f"{'-' * width}-|" + "|".join("-" * 14 for _ in keys))
     for name, row in report["models"].items():
-        print(f"{name:<16} | " + " | ".join(f"{row[k]:>12.4f}" if k not in ("size_mb", "ms_per_image") else f"{row[k]:>12}" for k in keys))
+        print(f"{name:<{width}} | " + " | ".join(f"{row[k]:>12.4f}" if k not in ("size_mb", "ms_per_image") else f"{row[k]:>12}" for k in keys))
     if seconds is not None:
         print(f"pipeline (dvc exp run, prepare -> register): {seconds / 60:.1f} min")
     args.out.parent.mkdir(parents=True, exist_ok=True)

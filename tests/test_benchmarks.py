@@ -25,3 +25,20 @@ def test_the_champion_must_beat_the_stock_model_on_every_compared_metric():
     assert "champion 0.1920, u2netp 0.8970" in missed[0]
     # A tie is not a win, and a higher MAE is a loss.
     assert [m.split(":")[0] for m in shortfalls({"mae": 0.0400, "max_f": 0.897, "iou": 0.7}, stock, "u2netp")] == ["mae", "max_f"]
+
+
+def test_set_overrides_are_yaml_values_over_the_profile(tmp_path):
+    import pytest
+    import yaml
+
+    quality = _quality()
+    sets = quality.parse_sets(["train.epochs=1", "evaluate.size_choices=[256, 320]", "evaluate.refine.flip=[true]"])
+    assert sets == {"train.epochs": 1, "evaluate.size_choices": [256, 320], "evaluate.refine.flip": [True]}
+    params = tmp_path / "params.yaml"
+    params.write_text((ROOT / "params.yaml").read_text())
+    applied = quality.apply_profile(params, sets)
+    written = yaml.safe_load(params.read_text())
+    assert written["train"]["epochs"] == 1 and applied["train.epochs"] == 1  # over the profile's 5
+    assert written["evaluate"]["refine"]["flip"] == [True] and written["evaluate"]["refine"]["sharpen"] == applied["evaluate.refine.sharpen"]
+    with pytest.raises(SystemExit, match="KEY=VALUE"):
+        quality.parse_sets(["train.epochs"])
