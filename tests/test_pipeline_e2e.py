@@ -187,7 +187,7 @@ def test_full_repro_tracks_everything_in_mlflow_and_registers_a_servable_champio
     assert str(mv.version) == registered["version"] and mv.run_id == r.info.run_id
     assert float(mv.tags["metric.max_f"]) == pytest.approx(metrics["max_f"], abs=1e-6)
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")  # the version is served refined as evaluate chose
-    logged = mlflow.models.Model.load(f"models:/bgremoval/{mv.version}").flavors["python_function"]["model_config"]
+    logged = mlflow.models.Model.load(f"models:/bgremoval/{mv.version}").flavors["python_function"]["config"]  # model_config
     assert logged["refine"] == metrics["refine"] and mv.tags["refine"] == Refine.from_dict(metrics["refine"]).name
     # ... and it cuts out a photo through the CLI, from the registry by alias.
     photo = next((project / "data" / "sample" / "images").iterdir())
