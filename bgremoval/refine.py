@@ -17,7 +17,7 @@ Predictor = Callable[[np.ndarray], np.ndarray]  # (H, W, 3) uint8 -> (H, W) floa
 
 # Pixels above this belong to an object when the main one is picked: low enough that an object's soft rim
 # stays attached to it, high enough that two objects touching through a faint halo stay apart (on every 5th
-# DAVIS frame with stock U²-NetP: MAE 0.0227 at 0.3 against 0.0244 at 0.1 and 0.0256 at 0.02).
+# DAVIS frame with stock U²-NetP, in a probe: MAE 0.0227 at 0.3 against 0.0244 at 0.1 and 0.0256 at 0.02).
 MAIN_OBJECT_THRESHOLD = 0.3
 
 
