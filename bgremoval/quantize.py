@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from bgremoval.export import ExportCheck, ExportError, OnnxSegmenter, export_checked, preprocess
-from bgremoval.refine import Refine, Refined
+from bgremoval.refine import Refine, refined
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -122,8 +122,8 @@ def build_served_onnx(model, out_dir: Path, size: int, *, check_images: list[np.
     if quantize != "int8":
         raise ExportError(f"serve.quantize {quantize!r} is not one of none, int8")
     int8, keep = quantize_int8(f32, out_dir / "model_int8.onnx", calibration, size, outlier_ratio)
-    m32 = summarise(evaluate(holdout, Refined(OnnxSegmenter(f32, size), refine), max_pixels, progress="float32 check")[1])
-    m8 = summarise(evaluate(holdout, Refined(OnnxSegmenter(int8, size), refine), max_pixels, progress="int8 check")[1])
+    m32 = summarise(evaluate(holdout, refined(OnnxSegmenter(f32, size), refine), max_pixels, progress="float32 check")[1])
+    m8 = summarise(evaluate(holdout, refined(OnnxSegmenter(int8, size), refine), max_pixels, progress="int8 check")[1])
     sign = 1.0 if HIGHER_IS_BETTER[metric] else -1.0
     loss = sign * (m32[metric] - m8[metric])
     if loss > max_loss:
@@ -143,7 +143,7 @@ def served_test_metrics(served: ServedOnnx, test: pd.DataFrame, size: int, max_p
     from bgremoval.evaluate import evaluate
     from bgremoval.metrics import summarise
 
-    _, scores = evaluate(test, Refined(OnnxSegmenter(served.path, size), refine), max_pixels, progress="served model")
+    _, scores = evaluate(test, refined(OnnxSegmenter(served.path, size), refine), max_pixels, progress="served model")
     return summarise(scores)
 
 

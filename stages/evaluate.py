@@ -16,7 +16,7 @@ from bgremoval import u2netp  # noqa: F401  (registers the layers a saved model 
 from bgremoval.evaluate import choose_refine, choose_size, error_overlay, evaluate, keras_predictor, refine_grid
 from bgremoval.imageio import load_mask, load_rgb
 from bgremoval.metrics import pr_curve, summarise
-from bgremoval.refine import Refined
+from bgremoval.refine import refined
 from bgremoval.train import ModelConfig, build_network, inference_model
 from bgremoval.tune import tuned_section
 from bgremoval.viz import grid
@@ -52,7 +52,7 @@ def main() -> int:
                                           max_pixels, choices["tolerance"], progress=True)
     log.info("refinement %s (val IoU / MAE: %s)", refine.name,
              ", ".join(f"{n}: {m['iou']:.4f} / {m['mae']:.4f}" for n, m in val_by_refine.items()))
-    ours = Refined(keras_predictor(model, cfg["size"]), refine)
+    ours = refined(keras_predictor(model, cfg["size"]), refine)
     table, scores = evaluate(test, ours, max_pixels, progress="evaluate")
     stock = keras_predictor(inference_model(build_network(ModelConfig(family="u2netp"))), cfg["baseline_size"])
     base_table, base_scores = evaluate(test, stock, max_pixels, progress="stock u2netp")
