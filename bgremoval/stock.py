@@ -33,11 +33,14 @@ class RembgModel:
     def size_mb(self) -> float:
         return self.path.stat().st_size / 1e6
 
-    def __call__(self, image: np.ndarray) -> np.ndarray:
+    def normalised(self, image: np.ndarray) -> np.ndarray:
+        """The first output at 320x320, min-max normalised to [0, 1]: the mask before rembg makes it 8-bit."""
         x = preprocess_like_rembg(Image.fromarray(image), REMBG_SIZE).transpose(0, 3, 1, 2)
         pred = self.session.run(None, {self.input: x})[0][0, 0]
         lo, hi = float(pred.min()), float(pred.max())
-        pred = (pred - lo) / max(hi - lo, 1e-12)
-        mask = Image.fromarray((pred * 255).astype(np.uint8), mode="L")
+        return (pred - lo) / max(hi - lo, 1e-12)
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        mask = Image.fromarray((self.normalised(image) * 255).astype(np.uint8), mode="L")
         back = mask.resize((image.shape[1], image.shape[0]), Image.Resampling.LANCZOS)
         return np.asarray(back, np.float32) / 255

@@ -234,3 +234,20 @@ def test_preprocess_like_rembg():
     np.testing.assert_allclose(x[0], np.broadcast_to(expected, (64, 64, 3)), rtol=1e-6)
     black = preprocess_like_rembg(Image.new("L", (8, 8), 0), size=4)  # max 0 must not divide by zero
     np.testing.assert_allclose(black[0, 0, 0], -np.asarray(IMAGENET_MEAN) / np.asarray(IMAGENET_STD), rtol=1e-6)
+
+
+@needs_onnx
+def test_stock_rembg_model_is_the_normalised_map_made_8_bit_and_resized_back(onnx_path, reference):
+    from bgremoval.stock import RembgModel
+
+    image = np.asarray(photo("flower.jpg"))
+    stock = RembgModel(onnx_path, threads=2)
+    raw = stock.normalised(image)
+    assert raw.shape == (320, 320) and raw.min() == 0.0 and raw.max() == pytest.approx(1.0)
+    # The same model's first output, as onnxruntime gives it, up to the min-max stretch.
+    direct = reference.run(None, {"input.1": preprocess_like_rembg(photo("flower.jpg")).transpose(0, 3, 1, 2)})[0][0, 0]
+    np.testing.assert_allclose(raw, (direct - direct.min()) / (direct.max() - direct.min()), atol=1e-5)
+    mask = stock(image)
+    assert mask.shape == image.shape[:2] and mask.dtype == np.float32
+    expected = Image.fromarray((raw * 255).astype(np.uint8)).resize(image.shape[1::-1], Image.Resampling.LANCZOS)
+    np.testing.assert_array_equal(mask, np.asarray(expected, np.float32) / 255)
