@@ -6,6 +6,8 @@ champion or challenger, as reports/registered.json names it; else models:/bgremo
     python benchmarks/speed.py [--model models:/bgremoval@champion] [--threads 2] [--out reports/speed.json]
                                [--project DIR]   (another run of the project, e.g. benchmarks/quality.py's workdir)
 
+Each ratio's two sides are timed in alternation, and the ratio is the median of the rounds' ratios.
+
 - ms per image: the champion as served (onnxruntime at its input size) vs stock u2netp
   (rembg's u2netp.onnx at 320, rembg's preprocessing) in onnxruntime with the same threads;
 - `mlflow models serve` round trip vs in-process predict of the same request;
@@ -38,16 +40,19 @@ from PIL import Image  # noqa: E402
 from serve_helper import served  # noqa: E402
 
 
-def timed(fn, repeat: int, warmup: int = 2) -> float:
-    """Median wall time of fn() in ms."""
+def timed_pair(a, b, repeat: int, warmup: int = 2) -> tuple[float, float, float]:
+    """Median wall times of a() and b() in ms, and the median of the rounds' ratios a/b. The two are called in
+    alternation (a b, b a, a b, ...): on a shared machine whose speed drifts (session 13 saw the same server
+    request take 103 and 146 ms in two runs a minute apart), both sides of a ratio then see the same machine."""
     for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t) * 1000)
-    return statistics.median(times)
+        a(), b()
+    ta, tb = [], []
+    for i in range(repeat):
+        for fn, times in ((a, ta), (b, tb)) if i % 2 == 0 else ((b, tb), (a, ta)):
+            t = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t) * 1000)
+    return statistics.median(ta), statistics.median(tb), statistics.median(x / y for x, y in zip(ta, tb))
 
 
 def test_images(project: Path, n: int) -> list[np.ndarray]:
@@ -60,17 +65,7 @@ def test_images(project: Path, n: int) -> list[np.ndarray]:
     return [load_rgb(Path(p), 10**8) for p in paths]
 
 
-def serve_round_trip(project: Path, model_uri: str, tracking_uri: str, body: bytes, repeat: int, threads: int) -> float:
-    with served(project, model_uri, tracking_uri, BGREMOVAL_THREADS=str(threads)) as (port, _):
-        def call():
-            req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", body, {"Content-Type": "application/json"})
-            with urllib.request.urlopen(req, timeout=120) as resp:
-                resp.read()
-
-        return timed(call, repeat)
-
-
-def train_vs_forward(project: Path, size: int, repeat: int) -> tuple[float, float]:
+def train_vs_forward(project: Path, size: int, repeat: int) -> tuple[float, float, float]:
     import keras
     import tensorflow as tf
 
@@ -81,9 +76,7 @@ def train_vs_forward(project: Path, size: int, repeat: int) -> tuple[float, floa
     x = np.random.default_rng(0).random((1, size, size, 3), dtype=np.float32)
     y = (x[..., :1] > 0.5).astype(np.float32)
     forward = tf.function(lambda t: model(t, training=False))
-    fwd = timed(lambda: forward(x).numpy(), repeat)
-    step = timed(lambda: model.train_on_batch(x, y), repeat)
-    return step, fwd
+    return timed_pair(lambda: model.train_on_batch(x, y), lambda: forward(x).numpy(), repeat)
 
 
 def main() -> None:
@@ -118,9 +111,10 @@ def main() -> None:
     champion = pyfunc.unwrap_python_model().segmenter
     runtime = pyfunc.model_config.get("runtime", "keras")
     stock = RembgModel(find_u2netp_onnx(), args.threads)
-    it = iter(range(10**9))
-    champ_ms = timed(lambda: champion(images[next(it) % len(images)]), args.repeat)
-    stock_ms = timed(lambda: stock(images[next(it) % len(images)]), args.repeat)
+    # Each side walks the same images in the same order, so every round compares the two on one image.
+    ia, ib = iter(range(10**9)), iter(range(10**9))
+    champ_ms, stock_ms, champ_ratio = timed_pair(lambda: champion(images[next(ia) % len(images)]),
+                                                 lambda: stock(images[next(ib) % len(images)]), args.repeat)
 
     frame = {"dataframe_split": {"columns": ["image"], "data": [[base64.b64encode(serving.png_bytes(Image.fromarray(images[0]))).decode()]]},
              "params": {"output": "cutout"}}
@@ -128,11 +122,17 @@ def main() -> None:
     import pandas as pd
 
     df = pd.DataFrame({"image": frame["dataframe_split"]["data"][0]})
-    inproc_ms = timed(lambda: pyfunc.predict(df, params={"output": "cutout"}), args.repeat)
-    serve_ms = serve_round_trip(project, args.model, tracking_uri, body, args.repeat, args.threads)
+    with served(project, args.model, tracking_uri, BGREMOVAL_THREADS=str(args.threads)) as (port, _):
+        def over_http():
+            req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", body, {"Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=120) as resp:
+                resp.read()
+
+        serve_ms, inproc_ms, serve_ratio = timed_pair(over_http, lambda: pyfunc.predict(df, params={"output": "cutout"}),
+                                                      args.repeat)
 
     size = params["train"]["size"]
-    step_ms, fwd_ms = train_vs_forward(project, size, args.repeat)
+    step_ms, fwd_ms, step_ratio = train_vs_forward(project, size, args.repeat)
 
     t = time.perf_counter()
     noop = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=project, capture_output=True, text=True,
@@ -143,13 +143,13 @@ def main() -> None:
     rows = [
         ("champion per image (ms)", f"{champ_ms:.1f}", f"{runtime} at {champion.size}², {args.threads} threads"),
         ("stock u2netp per image (ms)", f"{stock_ms:.1f}", f"onnxruntime at 320², {args.threads} threads"),
-        ("champion / u2netp", f"{champ_ms / stock_ms:.2f}", "target <= 0.5"),
+        ("champion / u2netp", f"{champ_ratio:.2f}", "median of paired rounds; target <= 0.5"),
         ("in-process predict (ms)", f"{inproc_ms:.1f}", f"one {w}x{h} image, base64 in, cut-out PNG out"),
         ("mlflow models serve round trip (ms)", f"{serve_ms:.1f}", "same request over HTTP on 127.0.0.1"),
-        ("serve / in-process", f"{serve_ms / inproc_ms:.2f}", "target <= 1.2"),
+        ("serve / in-process", f"{serve_ratio:.2f}", "median of paired rounds; target <= 1.2"),
         ("train step (ms)", f"{step_ms:.1f}", f"batch 1 at {size}², Keras"),
         ("forward (ms)", f"{fwd_ms:.1f}", f"batch 1 at {size}², Keras"),
-        ("train step / forward", f"{step_ms / fwd_ms:.2f}", ""),
+        ("train step / forward", f"{step_ratio:.2f}", "median of paired rounds"),
         ("dvc repro, nothing changed (s)", f"{noop_s:.1f}", "prepare re-scans the data; the rest is skipped"
          + ("" if noop.returncode == 0 else f" (exit {noop.returncode})")),
     ]

@@ -42,3 +42,15 @@ def test_set_overrides_are_yaml_values_over_the_profile(tmp_path):
     assert written["evaluate"]["refine"]["flip"] == [True] and written["evaluate"]["refine"]["sharpen"] == applied["evaluate.refine.sharpen"]
     with pytest.raises(SystemExit, match="KEY=VALUE"):
         quality.parse_sets(["train.epochs"])
+
+
+def test_speed_ratios_time_their_two_sides_in_alternation(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # speed.py imports its sibling serve_helper, as a script does
+    spec = importlib.util.spec_from_file_location("speed_benchmark", ROOT / "benchmarks" / "speed.py")
+    speed = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(speed)
+    calls = []
+    a_ms, b_ms, ratio = speed.timed_pair(lambda: calls.append("a"), lambda: calls.append("b"), repeat=4, warmup=1)
+    # One warm-up of each, then a b, b a, a b, b a: neither side always runs first.
+    assert "".join(calls) == "ab" + "ab" + "ba" + "ab" + "ba"
+    assert a_ms >= 0 and b_ms >= 0 and ratio >= 0
