@@ -40,9 +40,10 @@ def pairs_by_group(data: Path) -> dict[str, tuple[Path, Path, str]]:
     """name -> (image, mask, group) for every complete pair (groups by prepare.group_pattern, as the pipeline
     makes them)."""
     from bgremoval.manifest import pair_files
+    from bgremoval.split import group_of
 
     pattern = re.compile(yaml.safe_load((ROOT / "params.yaml").read_text())["prepare"]["group_pattern"])
-    return {name: (image, mask, m.group(1) if (m := pattern.match(name)) else name)
+    return {name: (image, mask, group_of(name, pattern))
             for name, image, mask in pair_files(data) if image is not None and mask is not None}
 
 

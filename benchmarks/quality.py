@@ -67,9 +67,11 @@ def fold_split(data: Path, test_groups: list[str], val_groups: list[str], out: P
 
     import pandas as pd
 
+    from bgremoval.split import group_of
+
     pattern = re.compile(yaml.safe_load((ROOT / "params.yaml").read_text())["prepare"]["group_pattern"])
     names = sorted(p.stem for p in (data / "images").iterdir() if p.is_file())
-    groups = [m.group(1) if (m := pattern.match(n)) else n for n in names]
+    groups = [group_of(n, pattern) for n in names]
     unknown = sorted(set(test_groups + val_groups) - set(groups))
     if unknown or set(test_groups) & set(val_groups):
         raise SystemExit(f"--test-groups/--val-groups: unknown {unknown} or in both; groups here: {sorted(set(groups))}")

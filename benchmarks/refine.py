@@ -26,6 +26,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
 
+from bgremoval.split import group_of  # noqa: E402
+
 
 def rows_for(data: Path, every: int) -> pd.DataFrame:
     """image_path, mask_path and group of the images whose trailing number is divisible by `every`."""
@@ -35,9 +37,8 @@ def rows_for(data: Path, every: int) -> pd.DataFrame:
     for image in sorted(p for p in (data / "images").iterdir() if p.is_file() and p.stem in masks):
         number = re.search(r"(\d+)$", image.stem)
         if number and int(number.group(1)) % every == 0:
-            m = pattern.match(image.stem)
             records.append({"name": image.stem, "image_path": str(image), "mask_path": str(masks[image.stem]),
-                            "group": m.group(1) if m else image.stem})
+                            "group": group_of(image.stem, pattern)})
     return pd.DataFrame(records)
 
 
