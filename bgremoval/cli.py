@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
-import numpy as np
 import yaml
 
 from bgremoval import __version__
-from bgremoval.quiet import import_tensorflow_quietly
 
 
 def _params(path: Path) -> dict:
@@ -23,112 +22,82 @@ def _params(path: Path) -> dict:
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
-    from bgremoval.sample import SampleSpec, generate_sample
+    from bgremoval.data.sample import SampleSpec, generate_sample
 
     params = _params(args.params)
-    spec = SampleSpec(**params["prepare"]["sample"])
-    n = generate_sample(Path(args.out), spec, params["base"]["seed"])
+    n = generate_sample(Path(args.out), SampleSpec(**params["prepare"]["sample"]), params["base"]["seed"])
     print(f"wrote {n} synthetic image/mask pairs to {args.out}/images and {args.out}/masks")
     return 0
 
 
-def _metrics_json(params_path: Path) -> dict | None:
-    """The evaluate stage's reports/metrics.json beside a params file, or None."""
-    import json
-
-    try:
-        params = yaml.safe_load(Path(params_path).read_text())
-        return json.loads((Path(params_path).parent / params["paths"]["reports"] / "metrics.json").read_text())
-    except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError):
-        return None
-
-
-def _default_refine(params_path: Path):
-    """The refinement a bare .keras file is predicted with: the one the evaluate stage chose, else none."""
-    from bgremoval.refine import Refine
-
-    return Refine.from_dict((_metrics_json(params_path) or {}).get("refine"))
-
-
-def _default_size(params_path: Path) -> int:
-    """The input size a bare .keras file is predicted at: the serving size the evaluate stage used (its
-    metrics.json, where tune or evaluate.size_choices may have picked it), else evaluate.size from
-    params.yaml, else rembg's 320."""
-    try:
-        params = yaml.safe_load(Path(params_path).read_text())
-    except (OSError, yaml.YAMLError):
-        return 320
-    try:
-        return int(_metrics_json(params_path)["size"])
-    except (KeyError, TypeError, ValueError):
-        pass
-    try:
-        return int(params["evaluate"]["size"])
-    except (KeyError, TypeError, ValueError):
-        return 320
+def _default_model(params_path: Path) -> tuple[str, str | None]:
+    """Where `predict` finds a model when --model is not given: the registry's champion, in the tracking
+    store params.yaml names (MLFLOW_TRACKING_URI wins)."""
+    params = _params(params_path)
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or params["mlflow"]["tracking_uri"]
+    return f"models:/{params['register']['model_name']}@champion", uri
 
 
 def _outputs_for(inp: Path, out: Path) -> list[tuple[Path, Path]]:
     """(input file, output PNG) pairs: a folder's images (sorted) into OUT/, or one file into OUT."""
-    from bgremoval.imageio import IMAGE_EXTENSIONS
+    from bgremoval.images import IMAGE_EXTENSIONS
 
     if inp.is_dir():
         files = sorted(p for p in inp.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-        folder = out
     elif inp.is_file():
         files = [inp]
         if out.suffix.lower() == ".png" and not out.is_dir():
             return [(inp, out)]
-        folder = out
     else:
         raise SystemExit(f"bgremoval predict: {inp} does not exist (give an image file or a folder of images)")
     pairs, taken = [], set()
     for f in files:
-        target = folder / f"{f.stem}.png"
+        target = out / f"{f.stem}.png"
         if target in taken:  # photo.jpg and photo.png: keep both
-            target = folder / f"{f.stem}.{f.suffix.lstrip('.').lower()}.png"
+            target = out / f"{f.stem}.{f.suffix.lstrip('.').lower()}.png"
         taken.add(target)
         pairs.append((f, target))
     return pairs
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    import os
-
+    import numpy as np
     from tqdm import tqdm
 
-    from bgremoval import serving
-    from bgremoval.imageio import ImageReadError, open_image
+    from bgremoval.images import IMAGE_EXTENSIONS, ImageReadError, open_image
+    from bgremoval.serving.load import load
+    from bgremoval.serving.options import RequestError, options_from
+    from bgremoval.serving.render import render
 
-    try:
-        opts = serving.options_from({"output": args.output, "threshold": args.threshold, "bg_color": args.bg_color})
-    except serving.RequestError as exc:
-        sys.exit(f"bgremoval predict: {exc}")
     pairs = _outputs_for(Path(args.input), Path(args.out))
     if not pairs:
-        sys.exit(f"bgremoval predict: no images ({', '.join(_image_exts())}) in {args.input}")
+        sys.exit(f"bgremoval predict: no images ({', '.join(IMAGE_EXTENSIONS)}) in {args.input}")
+    model, tracking_uri = (args.model, args.tracking_uri) if args.model else _default_model(args.params)
+    if "://" in model or model.startswith(("models:", "runs:")):
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # ours is the one that counts
+        import mlflow
 
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # ours is the one that counts
-    import_tensorflow_quietly()
-    import mlflow
-
-    mlflow.set_tracking_uri(args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db")
+        mlflow.set_tracking_uri(args.tracking_uri or tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"))
     try:
-        segmenter, max_pixels = serving.load(args.model, keras_size=args.size or _default_size(args.params),
-                                             keras_refine=_default_refine(args.params))
+        served = load(model)
     except Exception as exc:  # noqa: BLE001 - any load failure ends here with what to do next
-        sys.exit(f"bgremoval predict: cannot load model {args.model!r}: {exc}\n"
-                 "Pass --model models:/bgremoval@champion (after `dvc repro`), runs:/RUN_ID/model, an MLflow "
-                 "model folder or a .keras file; --tracking-uri says where the registry is.")
+        sys.exit(f"bgremoval predict: cannot load model {model!r}: {exc}\n"
+                 "Pass --model models/served (after `dvc repro`), models:/bgremoval@champion, runs:/RUN_ID/model or "
+                 "an MLflow model folder; --tracking-uri says where the registry is.")
+    try:
+        opts = options_from({"output": args.output, "threshold": args.threshold, "bg_color": args.bg_color},
+                            served.config.defaults)
+    except RequestError as exc:
+        sys.exit(f"bgremoval predict: {exc}")
     failed = []
     for src, dst in tqdm(pairs, desc="predict", unit="image", disable=len(pairs) < 2 or args.quiet):
         try:
-            image = np.asarray(open_image(src, max_pixels).convert("RGB"), dtype=np.uint8)
+            image = np.asarray(open_image(src, served.max_pixels).convert("RGB"), dtype=np.uint8)
         except ImageReadError as exc:
             failed.append(str(exc))
             continue
         dst.parent.mkdir(parents=True, exist_ok=True)
-        serving.render(image, segmenter(image), opts).save(dst)
+        render(image, served(image), opts).save(dst)
     done = len(pairs) - len(failed)
     for reason in failed:
         print(f"skipped {reason}", file=sys.stderr)
@@ -137,24 +106,17 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _image_exts() -> tuple[str, ...]:
-    from bgremoval.imageio import IMAGE_EXTENSIONS
-
-    return IMAGE_EXTENSIONS
-
-
 def _cmd_tune_worker(args: argparse.Namespace) -> int:
-    import os
-
-    import mlflow
-    import optuna
-
-    from bgremoval import tracking
-    from bgremoval.tune import DONE, count, open_study, optimise, queue_each_choice
-    from bgremoval.tune_job import STORAGE_ENV, TuneJob
+    from bgremoval.quiet import import_tensorflow_quietly
 
     logging.getLogger("bgremoval").setLevel(logging.INFO)
     import_tensorflow_quietly()
+    import optuna
+
+    from bgremoval import tracking
+    from bgremoval.training.tune import DONE, count, open_study, optimise, queue_each_choice
+    from bgremoval.training.tune_job import STORAGE_ENV, TuneJob
+
     params = _params(args.params)
     if args.storage:
         os.environ[STORAGE_ENV] = args.storage
@@ -168,15 +130,42 @@ def _cmd_tune_worker(args: argparse.Namespace) -> int:
     where = job.cfg.storage.split("@")[-1]
     print(f"joined study {job.cfg.study_name} in {where}: {count(study, DONE)} of {job.cfg.n_trials} trials done", flush=True)
     tracking.configure(params["mlflow"]["tracking_uri"], params["mlflow"]["experiment"])
-    with mlflow.start_run(run_id=job.parent_run_id(study)):
+    with tracking.run(run_id=job.parent_run_id(study)):
         optimise(study, job.cfg, params["tune"]["space"], job.train_one, progress=not args.quiet)
     print(f"study {job.cfg.study_name}: {count(study, DONE)} of {job.cfg.n_trials} trials done; "
           "`dvc repro` now reads it (the tune stage runs whatever is left)", flush=True)
     return 0
 
 
+def _settings(extra: list[str], params: dict) -> list[str]:
+    """`--key value` pairs (how `mlflow run -P key=value` passes parameters) as `key=value`, each key checked
+    against params.yaml."""
+    if len(extra) % 2 or not all(k.startswith("--") for k in extra[::2]):
+        raise SystemExit(f"bgremoval run: expected --key value pairs of params.yaml settings, got {' '.join(extra)}")
+    settings = []
+    for flag, value in zip(extra[::2], extra[1::2]):
+        key, node = flag[2:], params
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                raise SystemExit(f"bgremoval run: {key} is not a setting in params.yaml (e.g. train.epochs, export.sizes)")
+            node = node[part]
+        settings.append(f"{key}={value}")
+    return settings
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    import subprocess
+
+    stage = args.rest[0] if args.rest and not args.rest[0].startswith("--") else None
+    settings = _settings(args.rest[1:] if stage else args.rest, _params(args.params))
+    cmd = ["dvc", "exp", "run", *([stage] if stage else []), *(f"--set-param={s}" for s in settings)]
+    print(" ".join(cmd), flush=True)
+    return subprocess.run(cmd).returncode
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """Sub-commands of the CLI."""
+    """Sub-commands of the CLI. Every option without a value given takes its default from params.yaml
+    (or, for predict's output options, from the served model's config, which params' serve.defaults set)."""
     parser = argparse.ArgumentParser(prog="bgremoval", description=__doc__)
     parser.add_argument("--version", action="version", version=f"bgremoval {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -192,20 +181,18 @@ def build_parser() -> argparse.ArgumentParser:
                     "on --bg-color. Unreadable files are reported and skipped; the exit code is 1 if any were.")
     predict.add_argument("input", help="an image file or a folder of images (jpg, png, webp, bmp)")
     predict.add_argument("out", help="output folder (or, for one input file, a .png path)")
-    predict.add_argument("--model", default="models:/bgremoval@champion",
-                         help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model, an MLflow model "
-                              "folder, or a .keras file (default: %(default)s)")
-    predict.add_argument("--output", choices=("mask", "cutout", "composite"), default="cutout",
-                         help="what to write (default: %(default)s)")
-    predict.add_argument("--bg-color", default="#ffffff", help="composite background: '#rrggbb', 'r,g,b' or a name")
-    predict.add_argument("--threshold", type=float, default=None,
-                         help="binarise the mask at this probability (default: soft edges)")
-    predict.add_argument("--tracking-uri", default=None,
-                         help="MLflow tracking/registry URI for models:/ and runs:/ (default: $MLFLOW_TRACKING_URI, "
-                              "else sqlite:///mlflow.db as params.yaml sets)")
-    predict.add_argument("--size", type=int, default=None,
-                         help="input size for a bare .keras file (default: the serving size in reports/metrics.json, "
-                              "else evaluate.size from --params, else 320)")
+    predict.add_argument("--model", help="models/served (the export stage's folder: no MLflow needed), "
+                                         "models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model or an MLflow "
+                                         "model folder (default: models:/<register.model_name>@champion)")
+    predict.add_argument("--output", choices=("mask", "cutout", "composite"),
+                         help="what to write (default: the model's serve.defaults.output)")
+    predict.add_argument("--bg-color", help="composite background: '#rrggbb', 'r,g,b' or a name "
+                                            "(default: the model's serve.defaults.bg_color)")
+    predict.add_argument("--threshold", type=float,
+                         help="binarise the mask at this probability; negative: soft edges "
+                              "(default: the model's serve.defaults.threshold)")
+    predict.add_argument("--tracking-uri", help="MLflow tracking/registry URI for models:/ and runs:/ "
+                                                "(default: $MLFLOW_TRACKING_URI, else params.yaml's mlflow.tracking_uri)")
     predict.add_argument("--params", default="params.yaml", help=argparse.SUPPRESS)
     predict.add_argument("--quiet", action="store_true", help="no progress bar")
     predict.set_defaults(func=_cmd_predict)
@@ -216,19 +203,33 @@ def build_parser() -> argparse.ArgumentParser:
                     "in a shared storage and runs trials until the study holds tune.n_trials finished ones. Start "
                     "as many as you like, on one machine or many; each trial is a nested run under the study's "
                     "MLflow parent run ($MLFLOW_TRACKING_URI). Then `dvc repro` reads the finished study.")
-    worker.add_argument("--storage", default=None,
-                        help=f"SQLAlchemy URL of the study storage, e.g. postgresql://host/optuna "
-                             f"(default: ${{BGREMOVAL_TUNE_STORAGE}}, else tune.storage)")
+    worker.add_argument("--storage", help="SQLAlchemy URL of the study storage, e.g. postgresql://host/optuna "
+                                          "(default: $BGREMOVAL_TUNE_STORAGE, else tune.storage)")
     worker.add_argument("--params", default="params.yaml", help="the project's params file (default: %(default)s)")
     worker.add_argument("--quiet", action="store_true", help="no progress bar")
     worker.set_defaults(func=_cmd_tune_worker)
+
+    pipeline = sub.add_parser(
+        "run", usage="bgremoval run [STAGE] [--KEY VALUE ...]",
+        help="run the pipeline (or up to STAGE) as a DVC experiment, with params.yaml settings changed",
+        description="`dvc exp run [STAGE] -S key=value ...`: what `mlflow run .` calls (its -P key=value parameters "
+                    "arrive as --key value). The changed settings are written to params.yaml, and the experiment is "
+                    "listed by `dvc exp show`; under `mlflow run`, every stage's MLflow run nests under its run.")
+    pipeline.add_argument("--params", default="params.yaml", help=argparse.SUPPRESS)
+    # [STAGE] [--KEY VALUE ...]: free-form, collected by main() (argparse cannot declare arbitrary --KEY options)
+    pipeline.set_defaults(func=_cmd_run, rest=[])
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `bgremoval` console script."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "run":
+        args.rest = extra  # [STAGE] [--KEY VALUE ...]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     return args.func(args)
 
 

@@ -1,27 +1,58 @@
-"""MLflow: where runs go, per-epoch curves, lineage tags, and logging the model."""
+"""MLflow: where runs go, which run a stage logs into, datasets and lineage.
+
+Every stage that logs calls `configure` then `run`. Started by `mlflow run`, which owns a run of its
+own (MLFLOW_RUN_ID), the stages' runs nest under it, in its experiment; otherwise they are top-level
+runs in params' mlflow.experiment.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
-
-import keras
-import numpy as np
 
 log = logging.getLogger(__name__)
 
+# The experiment is one of training runs (MLflow 3's UI otherwise may open it on its GenAI pages).
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+_owner: str | None = None  # the run `mlflow run` made for this process tree, if any
+
 
 def configure(default_uri: str, experiment: str) -> str:
-    """Point MLflow at MLFLOW_TRACKING_URI if set, else default_uri; select the experiment."""
+    """Point MLflow at $MLFLOW_TRACKING_URI, else default_uri, and select the experiment the stage's runs go
+    to: the one of the run `mlflow run` owns, else `experiment`."""
     import mlflow
 
+    global _owner
     uri = os.environ.get("MLFLOW_TRACKING_URI") or default_uri
     mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment(experiment)
+    # MLflow would resume the owner run for any start_run() without a run id: take it out of the environment.
+    _owner = os.environ.pop("MLFLOW_RUN_ID", None) or _owner
+    if _owner:
+        os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+        exp = mlflow.set_experiment(experiment_id=mlflow.get_run(_owner).info.experiment_id)
+    else:
+        exp = mlflow.set_experiment(experiment)
+    if exp.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:
+        mlflow.MlflowClient().set_experiment_tag(exp.experiment_id, *EXPERIMENT_KIND)
     return uri
+
+
+@contextlib.contextmanager
+def run(name: str | None = None, run_id: str | None = None) -> Iterator:
+    """The run a stage logs into: `run_id`'s (resumed), or a new one called `name` (under `mlflow run`'s, if any)."""
+    import mlflow
+
+    if run_id:
+        with mlflow.start_run(run_id=run_id) as active:
+            yield active
+    else:
+        with mlflow.start_run(run_name=name, parent_run_id=_owner) as active:
+            yield active
 
 
 def unfinished_run(tag: str, value: str) -> str | None:
@@ -33,46 +64,19 @@ def unfinished_run(tag: str, value: str) -> str | None:
     return runs[0].info.run_id if runs else None
 
 
-class EpochLogger(keras.callbacks.Callback):
-    """Logs each epoch's metrics to the active MLflow run, under names like val/iou."""
+def split_dataset(manifest, split: str, source: str):
+    """One split of the manifest as an MLflow dataset: its rows, named after the split, sourced from the
+    manifest file, with a digest of its files' content (the same pairs give the same digest)."""
+    import warnings
 
-    def __init__(self, rename):
-        super().__init__()
-        self.rename = rename
+    import mlflow.data
 
-    def on_epoch_end(self, epoch, logs=None):
-        import mlflow
-
-        mlflow.log_metrics(self.rename(logs or {}), step=epoch)
-
-
-class Progress(keras.callbacks.Callback):
-    """One tqdm bar over all training steps, showing the epoch and the latest val metrics (Keras' own
-    output is off). A resumed run starts the bar where the checkpoint left off."""
-
-    def __init__(self, epochs: int, steps_per_epoch: int, rename, desc: str = "train", done_epochs: int = 0):
-        super().__init__()
-        self.epochs, self.steps, self.rename, self.desc, self.bar = epochs, steps_per_epoch, rename, desc, None
-        self.done_epochs = done_epochs
-
-    def on_train_begin(self, logs=None):
-        from tqdm import tqdm
-
-        if self.bar is None:
-            self.bar = tqdm(total=self.epochs * self.steps, initial=self.done_epochs * self.steps, desc=self.desc,
-                            unit="step", leave=False)
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.bar.update(1)
-
-    def on_epoch_end(self, epoch, logs=None):
-        shown = {k: f"{v:.3f}" for k, v in self.rename(logs or {}).items() if k.startswith("val/")}
-        self.bar.n = (epoch + 1) * self.steps
-        self.bar.set_postfix({"epoch": f"{epoch + 1}/{self.epochs}", **shown}, refresh=True)
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
+    rows = manifest[manifest["split"] == split].reset_index(drop=True)
+    digest = hashlib.sha256("\n".join(f"{n}\0{h}" for n, h in sorted(zip(rows["name"], rows["content_hash"].astype(str))))
+                            .encode()).hexdigest()[:16]
+    with warnings.catch_warnings():  # MLflow registers its local-file source twice and warns that it cannot choose
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
+        return mlflow.data.from_pandas(rows, source=Path(source).resolve().as_uri(), name=split, digest=digest)
 
 
 def git_commit(repo: Path) -> str:

@@ -10,9 +10,9 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # MLflow's own INFO lines (table creation, ...)
 
-# The stages that train or run networks import TensorFlow: do it first, without its native start-up
+# The stages that train or run Keras networks import TensorFlow: do it first, without its native start-up
 # notices (`python -m stages.NAME` is in sys.orig_argv before the stage module is found).
-_TENSORFLOW_STAGES = {f"stages.{name}" for name in ("augment", "tune", "train", "evaluate", "register")}
+_TENSORFLOW_STAGES = {f"stages.{name}" for name in ("augment", "tune", "train", "export")}
 if _TENSORFLOW_STAGES & set(sys.orig_argv):
     from bgremoval.quiet import import_tensorflow_quietly
 

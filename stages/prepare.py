@@ -1,13 +1,13 @@
-"""prepare: the sample or the user's folder -> a checked-for-nothing-yet manifest with splits."""
+"""prepare: the sample or the user's folder -> a manifest of image/mask pairs with their splits."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
-from bgremoval.manifest import build_manifest, pair_files, resolve_source
-from bgremoval.sample import SampleSpec, ensure_sample
-from bgremoval.split import assign_groups, read_split_file, split_groups
+from bgremoval.data.manifest import build_manifest, pair_files, resolve_source
+from bgremoval.data.sample import SampleSpec, ensure_sample
+from bgremoval.data.split import assign_groups, read_split_file, split_groups
 from stages.common import run, start
 
 log = logging.getLogger("stages.prepare")
@@ -31,9 +31,8 @@ def main() -> int:
     out = Path(paths["manifest"])
     out.parent.mkdir(parents=True, exist_ok=True)
     manifest.to_parquet(out, index=False)
-    counts = manifest["split"].value_counts().to_dict()
     log.info("%d pairs from %s in %d groups -> %s; splits %s",
-             len(manifest), data_dir, manifest["group"].nunique(), out, counts)
+             len(manifest), data_dir, manifest["group"].nunique(), out, manifest["split"].value_counts().to_dict())
     return 0
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bgremoval.validation import Thresholds, add_derived_columns, failure_message, run_suite, summarise
+from bgremoval.data.validation import Thresholds, add_derived_columns, failure_message, run_suite, summarise
 from stages.common import run, start
 
 log = logging.getLogger("stages.validate")

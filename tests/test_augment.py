@@ -8,9 +8,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bgremoval.augment import AugmentConfig, Magnitudes, Probabilities, augment_pair, composite, resize_pair
-from bgremoval.balance import bin_labels, oversample_plan, positive_weight, target_weights
-from bgremoval.shards import read_records, write_shards
+from bgremoval.data.augment import AugmentConfig, Magnitudes, Probabilities, augment_pair, composite, resize_pair
+from bgremoval.data.balance import bin_labels, oversample_plan, positive_weight, target_weights
+from bgremoval.data.shards import read_records, write_shards
+from bgremoval.data.training_set import Balance, build
+from tests.helpers import manifest_for, write_pair
 
 MAG = Magnitudes(crop_scale_min=0.4, rotate_deg=20, perspective=0.1, brightness=0.3, contrast=0.3,
                  saturation=0.3, hue=0.05, blur_radius=1.5, noise_std=8, jpeg_quality_min=30)
@@ -46,14 +48,18 @@ def test_geometric_transforms_keep_image_and_mask_aligned(seed, size, strength):
 
 @settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 2**31))
-def test_all_transforms_keep_mask_in_range_and_dtype(seed):
+def test_all_transforms_move_the_mask_only_with_the_geometry(seed):
+    """With every transform on (background swap onto a donor, colour, blur, noise, JPEG), the mask is uint8 at
+    the output size and exactly the mask the geometric warp alone gives: no photometric step touches it."""
     rng = np.random.default_rng(seed)
     image = rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)
     _, mask = _pair(seed)
     donor = (rng.integers(0, 256, (64, 64, 3), dtype=np.uint8), np.zeros((64, 64), np.uint8))
-    out_img, out_mask = augment_pair(rng, image, mask, _config(ALL), donor)
+    out_img, out_mask = augment_pair(np.random.default_rng(seed), image, mask, _config(ALL), donor)
+    _, geometric_mask = augment_pair(np.random.default_rng(seed), image, mask, _config(GEOMETRIC))
     assert out_img.dtype == np.uint8 and out_mask.dtype == np.uint8
-    assert out_mask.min() >= 0 and out_mask.max() <= 255
+    assert out_img.shape == (32, 32, 3) and out_mask.shape == (32, 32)
+    np.testing.assert_array_equal(out_mask, geometric_mask)
 
 
 @settings(max_examples=40, deadline=None)
@@ -147,3 +153,63 @@ def test_val_test_copies_are_plain_resizes():
     img, msk = resize_pair(image, mask, 32)
     assert img.shape == (32, 32, 3) and msk.shape == (32, 32)
     np.testing.assert_array_equal(img[..., 0], msk)  # same resize for both
+
+
+def _tiny_manifest(folder):
+    """6 groups x 2 frames of 32x24 pairs: train has three groups with a small foreground and one with a
+    large one; val and test have one group each."""
+    for g, fg in enumerate([0.1, 0.1, 0.1, 0.6, 0.3, 0.3]):
+        for f in range(2):
+            write_pair(folder, f"s{g}_{f}", fg=fg, seed=10 * g + f)
+    manifest = manifest_for(folder)
+    manifest["split"] = manifest["group"].map({"s0": "train", "s1": "train", "s2": "train", "s3": "train",
+                                               "s4": "val"}).fillna("test")
+    return manifest
+
+
+def test_build_writes_balanced_train_shards_and_resized_val_test(tmp_path):
+    manifest = _tiny_manifest(tmp_path / "data")
+    balance = Balance(edges=[0, 0.3, 1.0], weights="equal", max_repeat=4)
+    out = tmp_path / "augmented"
+    stats, table, picture = build(manifest, _config(ALL, size=16), balance, copies=1, shard_size=8, seed=0,
+                                  max_pixels=10**6, out_dir=out)
+
+    by_split = {s: set(manifest.loc[manifest["split"] == s, "name"]) for s in ("train", "val", "test")}
+    assert all(by_split.values())
+    records = {s: read_records(sorted(out.glob(f"{s}-*.tfrecord"))) for s in ("train", "val", "test")}
+    assert stats["n"] == {s: len(r) for s, r in records.items()}
+    assert stats["shards"] == {s: len(list(out.glob(f"{s}-*.tfrecord"))) for s in ("train", "val", "test")}
+    # Train copies come from train images only, each kept at least once; val and test are one resize each.
+    assert {name.split("#")[0] for name, _, _ in records["train"]} == by_split["train"]
+    for s in ("val", "test"):
+        assert sorted(name for name, _, _ in records[s]) == sorted(by_split[s])
+    for _, image, mask in records["train"] + records["val"] + records["test"]:
+        assert image.shape == (16, 16, 3) and mask.shape == (16, 16)
+
+    share, weight = positive_weight([m for _, _, m in records["train"]])
+    assert stats["size"] == 16
+    assert stats["fg_pixel_share"] == pytest.approx(share) and stats["pos_weight"] == pytest.approx(weight)
+    assert weight > 1  # foreground is the minority of train pixels
+
+    assert list(table.columns) == ["bin", "before", "requested", "after"]
+    for column in ("before", "requested", "after"):
+        assert table[column].sum() == pytest.approx(1.0)
+    assert table["bin"].tolist() == ["0-0.3", "0.3-1"]
+    assert table["before"].tolist() == pytest.approx([0.75, 0.25])
+    assert table["requested"].tolist() == [0.5, 0.5]
+    assert table["after"].tolist() == pytest.approx([0.5, 0.5])  # the large-foreground bin oversampled 3x
+    assert stats["n"]["train"] == 12
+
+    shown = min(24, stats["n"]["train"])
+    assert picture.size == (6 * 160, -(-shown // 6) * (160 + 14))
+
+
+def test_build_is_reproducible_for_a_seed(tmp_path):
+    manifest = _tiny_manifest(tmp_path / "data")
+    balance = Balance(edges=[0, 0.3, 1.0], weights="equal", max_repeat=4)
+
+    def shard_bytes(seed, name):
+        build(manifest, _config(ALL, size=16), balance, 1, 8, seed, 10**6, tmp_path / name)
+        return [p.read_bytes() for p in sorted((tmp_path / name).glob("train-*.tfrecord"))]
+
+    assert shard_bytes(3, "a") == shard_bytes(3, "b") != shard_bytes(4, "c")

@@ -1,44 +1,192 @@
-"""The CLI's defaults come from the project's files, not from copies of them."""
+"""`bgremoval predict`: the served model's defaults unless a flag says otherwise, flag values checked and
+named, the champion of params.yaml's registry by default, and no TensorFlow or MLflow for a served folder."""
 
 from __future__ import annotations
 
-import json
+import subprocess
+import sys
+from pathlib import Path
 
+import numpy as np
+import pytest
 import yaml
+from PIL import Image
 
-from bgremoval.cli import _default_size
-
-
-def _project(tmp_path, evaluate_size=256, served=None):
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"paths": {"reports": "out"}, "evaluate": {"size": evaluate_size}}))
-    if served is not None:
-        (tmp_path / "out").mkdir()
-        (tmp_path / "out" / "metrics.json").write_text(json.dumps({"size": served, "iou": 0.9}))
-    return tmp_path / "params.yaml"
+from bgremoval.cli import _default_model, _outputs_for
+from bgremoval.cli import main as cli
+from bgremoval.serving.options import Options
+from bgremoval.serving.render import render
+from bgremoval.serving.served import Served
+from tests.helpers import ROOT, disc_image, project_env, served_folder, tracking_store
 
 
-def test_a_bare_keras_file_is_predicted_at_the_size_the_evaluate_stage_served(tmp_path):
-    # evaluate.size_choices (or tune) picked 288 although params.yaml still says 256
-    assert _default_size(_project(tmp_path, 256, served=288)) == 288
+@pytest.fixture
+def photo(tmp_path) -> tuple[Path, np.ndarray]:
+    image, _ = disc_image(60, 84, seed=7)
+    path = tmp_path / "photo.png"
+    Image.fromarray(image).save(path)
+    return path, image
 
 
-def test_without_an_evaluate_run_the_size_is_params_evaluate_size(tmp_path):
-    assert _default_size(_project(tmp_path, 256)) == 256
+def predict(model: Path, src: Path, dst: Path, *flags: str) -> np.ndarray:
+    """Run `bgremoval predict` on one image; what it wrote."""
+    assert cli(["predict", "--model", str(model), "--quiet", *flags, str(src), str(dst)]) == 0
+    return np.asarray(Image.open(dst if dst.suffix == ".png" else dst / f"{src.stem}.png"))
 
 
-def test_without_params_the_size_is_rembgs_320(tmp_path):
-    assert _default_size(tmp_path / "missing.yaml") == 320
-    (tmp_path / "params.yaml").write_text("evaluate: {}\n")
-    assert _default_size(tmp_path / "params.yaml") == 320
+def test_predict_writes_the_served_defaults_cutout(onnx_served, photo, tmp_path, capsys):
+    path, image = photo
+    out = tmp_path / "out"
+    cut = predict(onnx_served, path, out)
+    assert "wrote 1 cutout PNG to" in capsys.readouterr().out
+    written = Image.open(out / "photo.png")
+    assert written.mode == "RGBA" and written.size == (84, 60)  # serve.defaults.output: cutout, at the input's size
+    assert (cut[..., :3] == image).all()
+    expected = np.asarray(render(image, Served.from_folder(onnx_served)(image), Options("cutout", None, (255, 255, 255))))
+    assert (cut == expected).all()  # soft edges (threshold null), the served model's own mask
+    assert len(np.unique(cut[..., 3])) > 2
 
 
-def test_a_bare_keras_file_is_refined_as_the_evaluate_stage_chose(tmp_path):
-    from bgremoval.cli import _default_refine
-    from bgremoval.refine import Refine
+def test_flags_override_the_served_defaults(onnx_served, photo, tmp_path):
+    path, image = photo
+    soft = predict(onnx_served, path, tmp_path / "cut.png")[..., 3]
+    mask = predict(onnx_served, path, tmp_path / "mask.png", "--output", "mask")
+    assert mask.shape == (60, 84) and (mask == soft).all()
+    hard = predict(onnx_served, path, tmp_path / "hard.png", "--output", "mask", "--threshold", "0.5")
+    assert set(np.unique(hard)) == {0, 255}  # the disc is found, and the rest is not
+    assert (hard == np.where(soft >= 128, 255, 0)).all()
+    comp = predict(onnx_served, path, tmp_path / "comp.png", "--output", "composite", "--bg-color", "0,0,255",
+                   "--threshold", "0.5")
+    assert comp.shape == (60, 84, 3)
+    assert (comp == np.where(hard[..., None] == 255, image, [0, 0, 255])).all()
 
-    params = _project(tmp_path, 256, served=288)
-    assert _default_refine(params) == Refine()  # a metrics.json from before refinements: none
-    metrics = tmp_path / "out" / "metrics.json"
-    metrics.write_text(json.dumps({"size": 288, "refine": {"flip": False, "main_object": True, "sharpen": 2.0}}))
-    assert _default_refine(params) == Refine(main_object=True, sharpen=2.0)
-    assert _default_refine(tmp_path / "missing.yaml") == Refine()
+
+def test_a_served_folders_own_defaults_are_the_cli_defaults(onnx_served, photo, tmp_path):
+    path, image = photo
+    model = served_folder(tmp_path / "served", onnx_served / "model.onnx", runtime="onnxruntime", size=64,
+                          defaults={"output": "composite", "threshold": 0.5, "bg_color": "#00ff00"})
+    comp = predict(model, path, tmp_path / "comp.png")
+    hard = predict(model, path, tmp_path / "hard.png", "--output", "mask")
+    assert set(np.unique(hard)) == {0, 255}  # the model's threshold 0.5
+    assert (comp == np.where(hard[..., None] == 255, image, [0, 255, 0])).all()
+    soft = predict(model, path, tmp_path / "soft.png", "--output", "mask", "--threshold", "-1")
+    assert len(np.unique(soft)) > 2  # a negative threshold asks for soft edges again
+
+
+@pytest.mark.parametrize("flags,needle", [
+    (["--threshold", "2"], "bgremoval predict: threshold 2.0 is outside [0, 1]"),
+    (["--threshold", "1.5", "--output", "mask"], "threshold 1.5 is outside [0, 1]"),
+    (["--bg-color", "nope"], "bgremoval predict: bg_color 'nope' is not a colour"),
+    (["--bg-color", "0,0,256", "--output", "composite"], "bg_color '0,0,256' is not a colour"),
+])
+def test_bad_flag_values_are_refused_by_name_and_nothing_is_written(onnx_served, photo, tmp_path, flags, needle):
+    path, _ = photo
+    with pytest.raises(SystemExit) as err:
+        cli(["predict", "--model", str(onnx_served), "--quiet", *flags, str(path), str(tmp_path / "out")])
+    assert needle in str(err.value)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("flags,needle", [(["--threshold", "high"], "argument --threshold: invalid float value: 'high'"),
+                                          (["--output", "sticker"], "argument --output: invalid choice: 'sticker'")])
+def test_flags_the_parser_refuses_are_named(photo, tmp_path, capsys, flags, needle):
+    path, _ = photo
+    with pytest.raises(SystemExit) as err:
+        cli(["predict", *flags, str(path), str(tmp_path / "out")])
+    assert err.value.code == 2 and needle in capsys.readouterr().err
+
+
+def _params(tmp_path: Path, name: str) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump({"mlflow": {"tracking_uri": f"sqlite:///{tmp_path / 'registry.db'}"},
+                                    "register": {"model_name": name}}))
+    return path
+
+
+def test_the_default_model_is_the_champion_of_params_registry(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    params = _params(tmp_path, "shop-cutter")
+    assert _default_model(params) == ("models:/shop-cutter@champion", f"sqlite:///{tmp_path / 'registry.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert _default_model(params) == ("models:/shop-cutter@champion", "http://127.0.0.1:5000")  # the environment wins
+    project_name = yaml.safe_load((ROOT / "params.yaml").read_text())["register"]["model_name"]
+    assert _default_model(ROOT / "params.yaml")[0] == f"models:/{project_name}@champion"
+
+
+def test_predict_without_a_model_loads_that_champion_from_that_registry(photo, tmp_path, monkeypatch):
+    import mlflow
+
+    import bgremoval.serving.load
+
+    asked = []
+
+    def load(uri):
+        asked.append((uri, mlflow.get_tracking_uri()))
+        raise FileNotFoundError("no such model here")
+
+    monkeypatch.setattr(bgremoval.serving.load, "load", load)
+    with tracking_store(None), pytest.raises(SystemExit) as err:  # predict points MLflow at params' store
+        cli(["predict", "--params", str(_params(tmp_path, "shop-cutter")), str(photo[0]), str(tmp_path / "out")])
+    assert asked == [("models:/shop-cutter@champion", f"sqlite:///{tmp_path / 'registry.db'}")]
+    assert "cannot load model 'models:/shop-cutter@champion': no such model here" in str(err.value)
+
+
+def test_without_model_or_params_predict_says_what_is_missing(photo, tmp_path):
+    path, _ = photo
+    with pytest.raises(SystemExit) as err:
+        cli(["predict", "--params", str(tmp_path / "missing.yaml"), str(path), str(tmp_path / "out")])
+    assert "missing.yaml not found; run from the project root or pass --params" in str(err.value)
+
+
+@pytest.mark.parametrize("kind", ["missing", "bare-keras", "not-a-model"])
+def test_predict_says_what_to_do_when_the_model_is_not_a_served_one(photo, tmp_path, kind):
+    path, _ = photo
+    model = {"missing": tmp_path / "nope", "bare-keras": tmp_path / "model.keras", "not-a-model": tmp_path}[kind]
+    if kind == "bare-keras":
+        model.write_bytes(b"a keras file without its serving.json")
+    with pytest.raises(SystemExit) as err:
+        cli(["predict", "--model", str(model), str(path), str(tmp_path / "out")])
+    message = str(err.value)
+    assert f"cannot load model {str(model)!r}" in message and "not a served model" in message
+    assert "models/served" in message and "models:/bgremoval@champion" in message
+
+
+def test_outputs_are_named_after_the_inputs_and_never_collide(tmp_path):
+    src = tmp_path / "photos"
+    src.mkdir()
+    for name in ("b.jpg", "a.png", "a.jpg", "notes.txt"):
+        (src / name).write_bytes(b"x")
+    assert [(i.name, o.relative_to(tmp_path).as_posix()) for i, o in _outputs_for(src, tmp_path / "out")] == [
+        ("a.jpg", "out/a.png"), ("a.png", "out/a.png.png"), ("b.jpg", "out/b.png")]
+    assert _outputs_for(src / "a.jpg", tmp_path / "one.png") == [(src / "a.jpg", tmp_path / "one.png")]
+    assert _outputs_for(src / "a.jpg", tmp_path / "dir") == [(src / "a.jpg", tmp_path / "dir" / "a.png")]
+    with pytest.raises(SystemExit, match="does not exist"):
+        _outputs_for(tmp_path / "nothing", tmp_path / "out")
+
+
+def test_a_folder_without_images_is_refused(onnx_served, tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no images here")
+    with pytest.raises(SystemExit, match="no images"):
+        cli(["predict", "--model", str(onnx_served), str(tmp_path / "empty"), str(tmp_path / "out")])
+
+
+IMPORT_PROBE = """
+import sys
+from bgremoval.cli import main
+code = main(sys.argv[1:])
+print("IMPORTED", sorted(m for m in ("tensorflow", "keras", "mlflow", "onnxruntime") if m in sys.modules))
+sys.exit(code)
+"""
+
+
+@pytest.mark.slow
+def test_predict_with_a_served_onnx_folder_imports_neither_tensorflow_nor_mlflow(onnx_served, photo, tmp_path):
+    path, image = photo
+    run = subprocess.run([sys.executable, "-c", IMPORT_PROBE, "predict", "--model", str(onnx_served), "--quiet",
+                          str(path), str(tmp_path / "out")], cwd=tmp_path, env=project_env(),
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "IMPORTED ['onnxruntime']" in run.stdout, run.stdout
+    cut = np.asarray(Image.open(tmp_path / "out" / "photo.png"))
+    assert cut.shape == (60, 84, 4) and (cut[..., :3] == image).all()

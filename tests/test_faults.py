@@ -16,16 +16,14 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tests.test_pipeline_e2e import dvc, project, set_params  # noqa: F401 (project is a fixture)
+from tests.helpers import dvc, project_env, set_params
 
 pytestmark = pytest.mark.slow
 
 
 def start_dvc(project: Path, *args: str, log: Path) -> subprocess.Popen:
     """`dvc ...` in its own process group, so SIGKILL reaches the stage it runs too."""
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-               GX_ANALYTICS_ENABLED="false", TF_CPP_MIN_LOG_LEVEL="2")
-    env.pop("MLFLOW_TRACKING_URI", None)
+    env = project_env(TF_CPP_MIN_LOG_LEVEL="2")
     handle = open(log, "w")  # noqa: SIM115 - closed with the process
     return subprocess.Popen([sys.executable, "-m", "dvc", *args], cwd=project, env=env, stdout=handle,
                             stderr=subprocess.STDOUT, start_new_session=True)

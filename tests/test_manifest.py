@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from bgremoval.manifest import COLUMNS, build_manifest, pair_files, resolve_source
-from tests.conftest import write_pair
+from bgremoval.data.manifest import COLUMNS, build_manifest, pair_files, resolve_source
+from tests.helpers import write_pair
 
 
 def test_pairs_by_base_name_and_keeps_orphans(tmp_path):

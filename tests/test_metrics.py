@@ -5,7 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bgremoval.metrics import boundary_f, f_measure, iou_dice, precision_recall, score_image, summarise
+from bgremoval.scoring.metrics import (
+    HEADLINE,
+    HIGHER_IS_BETTER,
+    boundary_f,
+    f_measure,
+    iou_dice,
+    pr_curve,
+    precision_recall,
+    score_image,
+    summarise,
+)
 
 # Levels 200, 50 / 150, 10 (exact multiples of 1/255); the top row is foreground.
 PRED = np.array([[200, 50], [150, 10]]) / 255
@@ -63,3 +73,30 @@ def test_boundary_f_tolerates_small_shifts_only():
 def test_size_mismatch_is_an_error():
     with pytest.raises(ValueError, match="differ in size"):
         score_image(np.zeros((4, 5)), np.zeros((5, 4)))
+
+
+def test_no_images_is_an_error_not_a_zero_score():
+    with pytest.raises(ValueError, match="no images"):
+        summarise([])
+
+
+def test_each_metric_direction_ranks_a_perfect_prediction_above_a_poor_one():
+    """HIGHER_IS_BETTER covers every summary metric and says which way each improves; HEADLINE is a subset."""
+    gt = np.zeros((20, 20))
+    gt[5:15, 5:15] = 1
+    poor = np.roll(gt, 6, axis=1) * 0.8 + 0.1
+    perfect, bad = summarise([score_image(gt, gt)]), summarise([score_image(poor, gt)])
+    assert set(HIGHER_IS_BETTER) == set(perfect)
+    assert set(HEADLINE) <= set(HIGHER_IS_BETTER) and len(set(HEADLINE)) == len(HEADLINE)
+    for name, higher in HIGHER_IS_BETTER.items():
+        assert (perfect[name] > bad[name]) == higher, name
+
+
+def test_pr_curve_is_the_image_averaged_curve_one_row_per_level():
+    scores = [score_image(PRED, GT), score_image(GT.astype(float), GT)]
+    rows = pr_curve(scores)
+    assert len(rows) == 256
+    assert rows[0]["threshold"] == 0.0 and rows[-1]["threshold"] == 1.0
+    # at level 160 the first image keeps {200} (P 1, R 0.5), the perfect one all of the truth (P 1, R 1)
+    assert (rows[160]["precision"], rows[160]["recall"]) == (pytest.approx(1.0), pytest.approx(0.75))
+    assert rows[100]["precision"] == pytest.approx((0.5 + 1.0) / 2)

@@ -1,4 +1,5 @@
-"""End to end: `dvc repro validate` in a temporary copy of the project, on good and on bad data."""
+"""End to end, as a user runs it: `dvc repro`, `dvc exp run`, `mlflow run .` and `bgremoval predict` in
+temporary copies of the project on toy settings, on good and on bad data."""
 
 from __future__ import annotations
 
@@ -9,61 +10,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import mlflow
 import pytest
 import yaml
 from PIL import Image
 
-from tests.conftest import ROOT, write_pair
+from bgremoval.registry.versions import model_id_of
+from tests.helpers import dvc, project_env, set_params, write_pair
 
 pytestmark = pytest.mark.slow
-_SKIP = {".git", ".venv", "data", "reports", "mlruns", "mlartifacts", "__pycache__", ".pytest_cache",
-         ".hypothesis", "cache", "tmp", "mlflow.db", "optuna.db", "test-artifacts", ".checkpoints"}
-
-
-@pytest.fixture
-def project(tmp_path: Path) -> Path:
-    """A copy of the repo (code and config only) with a tiny sample, as its own git+DVC repo."""
-    return copy_project(tmp_path / "project")
-
-
-def copy_project(dst: Path) -> Path:
-    """The repo's code and config in dst, with toy settings, as its own git + DVC repo."""
-    shutil.copytree(ROOT, dst, ignore=lambda d, names: [n for n in names if n in _SKIP or n.endswith(".egg-info")])
-    (dst / "dvc.lock").unlink(missing_ok=True)
-    subprocess.run(["git", "init", "-q"], cwd=dst, check=True)
-    set_params(dst, {"prepare.sample.n_scenes": 6, "prepare.sample.frames_per_scene": 3,
-                     "prepare.sample.min_size": 64, "prepare.sample.max_size": 80,
-                     "augment.size": 32, "augment.copies": 1,
-                     "model.family": "unet", "model.unet_filters": [4, 8, 16],
-                     "train.size": 32, "train.epochs": 2, "train.steps_per_epoch": 2, "train.batch_size": 4,
-                     "train.freeze_epochs": 1,
-                     "evaluate.baseline_size": 64,  # stock U²-NetP on the toy test images: only that it runs
-                     "tune.n_trials": 2, "tune.epochs": 1, "tune.steps_per_epoch": 2, "tune.size": 32,
-                     "tune.space": {"train.learning_rate": {"type": "float", "low": 0.0001, "high": 0.01, "log": True},
-                                    "train.batch_size": {"type": "categorical", "choices": [2, 4]},
-                                    "evaluate.size": {"type": "categorical", "choices": [32, 48]}}})
-    return dst
-
-
-def set_params(project: Path, overrides: dict) -> None:
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    for key, value in overrides.items():
-        node = params
-        *parents, last = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[last] = value
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-
-
-def dvc(project: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    extra = env or {}
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-               GX_ANALYTICS_ENABLED="false")
-    env.pop("MLFLOW_TRACKING_URI", None)  # the project's own default: sqlite mlflow.db in the copy
-    env.update(extra)
-    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=project, env=env,
-                          capture_output=True, text=True, timeout=600)
+HEADLINE = {"mae", "max_f", "iou", "boundary_f"}
 
 
 def test_repro_through_augment_on_the_sample(project):
@@ -78,8 +34,9 @@ def test_repro_through_augment_on_the_sample(project):
     assert {p.name.split("-")[0] for p in shards} == {"train", "val", "test"}
     stats = json.loads((project / "data" / "augmented" / "stats.json").read_text())
     assert stats["size"] == 32 and stats["pos_weight"] > 0 and stats["n"]["train"] >= 12
-    augment = json.loads((project / "reports" / "augment.json").read_text())
-    assert {b["bin"] for b in augment["bins"]} and (project / "reports" / "augment_samples.png").exists()
+    bins = (project / "reports" / "augment_bins.csv").read_text().splitlines()
+    assert bins[0] == "bin,before,requested,after" and len(bins) >= 2
+    assert (project / "reports" / "augment_samples.png").exists()
 
     # Unchanged data: prepare re-scans, but nothing after it re-runs.
     again = dvc(project, "repro", "augment")
@@ -127,14 +84,11 @@ def test_missing_data_folder_is_a_clear_error(project, tmp_path):
     assert "Traceback" not in run.stderr
 
 
-def test_full_repro_tracks_everything_in_mlflow_and_registers_a_servable_champion(full_run, tmp_path):
-    import mlflow
-
+def test_full_repro_tracks_everything_and_registers_what_evaluate_scored(full_run, tmp_path):
     project, run = full_run
     assert run.returncode == 0, run.stdout + run.stderr
     # Quiet logs: TensorFlow's native start-up notices and Keras' own epoch output stay out.
     assert "oneDNN" not in run.stderr and "absl::InitializeLog" not in run.stderr and "ETA" not in run.stdout
-    assert (project / "models" / "model.keras").exists()
     summary = json.loads((project / "reports" / "train.json").read_text())
     assert summary["epochs_run"] == 2 and 0 <= summary["val"]["iou"] <= 1
 
@@ -147,64 +101,118 @@ def test_full_repro_tracks_everything_in_mlflow_and_registers_a_servable_champio
     assert r.data.params["train.batch_size"] == str(best["apply"]["train.batch_size"])
     parent = client.search_runs([r.info.experiment_id], "tags.stage = 'tune' and attributes.run_name LIKE 'tune-%'")
     assert len(parent) == 1 and parent[0].data.metrics["trials/complete"] + parent[0].data.metrics["trials/pruned"] == 2
-    trials = client.search_runs([r.info.experiment_id], f"tags.mlflow.parentRunId = '{parent[0].info.run_id}'")
-    assert len(trials) == 2
-    # Two objectives (params: tune.latency): the Pareto front is logged, the chosen serving size reaches evaluate.
-    assert {"optimization_history.html", "pareto_front.html", "pareto_front.json"} <= {a.path for a in client.list_artifacts(parent[0].info.run_id)}
-    assert best["trial"] in {t["trial"] for t in best["pareto_front"]} and best["latency_ms"] > 0
-    assert all("serving/ms_per_image" in t.data.metrics for t in trials)
-    # evaluate: the model and stock U²-NetP on the test split, logged to the training run.
-    metrics = json.loads((project / "reports" / "metrics.json").read_text())
-    keys = {"mae", "max_f", "iou", "dice", "boundary_f"}
-    assert keys <= set(metrics) and keys == set(metrics["baseline"]) and metrics["n_images"] == 3
-    assert metrics["size"] == best["apply"]["evaluate.size"]
-    assert all(0 <= metrics[k] <= 1 for k in keys)
-    # The refinement, chosen on val among the combinations params.yaml lists (evaluate.refine).
-    from bgremoval.refine import Refine
+    assert len(client.search_runs([r.info.experiment_id], f"tags.mlflow.parentRunId = '{parent[0].info.run_id}'")) == 2
+    # The run's datasets: train, val and test, each with the manifest as its source.
+    inputs = {d.dataset.name: d.dataset for d in r.inputs.dataset_inputs}
+    assert set(inputs) == {"train", "val", "test"} and all("manifest.parquet" in d.source for d in inputs.values())
 
-    grid = yaml.safe_load((project / "params.yaml").read_text())["evaluate"]["refine"]
-    tried = {Refine(f, m, k).name for f in grid["flip"] for m in grid["main_object"] for k in grid["sharpen"]}
-    assert set(metrics["val_by_refine"]) == tried and Refine.from_dict(metrics["refine"]).name in tried
-    assert (project / "reports" / "eval_worst.png").exists() and (project / "reports" / "pr_curve.csv").exists()
-    r = client.get_run(summary["run_id"])
-    assert {"test/max_f", "baseline/max_f"} <= set(r.data.metrics)
-    # Re-running with nothing changed changes nothing.
-    again = dvc(project, "repro")
-    assert again.returncode == 0 and "Stage 'tune' didn't change, skipping" in again.stdout
-    assert "Stage 'evaluate' didn't change, skipping" in again.stdout
-    assert "Stage 'register' didn't change, skipping" in again.stdout
-    assert {"git.commit", "dvc.augmented_md5", "data.sha256"} <= set(r.data.tags)
-    assert r.data.tags["dvc.augmented_md5"].endswith(".dir")
-    assert len(client.get_metric_history(r.info.run_id, "val/iou")) == 2
-    assert "train_predictions.png" in {a.path for a in client.list_artifacts(r.info.run_id)}
-    models = client.search_logged_models(experiment_ids=[r.info.experiment_id])
-    assert any(m.source_run_id == r.info.run_id for m in models)
-    # register: the first model becomes champion, logged as the servable pyfunc in the training run.
+    # export chose the serving set-up on val; the served folder is what evaluate scored and register logged.
+    serving = json.loads((project / "models" / "served" / "serving.json").read_text())
+    exported = json.loads((project / "reports" / "export.json").read_text())
+    assert serving["size"] == exported["size"] in (32, 48) and serving["runtime"] == "keras"  # a unet: Keras
+    assert set(exported["val_by_size"]) == {"32", "48"} and exported["refine"] in exported["val_by_refine"]
+    metrics = json.loads((project / "reports" / "metrics.json").read_text())
+    baseline = json.loads((project / "reports" / "baseline.json").read_text())
+    assert set(metrics) == HEADLINE | {"size", "ms_per_image"} and set(baseline) == HEADLINE
+    assert metrics["size"] == serving["size"] and all(0 <= metrics[k] <= 1 for k in HEADLINE)
+    # dvc metrics show prints exactly these: the numbers the champion gate compared.
+    shown = json.loads(dvc(project, "metrics", "show", "--json").stdout)
+    files = next(iter(shown.values()))["data"]
+    assert {Path(f).name for f in files} == {"metrics.json", "baseline.json"}
     registered = json.loads((project / "reports" / "registered.json").read_text())
     assert registered["alias"] == "champion" and registered["run_id"] == r.info.run_id
     assert registered["score"] == metrics["max_f"] and "first model" in registered["reason"]
+    for name in ("eval_worst.png", "cutouts.png", "pr_curve.csv", "iou_hist.csv", "pr_curve_baseline.csv"):
+        assert (project / "reports" / name).exists(), name
+
+    # The registered version: its test scores are metrics of its logged model, on the test dataset.
     mv = client.get_model_version_by_alias("bgremoval", "champion")
     assert str(mv.version) == registered["version"] and mv.run_id == r.info.run_id
-    assert float(mv.tags["metric.max_f"]) == pytest.approx(metrics["max_f"], abs=1e-6)
-    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")  # the version is served refined as evaluate chose
-    logged = mlflow.models.Model.load(f"models:/bgremoval/{mv.version}").flavors["python_function"]["config"]  # model_config
-    assert logged["refine"] == metrics["refine"] and mv.tags["refine"] == Refine.from_dict(metrics["refine"]).name
-    # ... and it cuts out a photo through the CLI, from the registry by alias.
+    logged = {m.key: m for m in client.get_logged_model(model_id_of(mv)).metrics if m.dataset_name == "test"}
+    assert logged["test/max_f"].value == pytest.approx(metrics["max_f"]) and logged["test/max_f"].dataset_digest
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    assert mlflow.models.Model.load(f"models:/bgremoval/{mv.version}").flavors["python_function"]["config"] == serving
+
+    # Re-running with nothing changed changes nothing.
+    again = dvc(project, "repro")
+    assert again.returncode == 0
+    for stage in ("tune", "train", "export", "baseline", "evaluate", "register"):
+        assert f"Stage '{stage}' didn't change, skipping" in again.stdout, stage
+    assert {"git.commit", "dvc.augmented_md5", "data.sha256"} <= set(r.data.tags)
+    assert len(client.get_metric_history(r.info.run_id, "val/iou")) == 2
+
+    # The champion cuts out a photo through the CLI, by its default (the registry's champion) and from the folder.
     photo = next((project / "data" / "sample" / "images").iterdir())
-    out = tmp_path / "cut"
-    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{project / 'mlflow.db'}")
-    cli = subprocess.run([str(Path(sys.executable).parent / "bgremoval"), "predict", "--output", "cutout", str(photo), str(out)],
-                         cwd=project, env=env, capture_output=True, text=True, timeout=300)
-    assert cli.returncode == 0, cli.stderr
-    assert Image.open(out / f"{photo.stem}.png").mode == "RGBA"
-    assert Image.open(out / f"{photo.stem}.png").size == Image.open(photo).size
-    # evaluate.size_choices: the serving size is chosen on val with the trained weights, replacing tune's pick.
-    set_params(project, {"evaluate.size_choices": [32, 48], "evaluate.size_tolerance": 0.0})
-    chosen = dvc(project, "repro", "evaluate")
-    assert chosen.returncode == 0, chosen.stdout + chosen.stderr
-    assert "Stage 'tune' didn't change" in chosen.stdout and "Stage 'train' didn't change" in chosen.stdout
-    metrics = json.loads((project / "reports" / "metrics.json").read_text())
-    val_iou = {int(s): m["iou"] for s, m in metrics["val_by_size"].items()}
-    assert set(val_iou) == {32, 48} and metrics["size"] == min(val_iou, key=lambda s: (-val_iou[s], s))
-    history = client.get_metric_history(r.info.run_id, "size_choice/val_iou")
-    assert {(h.step, round(h.value, 6)) for h in history} == {(s, round(v, 6)) for s, v in val_iou.items()}
+    for model, out in ((None, tmp_path / "by-alias"), ("models/served", tmp_path / "by-folder")):
+        cli = subprocess.run([str(Path(sys.executable).parent / "bgremoval"), "predict", str(photo), str(out),
+                              *(["--model", model] if model else [])],
+                             cwd=project, env=project_env(), capture_output=True, text=True, timeout=300)
+        assert cli.returncode == 0, cli.stderr
+        cut = Image.open(out / f"{photo.stem}.png")
+        assert cut.mode == "RGBA" and cut.size == Image.open(photo).size  # serve.defaults.output: cutout
+
+
+def _commit(project: Path, message: str) -> None:
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@localhost"]
+    subprocess.run([*git, "add", "-A"], cwd=project, check=True)
+    subprocess.run([*git, "commit", "-qm", message], cwd=project, check=True)
+
+
+@pytest.fixture(scope="module")
+def experiments(full_run, tmp_path_factory):
+    """The toy project after its first run, committed; then `mlflow run . -P ...` and `dvc exp run -S ...`."""
+    source, run = full_run
+    assert run.returncode == 0, run.stdout + run.stderr
+    project = tmp_path_factory.mktemp("experiments") / "project"
+    shutil.copytree(source, project, symlinks=True)
+    _commit(project, "toy project and its first run")
+    mlflow_run = subprocess.run([sys.executable, "-m", "mlflow", "run", ".", "--env-manager", "local",
+                                 "--experiment-name", "from-mlflow-run", "-P", "train.patience=4"],
+                                cwd=project, env=project_env(), capture_output=True, text=True, timeout=900)
+    exp_run = dvc(project, "exp", "run", "-n", "patience-5", "-S", "train.patience=5")
+    return project, mlflow_run, exp_run
+
+
+def test_mlflow_run_runs_the_pipeline_and_its_stages_log_under_its_run(experiments):
+    project, run, _ = experiments
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("from-mlflow-run")
+    (owner,) = client.search_runs([experiment.experiment_id], "tags.`mlflow.project.entryPoint` = 'main'")
+    assert owner.info.status == "FINISHED"
+    children = client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{owner.info.run_id}'")
+    train = [c for c in children if c.data.tags.get("stage") == "train"]
+    assert len(train) == 1 and train[0].data.params["train.patience"] == "4"  # -P reached params.yaml
+    assert yaml.safe_load((project / "params.yaml").read_text())["train"]["patience"] == 5  # the later exp's
+    # The model changed, the test data did not: the stock baseline was not scored again.
+    assert "Stage 'baseline' didn't change, skipping" in run.stdout + run.stderr
+
+
+def test_dvc_experiments_compare_on_their_headline_metrics(experiments):
+    project, _, exp_run = experiments
+    assert exp_run.returncode == 0, exp_run.stdout + exp_run.stderr
+    assert "Stage 'baseline' didn't change, skipping" in exp_run.stdout
+    shown = json.loads(dvc(project, "exp", "show", "--json").stdout)
+    rows = {}
+    for commit in shown:
+        rows[commit["rev"]] = commit
+        for exp in commit.get("experiments") or []:
+            for rev in exp["revs"]:
+                rows[rev.get("name") or rev["rev"]] = rev
+    named = [name for name in rows if name not in ("workspace",) and len(name) < 40]
+    assert "patience-5" in named and len(rows) >= 4  # workspace, the baseline commit and two experiments
+    for name, row in rows.items():
+        data = row["data"]["metrics"]
+        metrics = data[next(k for k in data if k.endswith("metrics.json"))]["data"]
+        baseline = data[next(k for k in data if k.endswith("baseline.json"))]["data"]
+        assert HEADLINE <= set(metrics) and {"size", "ms_per_image"} <= set(metrics), name
+        assert {"max_f", "iou"} <= set(baseline), name
+    diff = dvc(project, "metrics", "diff", "HEAD", "patience-5", "--json")
+    assert diff.returncode == 0 and "metrics.json" in diff.stdout
+    plots = dvc(project, "plots", "diff", "HEAD", "patience-5", "--json")
+    assert plots.returncode == 0, plots.stderr
+    shown = json.loads(plots.stdout)["data"]
+    images = {Path(k).name: v for k, v in shown.items() if any(p.get("type") == "image" for p in v)}
+    assert {"train_predictions.png", "eval_worst.png", "cutouts.png"} <= set(images)
+    assert {r for p in images["cutouts.png"] for r in p["revisions"]} == {"HEAD", "patience-5"}  # side by side
+    assert "precision_recall" in shown and len(shown) == len({Path(k).name for k in shown})  # each plot once

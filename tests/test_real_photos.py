@@ -1,4 +1,5 @@
-"""Tried as a new user would: real photo/mask pairs, some images stored rotated 90 degrees.
+"""Tried as a new user would, on real photo/mask pairs: validation names the images stored rotated 90
+degrees, and the served model cuts real photos out.
 
 Uses frames of ../shared/data/davis_train (real video frames with hand-drawn masks) copied into a
 temporary folder; the data is never part of the project.
@@ -8,11 +9,18 @@ from __future__ import annotations
 
 import shutil
 
+import numpy as np
 import pytest
 from PIL import Image
 
-from bgremoval.validation import Thresholds, add_derived_columns, run_suite, summarise
-from tests.conftest import SHARED_DATA, manifest_for
+from bgremoval.cli import main as cli
+from bgremoval.data.masks import load_mask
+from bgremoval.data.validation import Thresholds, add_derived_columns, run_suite, summarise
+from bgremoval.images import load_rgb
+from bgremoval.scoring.metrics import iou_dice
+from bgremoval.scoring.stock import RembgModel
+from bgremoval.weights import find_u2netp_onnx
+from tests.helpers import SHARED_DATA, manifest_for, served_folder
 
 DAVIS = SHARED_DATA / "davis_train"
 pytestmark = pytest.mark.skipif(not DAVIS.is_dir(), reason=f"real photos not available at {DAVIS}")
@@ -43,3 +51,29 @@ def test_rotated_photos_fail_validation_listing_exactly_those_pairs(tmp_path):
         "image and mask have the same height",
     }, report["failures"]
     assert all(names == rotated for names in by_guard.values())
+
+
+@pytest.mark.slow
+def test_stock_u2netp_served_cuts_out_real_photos_as_rembg_does(tmp_path):
+    """The served path (onnxruntime, the project's preprocessing, `bgremoval predict`) on real photos:
+    cut-outs at each photo's size that match the hand-drawn masks, and rembg's own run of the same graph."""
+    onnx = find_u2netp_onnx(None)
+    model = served_folder(tmp_path / "served", onnx, runtime="onnxruntime", size=320)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    names = [f"{seq}_00010" for seq in ("blackswan", "cows", "car-roundabout")]
+    for name in names:
+        shutil.copy(DAVIS / "images" / f"{name}.jpg", photos)
+    assert cli(["predict", "--model", str(model), "--quiet", str(photos), str(tmp_path / "out")]) == 0
+    for name in names:
+        image = load_rgb(photos / f"{name}.jpg", 10**8)
+        cut = Image.open(tmp_path / "out" / f"{name}.png")
+        assert cut.mode == "RGBA" and cut.size == (854, 480)
+        rgba = np.asarray(cut)
+        assert (rgba[..., :3] == image).all()
+        truth = load_mask(DAVIS / "masks" / f"{name}.png", 10**8) / 255
+        assert iou_dice(rgba[..., 3] / 255, truth)[0] > 0.85, name
+    rembg = RembgModel(onnx)  # rembg's own run of the same graph: its resizing, its normalisation
+    image = load_rgb(photos / f"{names[0]}.jpg", 10**8)
+    ours, theirs = np.asarray(Image.open(tmp_path / "out" / f"{names[0]}.png"))[..., 3] / 255, rembg(image)
+    assert iou_dice(ours, theirs >= 0.5)[0] > 0.95 and np.abs(ours - theirs).mean() < 0.01

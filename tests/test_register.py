@@ -1,184 +1,279 @@
-"""The champion gate: the pure decision, and register_run against a real MLflow registry (sqlite)."""
+"""The champion gate: the pure decision, and registering a served model against a real MLflow registry
+(sqlite): test scores as model metrics of the logged model on the test dataset, the champion rescored only
+on a changed test set, and concurrent registrations decided one at a time."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from bgremoval import registry, serving
-from bgremoval.registry import CHALLENGER, CHAMPION, PREVIOUS, decide
-from bgremoval.manifest import build_manifest, pair_files
-from tests.conftest import disc_image
+from bgremoval import tracking
+from bgremoval.data.manifest import build_manifest, pair_files
+from bgremoval.registry import versions
+from bgremoval.registry.gate import CHALLENGER, CHAMPION, PREVIOUS, decide
+from bgremoval.registry.versions import Gate, model_id_of, model_score, register_served, serving_key
+from bgremoval.serving.config import CONFIG_FILE, ServingConfig
+from bgremoval.serving.refine import Refine
+from bgremoval.serving.render import png_bytes
+from tests.helpers import disc_image, served_folder, tracking_store
 
 NAME = "gate-test"
+GATE = Gate("max_f", 0.002, False)
+BASELINE = {"max_f": 0.5, "mae": 0.5, "iou": 0.5, "boundary_f": 0.5}
 
+
+# --- the decision ----------------------------------------------------------------------------------
 
 def test_first_model_becomes_champion():
-    d = decide("max_f", 0.5, None, 0.002)
+    d = decide("max_f", 0.5, None, 0.002, None, False)
     assert d.promoted and "first model" in d.reason
 
 
 @pytest.mark.parametrize("new,alias", [(0.803, CHAMPION), (0.802, CHALLENGER), (0.801, CHALLENGER), (0.79, CHALLENGER)])
 def test_champion_moves_only_past_the_min_delta(new, alias):
-    assert decide("max_f", new, 0.80, 0.002).alias == alias
+    assert decide("max_f", new, 0.80, 0.002, None, False).alias == alias
 
 
 def test_lower_is_better_for_mae():
-    assert decide("mae", 0.030, 0.040, 0.002).promoted
-    d = decide("mae", 0.045, 0.040, 0.002)
+    assert decide("mae", 0.030, 0.040, 0.002, None, False).promoted
+    d = decide("mae", 0.045, 0.040, 0.002, None, False)
     assert not d.promoted and "lower is better" in d.reason
+    assert not decide("mae", 0.039, 0.040, 0.002, None, False).promoted  # better, but not by the min delta
 
 
 def test_baseline_requirement_blocks_a_model_worse_than_stock():
-    d = decide("max_f", 0.85, None, 0.002, baseline=0.86, require_beats_baseline=True)
-    assert d.alias == CHALLENGER and "stock U²-NetP" in d.reason
-    assert decide("max_f", 0.87, None, 0.002, baseline=0.86, require_beats_baseline=True).promoted
-    assert decide("max_f", 0.85, None, 0.002, baseline=0.86, require_beats_baseline=False).promoted
+    d = decide("max_f", 0.85, None, 0.002, 0.86, True)
+    assert d.alias == CHALLENGER and "stock U²-NetP" in d.reason and "require_beats_baseline" in d.reason
+    assert decide("max_f", 0.87, None, 0.002, 0.86, True).promoted
+    assert decide("max_f", 0.85, None, 0.002, 0.86, False).promoted
+    assert decide("mae", 0.05, None, 0.002, 0.04, True).alias == CHALLENGER  # lower is better here too
+    assert not decide("max_f", 0.87, 0.80, 0.002, 0.90, True).promoted  # beats the champion, not stock
 
 
-def test_unknown_metric_is_named():
-    with pytest.raises(ValueError, match="register.metric 'accuracy'"):
-        decide("accuracy", 1.0, None, 0.0)
+@pytest.mark.parametrize("metric", ["accuracy", "dice"])
+def test_a_metric_outside_the_headline_ones_is_named(metric):
+    with pytest.raises(ValueError, match=f"register.metric '{metric}' is not one of mae, max_f, iou, boundary_f"):
+        decide(metric, 1.0, None, 0.0, None, False)
+
+
+# --- what identifies a version, and its recorded score --------------------------------------------------
+
+def test_the_serving_key_follows_the_served_files_bytes_and_how_it_is_served(tmp_path):
+    for name, weights in (("a", b"weights one"), ("b", b"weights two")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.keras").write_bytes(weights)
+    key_of = lambda folder: serving_key(folder, ServingConfig.read(folder))  # noqa: E731
+    key = key_of(served_folder(tmp_path / "one", tmp_path / "a" / "model.keras"))
+    assert len(key) == 16 and key == key_of(served_folder(tmp_path / "same", tmp_path / "a" / "model.keras"))
+    assert key_of(served_folder(tmp_path / "other", tmp_path / "b" / "model.keras")) != key
+    for change in ({"size": 48}, {"int8": True}, {"max_pixels": 10}, {"refine": Refine(False, True, 1.0)}):
+        assert key_of(served_folder(tmp_path / str(len(change)) / next(iter(change)), tmp_path / "a" / "model.keras",
+                                    **change)) != key, change
+
+
+def test_a_versions_score_is_the_one_measured_on_this_test_set():
+    metric = lambda key, value, digest: SimpleNamespace(key=key, value=value, dataset_digest=digest)  # noqa: E731
+    logged = SimpleNamespace(metrics=[metric("test/max_f", 0.7, "other"), metric("test/iou", 0.6, "this"),
+                                      metric("test/max_f", 0.8, "this")])
+    client = SimpleNamespace(get_logged_model=lambda model_id: logged if model_id == "m-1" else None)
+    mv = SimpleNamespace(model_id="m-1", source="file:///artifacts/m-1")
+    assert model_score(client, mv, "max_f", "this") == 0.8
+    assert model_score(client, mv, "max_f", "other") == 0.7
+    assert model_score(client, mv, "max_f", "new") is None  # never scored on these images
+    assert model_score(client, mv, "boundary_f", "this") is None
+    # A registry that keeps no model_id (MLflow's SQLAlchemy store): the logged model named by the source.
+    assert model_score(client, SimpleNamespace(model_id=None, source="models:/m-1"), "max_f", "this") == 0.8
+    for source in ("file:///artifacts/model", "models:/other/3", "models:/other@champion", "runs:/abc/model", None):
+        assert model_score(client, SimpleNamespace(model_id=None, source=source), "max_f", "this") is None, source
+
+
+# --- a real registry ----------------------------------------------------------------------------------
+
+def disc_folder(folder: Path, n: int) -> Path:
+    for i in range(n):
+        img, mask = disc_image(40, 56, seed=i)
+        for sub, arr in (("images", img), ("masks", mask)):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(arr).save(folder / sub / f"disc_{i:03d}.png")
+    return folder
+
+
+def rows_of(folder: Path):
+    """The manifest rows of a folder, all in the test split."""
+    rows = build_manifest(pair_files(folder), max_pixels=10**6)
+    rows["split"] = "test"
+    return rows
+
+
+
+def register(served: Path, run_id: str, score: float, test, source: str, gate: Gate = GATE):
+    """register_served as the register stage calls it, with evaluate's scores all equal to `score`."""
+    metrics = {"max_f": score, "mae": 1 - score, "iou": score, "boundary_f": score, "size": 32, "ms_per_image": 5.0}
+    example = png_bytes(Image.fromarray(disc_image(16, 16)[0]))
+    return register_served(MlflowClient(), NAME, run_id, served, metrics, BASELINE, test,
+                           tracking.split_dataset(test, "test", source), example, gate, None, 10**6)
 
 
 @pytest.fixture
-def setup(tmp_path, toy_model):
+def setup(tmp_path, toy_served):
     """A sqlite registry, toy test images, and a helper that 'trains' (logs a run) and registers it."""
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with tracking_store(f"sqlite:///{tmp_path / 'mlflow.db'}"):
+        yield _setup(tmp_path, toy_served)
+
+
+def _setup(tmp_path: Path, toy_served: Path) -> SimpleNamespace:
     mlflow.create_experiment("gate", artifact_location=(tmp_path / "artifacts").as_uri())
     mlflow.set_experiment("gate")
-    folder = tmp_path / "data"
-    for i in range(4):
-        img, mask = disc_image(40, 56, seed=i)
-        (folder / "images").mkdir(parents=True, exist_ok=True)
-        (folder / "masks").mkdir(parents=True, exist_ok=True)
-        Image.fromarray(img).save(folder / "images" / f"disc_{i:03d}.png")
-        Image.fromarray(mask).save(folder / "masks" / f"disc_{i:03d}.png")
-    test = build_manifest(pair_files(folder), max_pixels=10**6)
-    example = serving.png_bytes(Image.fromarray(disc_image(16, 16)[0]))
+    test = rows_of(disc_folder(tmp_path / "data", 4))
+    source = str(tmp_path / "data" / "manifest.parquet")
 
-    def register(score: float, test_rows=test, metric="max_f"):
+    def train_and_register(score: float, rows=test, served=toy_served):
         with mlflow.start_run() as run:
             mlflow.set_tag("git.commit", "abc123")
-        metrics = {"max_f": score, "mae": 1 - score, "iou": score, "dice": score, "boundary_f": score,
-                   "baseline": {"max_f": 0.5, "mae": 0.5, "iou": 0.5, "dice": 0.5, "boundary_f": 0.5}, "n_images": len(test_rows)}
-        return registry.register_run(MlflowClient(), NAME, run.info.run_id, toy_model, metrics, test_rows, size=32,
-                                     max_pixels=10**6, serve_max_pixels=10**6, serve_max_request_mb=50, example=example, metric=metric,
-                                     min_delta=0.002, require_beats_baseline=False), run.info.run_id
+        return register(served, run.info.run_id, score, rows, source), run.info.run_id
 
-    return register, test
+    return SimpleNamespace(register=train_and_register, test=test, source=source, served=toy_served)
 
 
 def aliases(client):
     return {alias: str(v) for alias, v in client.get_registered_model(NAME).aliases.items()}
 
 
-def test_gate_both_ways_in_a_real_registry(setup):
-    register, _ = setup
-    client = MlflowClient()
-    first, _ = register(0.80)
-    assert (first.alias, first.version) == (CHAMPION, "1") and aliases(client) == {CHAMPION: "1"}
+def model_metrics(client, mv) -> dict[tuple[str, str], float]:
+    """A version's model metrics, by (key, dataset digest)."""
+    return {(m.key, m.dataset_digest): m.value for m in client.get_logged_model(model_id_of(mv)).metrics}
 
-    worse, _ = register(0.70)
+
+
+@pytest.mark.slow
+def test_gate_both_ways_in_a_real_registry(setup):
+    from bgremoval.serving.load import load
+
+    client = MlflowClient()
+    first, _ = setup.register(0.80)
+    assert (first.alias, first.version) == (CHAMPION, "1") and aliases(client) == {CHAMPION: "1"}
+    assert first.champion_version is None and first.decision == "promoted"
+
+    worse, _ = setup.register(0.70)
     assert worse.alias == CHALLENGER and worse.champion_version == "1" and worse.champion_score == 0.8
     assert aliases(client) == {CHAMPION: "1", CHALLENGER: "2"}
 
-    barely, _ = register(0.801)  # better, but not by more than min_delta
+    barely, _ = setup.register(0.801)  # better, but not by more than min_delta
     assert barely.alias == CHALLENGER and aliases(client)[CHAMPION] == "1"
 
-    better, run_id = register(0.85)
-    assert better.alias == CHAMPION and better.decision == "promoted"
+    better, run_id = setup.register(0.85)
+    assert better.alias == CHAMPION and better.decision == "promoted" and better.model_uri == f"models:/{NAME}/4"
     assert aliases(client) == {CHAMPION: "4", PREVIOUS: "1", CHALLENGER: "3"}
 
+    digest = tracking.split_dataset(setup.test, "test", setup.source).digest
     mv = client.get_model_version(NAME, "4")
-    assert mv.tags["metric.max_f"] == "0.850000" and mv.tags["baseline.max_f"] == "0.500000"
-    assert mv.tags["git.commit"] == "abc123" and mv.tags["decision"] == CHAMPION and len(mv.tags["test_set"]) == 64
+    scores = model_metrics(client, mv)
+    assert scores[("test/max_f", digest)] == pytest.approx(0.85) and scores[("test/mae", digest)] == pytest.approx(0.15)
+    assert {d for _, d in scores} == {digest}  # every score linked to the test dataset it was measured on
+    assert client.get_logged_model(model_id_of(mv)).source_run_id == run_id
+    assert mv.tags["git.commit"] == "abc123" and mv.tags["decision"] == CHAMPION and mv.tags["test_set"] == digest
+    assert mv.tags["n_test_images"] == "4" and mv.tags["runtime"] == "keras" and mv.tags["input_size"] == "32"
+    assert not [k for k in mv.tags if k.startswith("metric.")]  # scores are model metrics, not tags
+    assert "max_f 0.8500 on 4 test images (stock U²-NetP 0.5000)" in mv.description
     assert client.get_run(run_id).data.tags["registry.version"] == "4"
+    assert client.get_run(run_id).data.tags["registry.alias"] == CHAMPION
     # The champion serves: the alias resolves to a loadable bgremoval model.
-    segmenter, _ = serving.load(f"models:/{NAME}@champion")
-    assert segmenter.size == 32
+    served = load(f"models:/{NAME}@champion")
+    assert served.config == ServingConfig.read(setup.served) and served.config.size == 32
 
 
-def test_registering_the_same_run_again_adds_no_version(setup, toy_model):
-    register, test = setup
+@pytest.mark.slow
+def test_registering_the_same_run_again_adds_no_version(setup):
     client = MlflowClient()
-    first, run_id = register(0.80)
-    metrics = {"max_f": 0.80, "baseline": {}, "n_images": len(test)}
-    again = registry.register_run(client, NAME, run_id, toy_model, metrics, test, size=32, max_pixels=10**6,
-                                  serve_max_pixels=10**6, serve_max_request_mb=50, example=b"", metric="max_f", min_delta=0.002,
-                                  require_beats_baseline=False)
-    assert again.version == first.version and again.alias == CHAMPION
+    first, run_id = setup.register(0.80)
+    again = register(setup.served, run_id, 0.80, setup.test, setup.source)
+    assert again.version == first.version and again.alias == CHAMPION and "already the champion" in again.reason
     assert len(client.search_model_versions(f"name='{NAME}'")) == 1
+    assert len(client.search_logged_models(experiment_ids=[client.get_run(run_id).info.experiment_id])) == 1
 
 
-def test_a_champion_from_another_test_set_is_rescored_on_this_one(setup):
-    register, test = setup
-    register(0.99, test_rows=test.iloc[:2])  # champion's recorded 0.99 is on other images
-    result, _ = register(0.50, test_rows=test)
-    # The recorded 0.99 is not used: the champion (the same toy model) is scored here, now.
-    assert result.champion_score is not None and result.champion_score != 0.99
-    assert 0 < result.champion_score <= 1
-    expected = CHAMPION if 0.50 - result.champion_score > 0.002 else CHALLENGER
-    assert result.alias == expected
+@pytest.mark.slow
+def test_the_champion_is_rescored_only_when_the_test_set_changed(setup, monkeypatch):
+    from bgremoval.scoring.metrics import summarise
+    from bgremoval.scoring.score import score
+    from bgremoval.serving.served import Served
 
-
-def test_the_same_model_served_differently_is_a_new_version_and_keeps_the_title(setup, toy_model):
-    register, test = setup
+    rescored = []
+    real_rescore = versions.rescore
+    monkeypatch.setattr(versions, "rescore", lambda client, name, mv, *a: rescored.append(str(mv.version))
+                        or real_rescore(client, name, mv, *a))
     client = MlflowClient()
-    first, run_id = register(0.80)
-    metrics = {"max_f": 0.80, "baseline": {}, "n_images": len(test)}
-    example = serving.png_bytes(Image.fromarray(disc_image(16, 16)[0]))
-    again = registry.register_run(client, NAME, run_id, toy_model, metrics, test, size=48, max_pixels=10**6,
-                                  serve_max_pixels=10**6, serve_max_request_mb=50, example=example, metric="max_f", min_delta=0.002,
-                                  require_beats_baseline=False)
+    subset = setup.test.iloc[:2].reset_index(drop=True)
+    setup.register(0.99, rows=subset)  # the champion's recorded 0.99 is on other images
+    assert rescored == []
+    result, _ = setup.register(0.50)
+    # The recorded 0.99 is not used: the champion (the toy model) is scored on these images, now.
+    assert rescored == ["1"]
+    truth = summarise(score(setup.test, Served.from_folder(setup.served), 10**6)[1])["max_f"]
+    assert result.champion_version == "1" and result.champion_score == pytest.approx(truth, abs=1e-6)
+    assert result.champion_score != 0.99
+    assert result.alias == (CHAMPION if 0.50 - truth > 0.002 else CHALLENGER)
+    # The rescore is kept with the champion's logged model, on this test set beside the old one.
+    digests = {name: tracking.split_dataset(rows, "test", setup.source).digest
+               for name, rows in (("subset", subset), ("full", setup.test))}
+    scores = model_metrics(client, client.get_model_version(NAME, "1"))
+    assert scores[("test/max_f", digests["subset"])] == pytest.approx(0.99)
+    assert scores[("test/max_f", digests["full"])] == pytest.approx(truth)
+    # On the same test set again, the kept score is used: nothing is rescored.
+    third, _ = setup.register(0.45)
+    assert rescored == ["1"] and third.champion_score == pytest.approx(result.champion_score)
+
+
+@pytest.mark.slow
+def test_the_same_model_served_differently_is_a_new_version_and_keeps_the_title(setup, tmp_path):
+    client = MlflowClient()
+    first, run_id = setup.register(0.80)
+    at48 = served_folder(tmp_path / "at48", setup.served / "model.keras", size=48)
+    again = register(at48, run_id, 0.80, setup.test, setup.source)
     assert again.version != first.version and again.alias == CHAMPION and "new serving set-up" in again.reason
     assert aliases(client) == {CHAMPION: again.version, PREVIOUS: first.version}
+    assert client.get_model_version(NAME, again.version).tags["input_size"] == "48"
 
 
-def register_at_barrier(tracking_uri: str, artifacts: str, model_file: str, data: str, score: float, barrier, results) -> None:
+# --- concurrent registrations --------------------------------------------------------------------------
+
+def register_at_barrier(tracking_uri: str, artifacts: str, served: str, data: str, score: float, barrier, results) -> None:
     """One registration in its own process: log a run, wait for the others, then register all at once."""
     mlflow.set_tracking_uri(tracking_uri)
     experiment = mlflow.get_experiment_by_name("gate") or mlflow.get_experiment(
         mlflow.create_experiment("gate", artifact_location=artifacts))
     mlflow.set_experiment(experiment_id=experiment.experiment_id)
-    test = build_manifest(pair_files(Path(data)), max_pixels=10**6)
+    test = rows_of(Path(data))
     with mlflow.start_run() as run:
         pass
-    metrics = {"max_f": score, "baseline": {"max_f": 0.5}, "n_images": len(test)}
-    example = serving.png_bytes(Image.fromarray(disc_image(16, 16)[0]))
     barrier.wait(timeout=300)
-    record = registry.register_run(MlflowClient(), NAME, run.info.run_id, Path(model_file), metrics, test, size=32,
-                                   max_pixels=10**6, serve_max_pixels=10**6, serve_max_request_mb=50, example=example, metric="max_f",
-                                   min_delta=0.002, require_beats_baseline=False)
+    record = register(Path(served), run.info.run_id, score, test, str(Path(data) / "manifest.parquet"))
     results.put(record.to_dict())
 
 
-def register_concurrently(tracking_uri: str, tmp_path: Path, model_file: Path, scores: list[float]) -> list[dict]:
-    """Register len(scores) runs from as many processes released together; their records."""
+def register_concurrently(tracking_uri: str, tmp_path: Path, model: Path, scores: list[float]) -> list[dict]:
+    """Register len(scores) runs from as many processes released together; their records. `model` is a
+    served folder, or a model file to serve as one."""
     import multiprocessing as mp
+    import queue
 
-    folder = tmp_path / "data"
-    for i in range(3):
-        img, mask = disc_image(40, 56, seed=i)
-        for sub, arr in (("images", img), ("masks", mask)):
-            (folder / sub).mkdir(parents=True, exist_ok=True)
-            Image.fromarray(arr).save(folder / sub / f"disc_{i:03d}.png")
+    served = model if (Path(model) / CONFIG_FILE).is_file() else served_folder(tmp_path / "served", Path(model))
+    folder = disc_folder(tmp_path / "data", 3)
     mlflow.set_tracking_uri(tracking_uri)  # the experiment once, before the race
     mlflow.create_experiment("gate", artifact_location=(tmp_path / "artifacts").as_uri())
     ctx = mp.get_context("spawn")
     barrier, results = ctx.Barrier(len(scores)), ctx.Queue()
     procs = [ctx.Process(target=register_at_barrier, args=(tracking_uri, (tmp_path / "artifacts").as_uri(),
-                                                           str(model_file), str(folder), s, barrier, results))
+                                                           str(served), str(folder), s, barrier, results))
              for s in scores]
     for p in procs:
         p.start()
-    import queue
-
     records, deadline = [], time.monotonic() + 600
     while len(records) < len(scores) and time.monotonic() < deadline:
         try:
@@ -207,18 +302,21 @@ def assert_consistent_aliases(client, records: list[dict], scores: list[float]) 
     seen = [r["champion_score"] for r in records if r["champion_score"] is not None]
     assert sum(r["champion_version"] is None for r in records) == 1  # exactly one saw no champion yet
     assert all(r["score"] > (r["champion_score"] or 0) for r in promoted) and seen
+    assert [r["score"] for r in promoted] == sorted(r["score"] for r in promoted)
     if PREVIOUS in names:
         assert by_version[names[PREVIOUS]]["score"] < max(scores)
 
 
-def test_concurrent_registrations_keep_the_aliases_consistent(tmp_path, toy_model):
+@pytest.mark.slow
+def test_concurrent_registrations_keep_the_aliases_consistent(tmp_path, toy_served):
     scores = [0.70, 0.90, 0.80, 0.85]
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    records = register_concurrently(uri, tmp_path, toy_model, scores)
-    mlflow.set_tracking_uri(uri)
-    assert_consistent_aliases(MlflowClient(), records, scores)
+    with tracking_store(uri):
+        records = register_concurrently(uri, tmp_path, toy_served, scores)
+        assert_consistent_aliases(MlflowClient(), records, scores)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["sqlite", "file-uri", "folder", "lock-file"])
 def test_the_registry_lock_excludes_a_second_holder(tmp_path, kind):
     """Whatever the registry is, a second process cannot take the lock while the first holds it."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from bgremoval.sample import SampleSpec, ensure_sample, generate_sample
+from bgremoval.data.sample import SampleSpec, ensure_sample, generate_sample
 
 SPEC = SampleSpec(n_scenes=6, frames_per_scene=3, min_size=48, max_size=72, fg_min=0.02, fg_max=0.7)
 
@@ -15,7 +15,7 @@ def _read_all(folder):
 
 
 def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
-    generate_sample(tmp_path / "a", SPEC, seed=3)
+    assert generate_sample(tmp_path / "a", SPEC, seed=3) == 18
     generate_sample(tmp_path / "b", SPEC, seed=3)
     generate_sample(tmp_path / "c", SPEC, seed=4)
     a, b, c = (_read_all(tmp_path / x) for x in "abc")

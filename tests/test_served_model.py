@@ -1,36 +1,48 @@
-"""The registered pyfunc end to end, on a model trained on toy data: in process, behind the real
-`mlflow models serve` over HTTP, and through `bgremoval predict`."""
+"""The served model end to end: a served folder opened in process (onnxruntime and Keras), the MLflow pyfunc
+as it is logged (its code, config and requirements), behind the real `mlflow models serve` over HTTP, and
+through `bgremoval predict`."""
 
 from __future__ import annotations
 
 import base64
 import io
 import json
-import os
 import subprocess
 import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 
-import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from mlflow.exceptions import MlflowException
 from PIL import Image
 
-from bgremoval import serving
 from bgremoval.cli import main as cli
-from tests.conftest import disc_image, free_port, running_server
+from bgremoval.serving.config import ServingConfig
+from bgremoval.serving.load import load
+from bgremoval.serving.pyfunc import PACKAGE, SHIPPED, BackgroundRemover, requirements, signature
+from bgremoval.serving.refine import Refine, combine
+from bgremoval.serving.render import png_bytes
+from bgremoval.serving.runtime import KerasSegmenter, resize_back, squash
+from bgremoval.serving.served import Served
+from tests.helpers import (PARAMS, ROOT, disc_image, free_port, project_env, running_server, served_folder,
+                           tracking_store)
 
 NAME = "toy-bgremoval"
+ONNX_NAME = "toy-bgremoval-onnx"
 MAX_REQUEST_MB = 0.2
 SERVER_PIDS: dict[int, int] = {}
+TF_PACKAGES = ("tensorflow", "tensorflow-cpu", "keras", "tf-keras")
 
 
 def b64_png(array: np.ndarray) -> str:
-    return base64.b64encode(serving.png_bytes(Image.fromarray(array))).decode("ascii")
+    return base64.b64encode(png_bytes(Image.fromarray(array))).decode("ascii")
+
+
+def decode_png(text: str) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(text))))
 
 
 def iou(pred: np.ndarray, truth: np.ndarray) -> float:
@@ -38,50 +50,248 @@ def iou(pred: np.ndarray, truth: np.ndarray) -> float:
     return float((p & t).sum() / max((p | t).sum(), 1))
 
 
+def frame(*images: np.ndarray) -> pd.DataFrame:
+    return pd.DataFrame({"image": [b64_png(i) for i in images]})
+
+
+# --- a served folder, in process -------------------------------------------------------------------
+
+def remover(served_dir: Path, **overrides) -> BackgroundRemover:
+    """The pyfunc as MLflow loads it: its artifact `model` and its model_config."""
+    config = ServingConfig.read(served_dir)
+    model = BackgroundRemover()
+    model.load_context(SimpleNamespace(artifacts={"model": str(served_dir / config.model_file)},
+                                       model_config={**config.to_dict(), **overrides}))
+    return model
+
+
+def test_a_served_folder_opens_as_its_config_says(onnx_served):
+    served = load(str(onnx_served))
+    assert served.config == ServingConfig.read(onnx_served) and served.config.runtime == "onnxruntime"
+    assert served.network.size == 64 and served.max_pixels == PARAMS["serve"]["max_pixels"]
+    assert served.max_request_mb == PARAMS["serve"]["max_request_mb"]
+    image = disc_image(50, 70, seed=2)[0]
+    prob = served(image)
+    assert prob.shape == (50, 70) and prob.dtype == np.float32 and 0 <= prob.min() < 0.5 < prob.max() <= 1
+    assert np.array_equal(load(str(onnx_served / "model.onnx"))(image), prob)  # the served file itself: its folder
+
+
+def test_a_served_model_is_refined_as_its_config_says_unless_asked_otherwise(onnx_served, tmp_path):
+    refine = Refine(False, True, 3.0)
+    served = Served.from_folder(served_folder(tmp_path / "refined", onnx_served / "model.onnx",
+                                              runtime="onnxruntime", size=64, refine=refine))
+    image = disc_image(40, 40, seed=1)[0]
+    plain = served.network(image)
+    assert np.array_equal(served(image), combine(plain, None, refine))
+    assert not np.array_equal(served(image), plain)
+    assert np.array_equal(served.predictor(Refine.none())(image), plain)
+
+
+def test_the_caps_can_be_overridden_where_the_model_is_served(onnx_served, monkeypatch):
+    monkeypatch.setenv("BGREMOVAL_MAX_PIXELS", "1234")
+    monkeypatch.setenv("BGREMOVAL_MAX_REQUEST_MB", "0.5")
+    served = Served.from_folder(onnx_served)
+    assert (served.max_pixels, served.max_request_mb) == (1234, 0.5)
+    for bad in ("0", "lots"):
+        monkeypatch.setenv("BGREMOVAL_MAX_REQUEST_MB", bad)
+        with pytest.raises(ValueError, match=f"BGREMOVAL_MAX_REQUEST_MB='{bad}' is not a positive number"):
+            Served.from_folder(onnx_served)
+
+
+def test_load_refuses_what_is_not_a_served_model(tmp_path):
+    (tmp_path / "model.keras").write_bytes(b"a bare model file")
+    for where in (tmp_path, tmp_path / "model.keras", tmp_path / "missing"):
+        with pytest.raises(FileNotFoundError, match="not a served model"):
+            load(str(where))
+
+
+def test_the_keras_runtime_serves_one_model_at_several_sizes(tmp_path):
+    """A Keras model traced at one size still serves at another (each segmenter traces its own size)."""
+    import keras
+
+    inputs = keras.Input((None, None, 3))
+    x = keras.layers.Conv2D(1, 3, padding="same", kernel_initializer="ones")(inputs)
+    x = keras.layers.UpSampling2D(interpolation="bilinear")(keras.layers.MaxPooling2D()(x))
+    model = keras.Model(inputs, keras.layers.Activation("sigmoid")(x - 4.0))
+    model.save(tmp_path / "model.keras")
+    image = disc_image(30, 44, seed=3)[0]
+    small = Served.from_folder(served_folder(tmp_path / "at32", tmp_path / "model.keras", size=32))
+    large = KerasSegmenter(small.network.model, 48)
+    for segmenter, size in ((small.network, 32), (large, 48), (small.network, 32)):
+        expected = resize_back(np.asarray(model(squash(image, size)[None]))[0, ..., 0], 44, 30)
+        assert np.allclose(segmenter(image), expected, atol=1e-5)
+    assert small(image).shape == (30, 44)
+
+
+def test_the_pyfunc_cuts_out_with_the_served_defaults(onnx_served):
+    model = remover(onnx_served)
+    image = disc_image(40, 56, seed=3)[0]
+    out = model.predict(None, frame(image, disc_image(20, 20)[0]))
+    assert out[["width", "height"]].values.tolist() == [[56, 40], [20, 20]]
+    cut = decode_png(out["png"][0])
+    assert cut.shape == (40, 56, 4) and (cut[..., :3] == image).all()  # serve.defaults.output: cutout
+    prob = model.served(image)
+    assert np.array_equal(cut[..., 3], np.round(prob * 255).astype(np.uint8))
+    assert out["foreground"][0] == pytest.approx(float((prob >= 0.5).mean()))
+    mask = decode_png(model.predict(None, frame(image), params={"output": "mask", "threshold": 0.5})["png"][0])
+    assert mask.shape == (40, 56) and np.array_equal(mask, np.where(prob >= 0.5, 255, 0))
+
+
+def test_the_pyfunc_answers_bad_input_with_400_and_too_much_with_413(onnx_served):
+    from mlflow.exceptions import MlflowException
+
+    model = remover(onnx_served, max_request_mb=0.001, max_pixels=10_000)
+    cases = [(pd.DataFrame({"image": ["%%%"]}), None, "row 0 (image): is not valid base64"),
+             (frame(disc_image(8, 8)[0]), {"output": "sticker"}, "output 'sticker' is not one of"),
+             (frame(disc_image(8, 8)[0]), {"size": 64}, "unknown parameter(s) size"),
+             (frame(np.zeros((120, 100, 3), np.uint8)), None, "100x120 = 12000 pixels is over the limit of 10000")]
+    for request, params, needle in cases:
+        with pytest.raises(MlflowException) as err:
+            model.predict(None, request, params)
+        assert err.value.get_http_status_code() == 400 and needle in err.value.message
+    noise = np.random.default_rng(0).integers(0, 256, (30, 30, 3), dtype=np.uint8)  # ~3 KB of PNG
+    with pytest.raises(MlflowException) as err:
+        model.predict(None, frame(noise))
+    assert err.value.get_http_status_code() == 413 and "over the limit of 0.001 MB" in err.value.message
+
+
+def test_the_signature_takes_the_served_defaults_as_its_params():
+    defaults = {"output": "mask", "threshold": 0.5, "bg_color": "white"}
+    sig = signature(defaults)
+    assert [c.name for c in sig.inputs.inputs] == ["image"]
+    assert [c.name for c in sig.outputs.inputs] == ["png", "width", "height", "foreground"]
+    assert {p.name: p.default for p in sig.params.params} == defaults
+    assert {p.name: p.to_dict()["type"] for p in sig.params.params} == {"output": "string", "threshold": "double",
+                                                                "bg_color": "string"}
+
+
+def test_each_runtime_requires_only_what_it_imports():
+    names = lambda reqs: {r.split("==")[0] for r in reqs}  # noqa: E731
+    onnx = names(requirements("onnxruntime"))
+    assert onnx == {"mlflow", "numpy", "pandas", "pillow", "scipy", "onnxruntime"}
+    assert {"tensorflow", "keras"} <= names(requirements("keras")) and "onnxruntime" not in names(requirements("keras"))
+    assert all("==" in r for r in requirements("onnxruntime"))  # pinned to the versions it was logged with
+    assert set(SHIPPED) == {"__init__.py", "images.py", "quiet.py", "serving"}
+
+
+# --- logged and registered ---------------------------------------------------------------------------
+
 @pytest.fixture(scope="module")
-def registered(tmp_path_factory, toy_model):
-    """The toy model logged as the pipeline logs it, registered, and aliased champion."""
+def registered(tmp_path_factory, toy_served, onnx_served):
+    """The toy U-Net (Keras) logged as register logs it, registered and aliased champion; stock U²-NetP
+    (onnxruntime) logged and registered beside it."""
+    import mlflow
+
+    from bgremoval.serving.pyfunc import log_model
+
     tmp = tmp_path_factory.mktemp("registry")
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    mlflow.set_tracking_uri(uri)
-    mlflow.create_experiment("toy", artifact_location=(tmp / "artifacts").as_uri())
-    mlflow.set_experiment("toy")
-    example = serving.png_bytes(Image.fromarray(disc_image(24, 24)[0]))
-    with mlflow.start_run() as run:
-        info = serving.log_model(toy_model, size=32, max_pixels=10**6, example=example, max_request_mb=50)
-    version = mlflow.register_model(info.model_uri, NAME).version
-    mlflow.MlflowClient().set_registered_model_alias(NAME, "champion", version)
-    return {"uri": uri, "run_id": run.info.run_id, "model_uri": info.model_uri, "tmp": tmp}
+    with tracking_store(uri):
+        mlflow.create_experiment("toy", artifact_location=(tmp / "artifacts").as_uri())
+        mlflow.set_experiment("toy")
+        example = png_bytes(Image.fromarray(disc_image(24, 24)[0]))
+        with mlflow.start_run() as run:
+            config = ServingConfig.read(toy_served)
+            info = log_model(toy_served / config.model_file, config, example, name="model")
+        version = mlflow.register_model(info.model_uri, NAME).version
+        mlflow.MlflowClient().set_registered_model_alias(NAME, "champion", version)
+        with mlflow.start_run():
+            onnx_config = ServingConfig.read(onnx_served)
+            onnx_info = log_model(onnx_served / onnx_config.model_file, onnx_config, example, name="model")
+        mlflow.register_model(onnx_info.model_uri, ONNX_NAME)
+        yield {"uri": uri, "run_id": run.info.run_id, "model_uri": info.model_uri, "tmp": tmp}
 
 
-def test_the_logged_model_carries_its_code_and_config(registered):
-    local = Path(mlflow.artifacts.download_artifacts(f"models:/{NAME}@champion"))
-    assert (local / "code" / "bgremoval" / "serving.py").exists()
-    assert not list((local / "code").rglob("__pycache__"))
+def download(uri: str, dst: Path | None = None) -> Path:
+    import mlflow
+
+    return Path(mlflow.artifacts.download_artifacts(uri, dst_path=None if dst is None else str(dst)))
+
+
+def shipped_files(root: Path) -> set[str]:
+    return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.mark.slow
+def test_the_logged_model_carries_its_code_and_config(registered, toy_served):
+    import mlflow
+
+    local = download(f"models:/{NAME}@champion")
+    code = local / "code"
+    expected = {f"bgremoval/{p.relative_to(PACKAGE).as_posix()}" for item in SHIPPED for p in
+                ([PACKAGE / item] if (PACKAGE / item).is_file() else (PACKAGE / item).rglob("*.py"))}
+    assert shipped_files(code) == expected  # bgremoval/__init__.py, images.py, quiet.py and serving/, nothing else
+    assert (code / "bgremoval" / "serving" / "pyfunc.py").read_text() == (PACKAGE / "serving" / "pyfunc.py").read_text()
     loaded = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
+    assert loaded.model_config == ServingConfig.read(toy_served).to_dict()
     assert loaded.model_config["size"] == 32 and loaded.model_config["max_request_mb"] == 50
     assert [c.name for c in loaded.metadata.get_input_schema().inputs] == ["image"]
-    assert {p.name for p in loaded.metadata.get_params_schema().params} == {"output", "threshold", "bg_color"}
+    assert {p.name: p.default for p in loaded.metadata.get_params_schema().params} == PARAMS["serve"]["defaults"]
 
 
+@pytest.mark.slow
+def test_an_onnxruntime_model_declares_no_tensorflow_and_ships_only_the_serving_code(registered, onnx_served):
+    local = download(f"models:/{ONNX_NAME}/1")
+    reqs = [line.strip() for line in (local / "requirements.txt").read_text().splitlines() if line.strip()]
+    assert {r.split("==")[0] for r in reqs} == {"mlflow", "numpy", "pandas", "pillow", "scipy", "onnxruntime"}, reqs
+    conda = (local / "conda.yaml").read_text()
+    assert not any(pkg in conda for pkg in TF_PACKAGES), conda
+    code = {p for p in shipped_files(local / "code")}
+    assert {p.split("/")[1] for p in code} == {"__init__.py", "images.py", "quiet.py", "serving"}
+    assert all(p.startswith("bgremoval/serving/") for p in code - {"bgremoval/__init__.py", "bgremoval/images.py",
+                                                                  "bgremoval/quiet.py"})
+    assert not [p for p in code if "__pycache__" in p or not p.endswith(".py")]
+    assert (local / "artifacts" / "model.onnx").read_bytes() == (onnx_served / "model.onnx").read_bytes()
+
+
+LOGGED_PROBE = """
+import sys
+import mlflow.pyfunc, pandas as pd
+model = mlflow.pyfunc.load_model(sys.argv[1])
+out = model.predict(pd.DataFrame({"image": [sys.argv[2]]}), params={"output": "mask"})
+import bgremoval
+print("CODE", bgremoval.__file__)
+print("SIZE", out["width"][0], out["height"][0])
+print("TF", sorted(m for m in ("tensorflow", "keras") if m in sys.modules))
+"""
+
+
+@pytest.mark.slow
+def test_a_logged_onnxruntime_model_serves_from_its_own_code_without_tensorflow(registered, tmp_path):
+    local = download(f"models:/{ONNX_NAME}/1", tmp_path / "model")
+    run = subprocess.run([sys.executable, "-c", LOGGED_PROBE, str(local), b64_png(disc_image(30, 50)[0])],
+                         cwd=tmp_path, env=project_env(), capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert f"CODE {local / 'code' / 'bgremoval' / '__init__.py'}" in run.stdout, run.stdout  # not the checkout's
+    assert "SIZE 50 30" in run.stdout and "TF []" in run.stdout, run.stdout
+
+
+@pytest.mark.slow
 def test_pyfunc_cuts_out_the_toy_foreground_at_the_input_size(registered):
+    import mlflow
+
     model = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
     image, truth = disc_image(60, 90, seed=3)
     out = model.predict(pd.DataFrame({"image": [b64_png(image)]}), params={"output": "mask"})
-    mask = np.asarray(Image.open(io.BytesIO(base64.b64decode(out["png"][0]))))
+    mask = decode_png(out["png"][0])
     assert mask.shape == (60, 90)
     assert iou(mask, truth) > 0.7  # the toy model learned the discs
-    cut = model.predict(pd.DataFrame({"image": [b64_png(image)]}), params={"output": "cutout"})
-    rgba = np.asarray(Image.open(io.BytesIO(base64.b64decode(cut["png"][0]))))
+    rgba = decode_png(model.predict(pd.DataFrame({"image": [b64_png(image)]}))["png"][0])  # the default: cutout
     assert rgba.shape == (60, 90, 4) and (rgba[..., :3] == image).all() and (rgba[..., 3] == mask).all()
 
 
+@pytest.mark.slow
 def test_pyfunc_turns_bad_input_into_invalid_parameter_errors(registered):
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
     model = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
     with pytest.raises(MlflowException) as err:
         model.predict(pd.DataFrame({"image": ["%%%"]}))
     assert err.value.get_http_status_code() == 400 and "row 0 (image): is not valid base64" in err.value.message
 
+
+# --- over HTTP ------------------------------------------------------------------------------------------
 
 def _post(port: int, body: dict | bytes, content_type: str = "application/json") -> tuple[int, dict]:
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
@@ -104,9 +314,8 @@ def server(registered):
     the default binding is under test), started outside the checkout, with small pixel and request
     caps so a bomb and an oversized request are cheap to send."""
     port = free_port()
-    env = dict(os.environ, MLFLOW_TRACKING_URI=registered["uri"], BGREMOVAL_MAX_PIXELS="200000",
-               BGREMOVAL_MAX_REQUEST_MB=str(MAX_REQUEST_MB),
-               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")  # its uvicorn
+    env = project_env(MLFLOW_TRACKING_URI=registered["uri"], BGREMOVAL_MAX_PIXELS="200000",
+                      BGREMOVAL_MAX_REQUEST_MB=str(MAX_REQUEST_MB))  # its PATH: this venv's uvicorn
     env.pop("MLFLOW_HOST", None)
     cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{NAME}@champion", "--env-manager", "local",
            "-p", str(port), "-w", "1"]
@@ -130,15 +339,20 @@ def test_server_answers_good_requests_in_every_output_mode(server):
     assert status == 200, body
     row = body["predictions"][0]
     assert (row["width"], row["height"]) == (50, 70)
-    comp = np.asarray(Image.open(io.BytesIO(base64.b64decode(row["png"]))))
+    comp = decode_png(row["png"])
     assert comp.shape == (70, 50, 3)
     background = truth == 0
     assert (comp[background] == [0, 255, 0]).all(axis=1).mean() > 0.9  # background replaced by green
+    status, body = _good(server, image, output="mask")
+    mask = decode_png(body["predictions"][0]["png"])
+    assert status == 200 and mask.shape == (70, 50) and iou(mask, truth) > 0.7
 
     records = {"dataframe_records": [{"image": b64_png(image)}, {"image": b64_png(disc_image(40, 40)[0])}]}
-    status, body = _post(server, records)  # default output: mask
+    status, body = _post(server, records)  # no params: the served defaults, a soft cut-out
     assert status == 200 and len(body["predictions"]) == 2
-    assert Image.open(io.BytesIO(base64.b64decode(body["predictions"][1]["png"]))).size == (40, 40)
+    cut = decode_png(body["predictions"][0]["png"])
+    assert cut.shape == (70, 50, 4) and (cut[..., :3] == image).all() and (cut[..., 3] == mask).all()
+    assert decode_png(body["predictions"][1]["png"]).shape == (40, 40, 4)
 
 
 @pytest.mark.slow
@@ -154,6 +368,10 @@ def test_server_refuses_bad_requests_with_a_reason_and_keeps_serving(server):
         ({"dataframe_split": {"columns": ["picture"], "data": [["x"]]}}, "missing inputs ['image']"),
         ({"dataframe_split": {"columns": ["image"], "data": [[b64_png(disc_image(8, 8)[0])]]},
           "params": {"output": "sticker"}}, "output 'sticker' is not one of"),
+        ({"dataframe_split": {"columns": ["image"], "data": [[b64_png(disc_image(8, 8)[0])]]},
+          "params": {"threshold": 3}}, "threshold 3.0 is outside [0, 1]"),
+        ({"dataframe_split": {"columns": ["image"], "data": [[b64_png(disc_image(8, 8)[0])]]},
+          "params": {"bg_color": "plaid"}}, "bg_color 'plaid' is not a colour"),
     ]
     for body, needle in cases:
         status, answer = _post(server, body)
@@ -161,76 +379,6 @@ def test_server_refuses_bad_requests_with_a_reason_and_keeps_serving(server):
         assert needle in answer.get("message", ""), (needle, answer)
     status, body = _good(server, disc_image(30, 30)[0])
     assert status == 200 and body["predictions"][0]["width"] == 30
-
-
-def test_cli_predicts_a_folder_and_reports_unreadable_files(registered, tmp_path, capsys):
-    src = tmp_path / "photos"
-    src.mkdir()
-    a, a_truth = disc_image(48, 64, seed=1)
-    Image.fromarray(a).save(src / "a.png")
-    Image.fromarray(disc_image(50, 40, seed=2)[0]).save(src / "b.jpg", quality=95)
-    (src / "broken.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
-    (src / "notes.txt").write_text("not an image, not even looked at")
-    out = tmp_path / "out"
-    code = cli(["predict", "--model", f"models:/{NAME}@champion", "--tracking-uri", registered["uri"],
-                "--output", "mask", "--quiet", str(src), str(out)])
-    captured = capsys.readouterr()
-    assert code == 1  # one file could not be read; the rest were written
-    assert "broken.jpg" in captured.err and "wrote 2 mask PNGs" in captured.out
-    assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png"]
-    mask_a = np.asarray(Image.open(out / "a.png"))
-    assert mask_a.shape == (48, 64) and iou(mask_a, a_truth) > 0.7
-    assert Image.open(out / "b.png").size == (40, 50)
-
-
-@pytest.mark.parametrize("which", ["run", "folder", "keras"])
-def test_cli_takes_a_run_uri_a_model_folder_or_a_keras_file(registered, toy_model, tmp_path, which):
-    image, _ = disc_image(33, 47, seed=4)
-    Image.fromarray(image).save(tmp_path / "one.png")
-    model = {"run": f"runs:/{registered['run_id']}/model", "keras": str(toy_model),
-             "folder": mlflow.artifacts.download_artifacts(f"models:/{NAME}@champion", dst_path=str(tmp_path / "m"))}[which]
-    code = cli(["predict", "--model", model, "--tracking-uri", registered["uri"], "--size", "32",
-                "--output", "composite", "--bg-color", "0,0,255", "--threshold", "0.5", str(tmp_path / "one.png"), str(tmp_path / "cut.png")])
-    assert code == 0
-    comp = np.asarray(Image.open(tmp_path / "cut.png"))
-    assert comp.shape == (33, 47, 3) and (comp[0, 0] == [0, 0, 255]).all()  # a corner is background
-
-
-def test_cli_says_what_to_do_when_the_model_is_missing(tmp_path):
-    (tmp_path / "x.png").write_bytes(serving.png_bytes(Image.new("RGB", (4, 4))))
-    with pytest.raises(SystemExit) as err:
-        cli(["predict", "--model", str(tmp_path / "nope.keras"), str(tmp_path / "x.png"), str(tmp_path / "o")])
-    assert "cannot load model" in str(err.value) and "models:/bgremoval@champion" in str(err.value)
-
-
-@pytest.mark.slow
-def test_the_readme_python_client_works_against_the_server(server, tmp_path):
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    client = readme.split("A Python client, for a folder of photos:\n\n```python\n", 1)[1].split("```", 1)[0]
-    assert len(client.splitlines()) <= 25
-    client = client.replace("http://127.0.0.1:5001", f"http://127.0.0.1:{server}")
-    (tmp_path / "client.py").write_text(client)
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    Image.fromarray(disc_image(36, 52)[0]).save(photos / "ok.jpg", quality=95)
-    (photos / "bad.jpg").write_bytes(b"not a jpeg")
-    run = subprocess.run([sys.executable, str(tmp_path / "client.py"), str(photos), str(tmp_path / "out")],
-                         capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, run.stderr
-    assert "bad.jpg: " in run.stdout and "cannot be decoded as an image" in run.stdout
-    assert Image.open(tmp_path / "out" / "ok.png").size == (52, 36)
-
-
-@pytest.mark.slow
-def test_the_readme_curl_example_works_against_the_server(server, tmp_path):
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    command = readme.split("```bash\ncurl -s http://127.0.0.1:5001/invocations", 1)[1].split("```", 1)[0]
-    command = f"curl -s http://127.0.0.1:{server}/invocations" + command.replace("python -c", f"{sys.executable} -c")
-    Image.fromarray(disc_image(44, 66)[0]).save(tmp_path / "photo.jpg", quality=95)
-    run = subprocess.run(["bash", "-c", command], cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, run.stderr
-    cut = Image.open(tmp_path / "photo_cutout.png")
-    assert cut.mode == "RGBA" and cut.size == (66, 44)
 
 
 @pytest.mark.slow
@@ -299,3 +447,83 @@ def psutil_alive(pid: int) -> bool:
     import psutil
 
     return psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+
+
+@pytest.mark.slow
+def test_the_readme_python_client_works_against_the_server(server, tmp_path):
+    readme = (ROOT / "README.md").read_text()
+    client = readme.split("A Python client, for a folder of photos:\n\n```python\n", 1)[1].split("```", 1)[0]
+    assert len(client.splitlines()) <= 25
+    client = client.replace("http://127.0.0.1:5001", f"http://127.0.0.1:{server}")
+    (tmp_path / "client.py").write_text(client)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(disc_image(36, 52)[0]).save(photos / "ok.jpg", quality=95)
+    (photos / "bad.jpg").write_bytes(b"not a jpeg")
+    run = subprocess.run([sys.executable, str(tmp_path / "client.py"), str(photos), str(tmp_path / "out")],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "bad.jpg: " in run.stdout and "cannot be decoded as an image" in run.stdout
+    assert Image.open(tmp_path / "out" / "ok.png").size == (52, 36)
+
+
+@pytest.mark.slow
+def test_the_readme_curl_example_works_against_the_server(server, tmp_path):
+    readme = (ROOT / "README.md").read_text()
+    command = readme.split("```bash\ncurl -s http://127.0.0.1:5001/invocations", 1)[1].split("```", 1)[0]
+    command = f"curl -s http://127.0.0.1:{server}/invocations" + command.replace("python -c", f"{sys.executable} -c")
+    Image.fromarray(disc_image(44, 66)[0]).save(tmp_path / "photo.jpg", quality=95)
+    run = subprocess.run(["bash", "-c", command], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    cut = Image.open(tmp_path / "photo_cutout.png")
+    assert cut.mode == "RGBA" and cut.size == (66, 44)
+
+
+# --- bgremoval predict on a registered model ------------------------------------------------------------
+
+@pytest.mark.slow
+def test_cli_predicts_a_folder_and_reports_unreadable_files(registered, tmp_path, capsys):
+    src = tmp_path / "photos"
+    src.mkdir()
+    a, a_truth = disc_image(48, 64, seed=1)
+    Image.fromarray(a).save(src / "a.png")
+    Image.fromarray(disc_image(50, 40, seed=2)[0]).save(src / "b.jpg", quality=95)
+    (src / "broken.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    (src / "notes.txt").write_text("not an image, not even looked at")
+    out = tmp_path / "out"
+    code = cli(["predict", "--model", f"models:/{NAME}@champion", "--tracking-uri", registered["uri"],
+                "--output", "mask", "--quiet", str(src), str(out)])
+    captured = capsys.readouterr()
+    assert code == 1  # one file could not be read; the rest were written
+    assert "broken.jpg" in captured.err and "wrote 2 mask PNGs" in captured.out
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png"]
+    mask_a = np.asarray(Image.open(out / "a.png"))
+    assert mask_a.shape == (48, 64) and iou(mask_a, a_truth) > 0.7
+    assert Image.open(out / "b.png").size == (40, 50)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("which", ["champion", "run", "folder", "served"])
+def test_cli_takes_a_registered_a_run_an_mlflow_folder_or_a_served_folder(registered, toy_served, tmp_path, which):
+    image, truth = disc_image(33, 47, seed=4)
+    Image.fromarray(image).save(tmp_path / "one.png")
+    model = {"champion": f"models:/{NAME}@champion", "run": f"runs:/{registered['run_id']}/model",
+             "folder": str(download(f"models:/{NAME}@champion", tmp_path / "m")), "served": str(toy_served)}[which]
+    code = cli(["predict", "--model", model, "--tracking-uri", registered["uri"], "--output", "composite",
+                "--bg-color", "0,0,255", "--threshold", "0.5", str(tmp_path / "one.png"), str(tmp_path / "cut.png")])
+    assert code == 0
+    comp = np.asarray(Image.open(tmp_path / "cut.png"))
+    assert comp.shape == (33, 47, 3) and (comp[0, 0] == [0, 0, 255]).all()  # a corner is background
+    assert (comp[truth == 255] == image[truth == 255]).all(axis=1).mean() > 0.8  # the disc is kept
+
+
+@pytest.mark.slow
+def test_cli_without_a_model_serves_the_champion_of_the_params_registry(registered, tmp_path, monkeypatch):
+    import yaml
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"mlflow": {"tracking_uri": registered["uri"]}, "register": {"model_name": NAME}}))
+    Image.fromarray(disc_image(30, 40)[0]).save(tmp_path / "in.png")
+    assert cli(["predict", "--params", str(params), "--quiet", str(tmp_path / "in.png"), str(tmp_path / "out.png")]) == 0
+    assert Image.open(tmp_path / "out.png").mode == "RGBA"  # the champion's serve.defaults: a cut-out

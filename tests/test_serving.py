@@ -1,17 +1,28 @@
-"""Serving: request decoding, rendering, the MLflow pyfunc, and the CLI's predict, on a toy-trained model."""
+"""Serving's parts without a network: options and their defaults, rendering, request decoding and caps,
+the serving config's file, and the runtime's preprocessing and onnxruntime set-up."""
 
 from __future__ import annotations
 
 import base64
 import io
+import json
+import logging
 
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
-from bgremoval import serving
-from bgremoval.serving import RenderOptions, RequestError, cut_out, decode_base64_image, options_from, parse_color, render
+from bgremoval.serving import runtime
+from bgremoval.serving.config import CONFIG_FILE, ServingConfig
+from bgremoval.serving.options import Options, RequestError, options_from, parse_color
+from bgremoval.serving.refine import Refine
+from bgremoval.serving.render import png_bytes, render
+from bgremoval.serving.request import RequestTooLarge, check_request_size, cut_out, decode_base64_image
+from tests.helpers import PARAMS, serving_config
+
+DEFAULTS = dict(PARAMS["serve"]["defaults"])  # what a request gets when it names nothing
+WHITE = (255, 255, 255)
 
 
 def b64(data: bytes) -> str:
@@ -19,7 +30,7 @@ def b64(data: bytes) -> str:
 
 
 def png(array: np.ndarray) -> bytes:
-    return serving.png_bytes(Image.fromarray(array))
+    return png_bytes(Image.fromarray(array))
 
 
 def from_b64_png(text: str) -> Image.Image:
@@ -31,7 +42,7 @@ def red_channel(image: np.ndarray) -> np.ndarray:
     return image[..., 0].astype(np.float32) / 255
 
 
-# --- request parsing ---------------------------------------------------------------------------
+# --- options -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("text,rgb", [("#00ff00", (0, 255, 0)), ("0000ff", (0, 0, 255)), ("10, 20,30", (10, 20, 30)),
                                       ("white", (255, 255, 255))])
@@ -42,24 +53,55 @@ def test_colours_parse(text, rgb):
 @pytest.mark.parametrize("params,needle", [({"output": "alpha"}, "output 'alpha' is not one of mask, cutout, composite"),
                                            ({"threshold": "high"}, "threshold 'high' is not a number"),
                                            ({"threshold": 2}, "outside [0, 1]"),
-                                           ({"bg_color": "1,2"}, "bg_color '1,2' is not a colour")])
+                                           ({"bg_color": "1,2"}, "bg_color '1,2' is not a colour"),
+                                           ({"bg_color": "300,0,0"}, "bg_color '300,0,0' is not a colour")])
 def test_bad_params_name_the_parameter(params, needle):
-    with pytest.raises(RequestError, match=None) as err:
-        options_from(params)
+    with pytest.raises(RequestError) as err:
+        options_from(params, DEFAULTS)
     assert needle in str(err.value)
 
 
-def test_default_and_negative_threshold_mean_a_soft_mask():
-    assert options_from(None) == RenderOptions()
-    assert options_from({"threshold": -1.0, "output": "CUTOUT"}) == RenderOptions(output="cutout")
+def test_the_served_defaults_are_what_a_request_naming_nothing_gets():
+    assert DEFAULTS == {"output": "cutout", "threshold": None, "bg_color": "#ffffff"}
+    for nothing in (None, {}, {"output": None, "threshold": None, "bg_color": None}, {"output": "", "bg_color": ""}):
+        assert options_from(nothing, DEFAULTS) == Options("cutout", None, WHITE), nothing
+    other = {"output": "composite", "threshold": 0.25, "bg_color": "0,255,0"}  # another model's defaults
+    assert options_from(None, other) == Options("composite", 0.25, (0, 255, 0))
+    assert options_from({"output": "mask"}, other) == Options("mask", 0.25, (0, 255, 0))  # the rest still defaults
 
+
+def test_negative_threshold_means_a_soft_mask_and_output_is_case_blind():
+    assert options_from({"threshold": -1.0, "output": "CUTOUT"}, DEFAULTS) == Options("cutout", None, WHITE)
+    hard = {**DEFAULTS, "threshold": 0.5}
+    assert options_from({"threshold": "-1"}, hard).threshold is None  # a request can turn a hard default soft
+    assert options_from({"threshold": "0.7"}, hard).threshold == 0.7
+
+
+def test_an_unknown_parameter_is_refused_by_name():
+    with pytest.raises(RequestError) as err:
+        options_from({"output": "mask", "size": 320}, DEFAULTS)
+    assert "unknown parameter(s) size" in str(err.value)
+    assert "the parameters are bg_color, output, threshold" in str(err.value)
+    with pytest.raises(RequestError, match="unknown parameter"):
+        options_from({"threshold": 0.5}, {"output": "mask", "bg_color": "white"})  # not among these defaults
+
+
+# --- request decoding ------------------------------------------------------------------------------
 
 def test_decoding_accepts_wrapped_base64_and_data_urls():
     image = np.random.default_rng(0).integers(0, 256, (7, 9, 3), dtype=np.uint8)
     text = b64(png(image))
     wrapped = "\n".join(text[i:i + 76] for i in range(0, len(text), 76))
-    for variant in (text, wrapped, "data:image/png;base64," + text):
+    for variant in (text, wrapped, "data:image/png;base64," + text, text.encode()):
         assert (decode_base64_image(variant, 10**6, "row 0") == image).all()
+
+
+def test_decoding_converts_grey_and_rgba_to_rgb():
+    grey = np.arange(12, dtype=np.uint8).reshape(3, 4) * 20
+    out = decode_base64_image(b64(png_bytes(Image.fromarray(grey, mode="L"))), 10**6, "row 0")
+    assert out.shape == (3, 4, 3) and (out == grey[..., None]).all()
+    rgba = np.dstack([np.full((3, 4, 3), 7, np.uint8), np.zeros((3, 4), np.uint8)])
+    assert (decode_base64_image(b64(png_bytes(Image.fromarray(rgba, "RGBA"))), 10**6, "row 0") == 7).all()
 
 
 def _bad_inputs():
@@ -68,7 +110,7 @@ def _bad_inputs():
         ("not base64 !!", "row 0: is not valid base64"),
         (b64(b"hello, world"), "row 0: cannot be decoded as an image"),
         ("", "row 0: is empty (0 bytes)"),
-        (b64(big), "row 0: 400x300 = 120000 pixels is over the limit of 100000"),
+        (b64(big), "row 0: 400x300 = 120000 pixels is over the limit of 100000 (serve.max_pixels / BGREMOVAL_MAX_PIXELS)"),
         (b64(png(np.zeros((40, 30, 3), np.uint8))[:60]), "row 0: cannot be decoded as an image"),  # truncated
         (12345, "row 0: expected a base64 string, got int"),
     ]
@@ -81,6 +123,15 @@ def test_bad_images_are_refused_with_the_reason(value, needle):
     assert needle in str(err.value)
 
 
+def test_request_size_is_capped_before_decoding():
+    check_request_size(["x" * 1000, "y" * 1000], max_request_mb=0.002)  # exactly at the cap: served
+    with pytest.raises(RequestTooLarge) as err:
+        check_request_size(["x" * 1000, "y" * 1001], max_request_mb=0.002)
+    assert isinstance(err.value, RequestError)  # a RequestError like any other bad input, answered 413
+    assert "over the limit of 0.002 MB (serve.max_request_mb / BGREMOVAL_MAX_REQUEST_MB)" in str(err.value)
+    assert "send fewer or smaller images" in str(err.value)
+
+
 # --- rendering ---------------------------------------------------------------------------------
 
 def test_render_mask_cutout_and_composite_at_the_input_size():
@@ -88,35 +139,146 @@ def test_render_mask_cutout_and_composite_at_the_input_size():
     prob = np.zeros((4, 6), np.float32)
     prob[:, 3:] = 1.0
     prob[0, 0] = 0.4
-    mask = render(image, prob, RenderOptions("mask"))
+    mask = render(image, prob, Options("mask", None, WHITE))
     assert mask.mode == "L" and mask.size == (6, 4) and np.asarray(mask)[0, 0] == 102 and np.asarray(mask)[0, 5] == 255
-    hard = np.asarray(render(image, prob, RenderOptions("mask", threshold=0.3)))
+    hard = np.asarray(render(image, prob, Options("mask", 0.3, WHITE)))
     assert set(np.unique(hard)) == {0, 255} and hard[0, 0] == 255
-    cutout = np.asarray(render(image, prob, RenderOptions("cutout")))
-    assert cutout.shape == (4, 6, 4) and (cutout[..., :3] == 200).all() and cutout[1, 0, 3] == 0 and cutout[1, 5, 3] == 255
-    comp = np.asarray(render(image, prob, RenderOptions("composite", bg_color=(0, 255, 0))))
-    assert comp.shape == (4, 6, 3) and tuple(comp[1, 0]) == (0, 255, 0) and tuple(comp[1, 5]) == (200, 200, 200)
+    cutout = render(image, prob, Options("cutout", None, WHITE))
+    rgba = np.asarray(cutout)
+    assert cutout.mode == "RGBA" and rgba.shape == (4, 6, 4) and (rgba[..., :3] == 200).all()
+    assert rgba[0, 0, 3] == 102 and rgba[1, 0, 3] == 0 and rgba[1, 5, 3] == 255
+    comp = render(image, prob, Options("composite", None, (0, 255, 0)))
+    rgb = np.asarray(comp)
+    assert comp.mode == "RGB" and rgb.shape == (4, 6, 3)
+    assert tuple(rgb[1, 0]) == (0, 255, 0) and tuple(rgb[1, 5]) == (200, 200, 200)
+    assert tuple(rgb[0, 0]) == (80, 233, 80)  # 0.4 of the image over 0.6 of the background
 
+
+def test_png_bytes_round_trip_exactly():
+    image = np.random.default_rng(1).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    assert (np.asarray(Image.open(io.BytesIO(png_bytes(Image.fromarray(image))))) == image).all()
+
+
+# --- a whole request ---------------------------------------------------------------------------
 
 def test_cut_out_returns_one_png_per_row_at_each_size():
     a = np.zeros((10, 20, 3), np.uint8)
     a[:, 10:, 0] = 255
     b = np.zeros((5, 5, 3), np.uint8)
     frame = pd.DataFrame({"image": [b64(png(a)), b64(png(b))]})
-    out = cut_out(red_channel, frame, {"output": "mask"}, 10**6)
+    out = cut_out(red_channel, frame, {"output": "mask"}, DEFAULTS, 10**6, 50.0)
     assert list(out.columns) == ["png", "width", "height", "foreground"]
     assert out[["width", "height"]].values.tolist() == [[20, 10], [5, 5]]
     assert out["foreground"].tolist() == [0.5, 0.0]
-    assert (np.asarray(from_b64_png(out["png"][0]))[:, 10:] == 255).all()
+    mask = np.asarray(from_b64_png(out["png"][0]))
+    assert mask.shape == (10, 20) and (mask[:, 10:] == 255).all() and (mask[:, :10] == 0).all()
 
 
-@pytest.mark.parametrize("frame,needle", [
-    (pd.DataFrame({"img": ["x"]}), "expected a column named 'image'"),
-    (pd.DataFrame({"image": []}), "no rows"),
-    (pd.DataFrame({"image": [b64(png(np.zeros((4, 4, 3), np.uint8))), "%%%"]}), "row 1 (image): is not valid base64"),
+def test_cut_out_without_params_renders_the_served_default():
+    a = np.zeros((6, 8, 3), np.uint8)
+    a[:, 4:, 0] = 255
+    frame = pd.DataFrame({"image": [b64(png(a))]})
+    cut = from_b64_png(cut_out(red_channel, frame, None, DEFAULTS, 10**6, 50.0)["png"][0])
+    assert cut.mode == "RGBA" and (np.asarray(cut)[..., :3] == a).all()  # serve.defaults.output: cutout
+    mask_default = {**DEFAULTS, "output": "mask"}
+    assert from_b64_png(cut_out(red_channel, frame, None, mask_default, 10**6, 50.0)["png"][0]).mode == "L"
+
+
+@pytest.mark.parametrize("frame,params,needle", [
+    (pd.DataFrame({"img": ["x"]}), None, "expected a column named 'image'"),
+    (pd.DataFrame({"image": []}), None, "no rows"),
+    (pd.DataFrame({"image": [b64(png(np.zeros((4, 4, 3), np.uint8))), "%%%"]}), None, "row 1 (image): is not valid base64"),
+    (pd.DataFrame({"image": [b64(png(np.zeros((4, 4, 3), np.uint8)))]}), {"output": "sticker"}, "output 'sticker'"),
+    (pd.DataFrame({"image": [b64(png(np.zeros((4, 4, 3), np.uint8)))]}), {"colour": "red"}, "unknown parameter(s) colour"),
+    (pd.DataFrame({"image": [b64(png(np.zeros((400, 300, 3), np.uint8)))]}), None, "row 0 (image): 300x400"),
 ])
-def test_bad_frames_fail_before_any_work(frame, needle):
+def test_bad_frames_fail_before_any_work(frame, params, needle):
     calls = []
     with pytest.raises(RequestError) as err:
-        cut_out(lambda im: calls.append(im) or red_channel(im), frame, None, 10**6)
+        cut_out(lambda im: calls.append(im) or red_channel(im), frame, params, DEFAULTS, 100_000, 50.0)
     assert needle in str(err.value) and calls == []
+
+
+def test_an_oversized_request_is_refused_before_any_image_is_decoded():
+    frame = pd.DataFrame({"image": ["not even base64 " * 100]})  # 1.6 KB over a 1 KB cap: the size decides
+    with pytest.raises(RequestTooLarge, match="over the limit of 0.001 MB"):
+        cut_out(red_channel, frame, None, DEFAULTS, 10**6, 0.001)
+
+
+# --- the serving config ----------------------------------------------------------------------------
+
+def test_serving_config_round_trips_through_serving_json(tmp_path):
+    config = serving_config(runtime="onnxruntime", model_file="model.onnx", size=288, int8=True,
+                            refine=Refine(True, True, 2.0), max_pixels=1234, max_request_mb=0.5,
+                            defaults={"output": "mask", "threshold": 0.4, "bg_color": "#00ff00"})
+    path = config.write(tmp_path)
+    assert path == tmp_path / CONFIG_FILE
+    stored = json.loads(path.read_text())
+    assert stored["refine"] == {"flip": True, "main_object": True, "sharpen": 2.0} and stored["int8"] is True
+    assert ServingConfig.read(tmp_path) == config
+    assert ServingConfig.from_dict(config.to_dict()) == config
+
+
+def test_serving_config_refuses_what_it_cannot_serve(tmp_path):
+    with pytest.raises(FileNotFoundError, match="dvc repro export"):
+        ServingConfig.read(tmp_path)
+    with pytest.raises(ValueError, match="runtime 'tflite' is not one of onnxruntime, keras"):
+        serving_config(runtime="tflite")
+    stored = serving_config().to_dict()
+    del stored["size"]
+    with pytest.raises(ValueError, match="not a bgremoval serving config"):
+        ServingConfig.from_dict(stored)
+    with pytest.raises(ValueError, match="not a bgremoval serving config"):
+        ServingConfig.from_dict({**serving_config().to_dict(), "colour": "red"})
+
+
+# --- the runtime -----------------------------------------------------------------------------------
+
+def test_preprocess_squashes_scales_by_the_images_maximum_and_normalises():
+    image = np.zeros((30, 50, 3), np.uint8)
+    image[..., 0] = 100  # the brightest value: it becomes 1
+    image[:, :25, 1] = 50
+    x = runtime.preprocess(image, 16)
+    assert x.shape == (1, 3, 16, 16) and x.dtype == np.float32
+    assert np.allclose(x[0, 0], (1.0 - runtime.MEAN[0]) / runtime.STD[0])
+    assert np.allclose(x[0, 2], (0.0 - runtime.MEAN[2]) / runtime.STD[2])
+    assert np.allclose(x[0, 1, :, 0], (0.5 - runtime.MEAN[1]) / runtime.STD[1], atol=1e-6)
+    dark = runtime.preprocess(np.zeros((4, 4, 3), np.uint8), 8)  # all black: no division by zero
+    assert np.isfinite(dark).all()
+
+
+def test_resize_back_returns_the_images_size_in_zero_to_one():
+    prob = np.array([[-0.5, 0.25], [0.75, 1.5]], np.float32)
+    out = runtime.resize_back(prob, width=6, height=4)
+    assert out.shape == (4, 6) and out.min() == 0.0 and out.max() == 1.0
+    assert runtime.squash(np.full((9, 3, 3), 255, np.uint8), 5).shape == (5, 5, 3)
+
+
+def test_providers_keep_the_cpu_last_and_drop_unknown_ones_with_a_warning(monkeypatch, caplog):
+    import onnxruntime as ort
+
+    monkeypatch.delenv(runtime.PROVIDERS_ENV, raising=False)
+    assert runtime.providers() == ["CPUExecutionProvider"]
+    monkeypatch.setattr(ort, "get_available_providers",
+                        lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setenv(runtime.PROVIDERS_ENV, " CPUExecutionProvider, CUDAExecutionProvider,TensorrtExecutionProvider ")
+    with caplog.at_level(logging.WARNING, logger=runtime.__name__):
+        assert runtime.providers() == ["CUDAExecutionProvider", "TensorrtExecutionProvider", "CPUExecutionProvider"]
+    assert not caplog.records  # every one named is there: nothing to warn about
+    monkeypatch.setenv(runtime.PROVIDERS_ENV, "CoreMLExecutionProvider,CUDAExecutionProvider")
+    with caplog.at_level(logging.WARNING, logger=runtime.__name__):
+        assert runtime.providers() == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    [record] = caplog.records
+    assert record.levelno == logging.WARNING and runtime.PROVIDERS_ENV in record.getMessage()
+    assert "CoreMLExecutionProvider" in record.getMessage() and "CUDA" not in record.getMessage().split(" not in ")[0]
+
+
+def test_threads_come_from_the_environment_or_are_left_to_onnxruntime(monkeypatch):
+    monkeypatch.delenv(runtime.THREADS_ENV, raising=False)
+    assert runtime.threads() is None
+    monkeypatch.setenv(runtime.THREADS_ENV, "3")
+    assert runtime.threads() == 3
+    for bad in ("0", "two", "-1"):
+        monkeypatch.setenv(runtime.THREADS_ENV, bad)
+        with pytest.raises(ValueError, match=f"BGREMOVAL_THREADS='{bad}' is not a positive whole number"):
+            runtime.threads()

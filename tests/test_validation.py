@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from bgremoval.validation import Thresholds, add_derived_columns, failure_message, run_suite, summarise
-from tests.conftest import SPLITS, manifest_for, write_pair
+from bgremoval.data.validation import Thresholds, add_derived_columns, failure_message, run_suite, summarise
+from tests.helpers import SPLITS, manifest_for, write_pair
 
 THRESHOLDS = Thresholds(min_size=16, fg_min=0.01, fg_max=0.95, split_tolerance=0.15, split_fractions=SPLITS)
 

@@ -1,0 +1,1 @@
+"""The data stages' library: reading masks, the manifest and its splits, validation, augmentation, shards."""

@@ -1,0 +1,130 @@
+"""The manifest: one row per image/mask pair, with what validation and training need to know."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bgremoval.data.masks import describe_mask
+from bgremoval.images import IMAGE_EXTENSIONS, ImageReadError, open_image, sha256_file
+
+log = logging.getLogger(__name__)
+
+# Column order of the manifest; numeric columns are float so a failed decode can be NaN.
+COLUMNS = [
+    "name",
+    "image_path",
+    "mask_path",
+    "width",
+    "height",
+    "channels",
+    "image_mode",
+    "mask_width",
+    "mask_height",
+    "mask_mode",
+    "mask_kind",
+    "fg_fraction",
+    "content_hash",
+    "image_error",
+    "mask_error",
+    "group",
+    "split",
+]
+
+_CHANNELS = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4}
+
+
+def list_images(folder: Path, root: Path | None = None) -> dict[str, Path]:
+    """Image files in a folder by base name; two files with one base name is an error, and so is a
+    file link that resolves outside `root` (the data folder) and the folder itself: the pipeline reads
+    only what the user put there (images/ or masks/ may themselves link to another disk)."""
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"{folder} is not a folder. A data folder needs images/ and masks/ with files "
+            "paired by base name (e.g. images/cat_001.jpg + masks/cat_001.png)."
+        )
+    found: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or path.suffix.lower() not in IMAGE_EXTENSIONS:
+            continue
+        if path.stem in found:
+            raise ValueError(
+                f"{found[path.stem]} and {path} share the base name {path.stem!r}; "
+                "pairs are matched by base name, so rename or remove one of them"
+            )
+        found[path.stem] = path
+    if root is not None:
+        inside = (Path(root).resolve(), folder.resolve())
+        outside = [f"{p} -> {p.resolve()}" for p in found.values()
+                   if not any(p.resolve().is_relative_to(d) for d in inside)]
+        if outside:
+            raise ValueError(
+                f"{len(outside)} file(s) in {folder} link outside the data folder {root}: {outside[:5]}. "
+                "Copy the files into the folder (or link within it) and run again."
+            )
+    return found
+
+
+def pair_files(data_dir: Path) -> list[tuple[str, Path | None, Path | None]]:
+    """(name, image, mask) for every base name in images/ or masks/, orphans included."""
+    images = list_images(Path(data_dir) / "images", root=data_dir)
+    masks = list_images(Path(data_dir) / "masks", root=data_dir)
+    if not images and not masks:
+        raise FileNotFoundError(f"{data_dir}: images/ and masks/ hold no image files")
+    return [(name, images.get(name), masks.get(name)) for name in sorted(images.keys() | masks.keys())]
+
+
+def describe_pair(name: str, image: Path | None, mask: Path | None, max_pixels: int) -> dict:
+    """One manifest row; decode problems are recorded in image_error/mask_error, not raised."""
+    row: dict = {c: None for c in COLUMNS}
+    row.update(name=name, image_path=_str(image), mask_path=_str(mask))
+    for key in ("width", "height", "channels", "mask_width", "mask_height", "fg_fraction"):
+        row[key] = np.nan
+    if image is not None:
+        try:
+            img = open_image(image, max_pixels)
+            row.update(
+                width=img.width,
+                height=img.height,
+                image_mode=img.mode,
+                channels=_CHANNELS.get(img.mode, np.nan),
+                content_hash=sha256_file(image),
+            )
+        except ImageReadError as exc:
+            row["image_error"] = str(exc)
+    if mask is not None:
+        try:
+            info = describe_mask(open_image(mask, max_pixels))
+            row.update(
+                mask_width=info.width,
+                mask_height=info.height,
+                mask_mode=info.mode,
+                mask_kind=info.kind,
+                fg_fraction=info.fg_fraction,
+            )
+        except ImageReadError as exc:
+            row["mask_error"] = str(exc)
+    return row
+
+
+def build_manifest(pairs: Iterable[tuple[str, Path | None, Path | None]], max_pixels: int) -> pd.DataFrame:
+    """Describe every pair; group and split columns are left empty for the splitter."""
+    rows = [describe_pair(name, image, mask, max_pixels) for name, image, mask in pairs]
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    n_bad = int(df["image_error"].notna().sum() + df["mask_error"].notna().sum())
+    if n_bad:
+        log.warning("%d files could not be decoded; validation will list them", n_bad)
+    return df
+
+
+def resolve_source(source: str, sample_dir: Path) -> Path:
+    """The data folder prepare reads: the built-in sample's folder, or the user's."""
+    return Path(sample_dir) if source == "sample" else Path(source).expanduser()
+
+
+def _str(path: Path | None) -> str | None:
+    return None if path is None else Path(path).as_posix()

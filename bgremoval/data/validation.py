@@ -1,0 +1,189 @@
+"""Data validation of the manifest with a Great Expectations suite, and a report people can act on."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from bgremoval.data.masks import MASK_MODES
+from bgremoval.data.split import SPLITS
+
+log = logging.getLogger(__name__)
+
+IMAGE_MODES = ("RGB", "RGBA", "L")
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """What the data must satisfy (from params.yaml validate:)."""
+
+    min_size: int
+    fg_min: float
+    fg_max: float
+    split_tolerance: float
+    split_fractions: dict[str, float]
+
+
+def add_derived_columns(manifest: pd.DataFrame, split_fractions: dict[str, float]) -> pd.DataFrame:
+    """Per-row facts about the whole table, so row-level expectations can name offending files."""
+    df = manifest.copy()
+    # In how many splits does this image's content (and this group) appear? >1 means leakage.
+    hashed = df["content_hash"].notna()
+    df["hash_split_count"] = float("nan")
+    df.loc[hashed, "hash_split_count"] = (
+        df[hashed].groupby("content_hash")["split"].transform("nunique").astype(float)
+    )
+    df["group_split_count"] = df.groupby("group")["split"].transform("nunique").astype(float)
+    # How far is this row's split from its requested fraction of all pairs?
+    actual = df["split"].map(df["split"].value_counts(normalize=True))
+    wanted = df["split"].map(split_fractions)
+    df["split_fraction_error"] = (actual - wanted).abs()
+    return df
+
+
+def expectations(t: Thresholds) -> list:
+    """The suite, one expectation per line; `notes` says what each guards (shown in reports)."""
+    import great_expectations.expectations as gxe
+
+    either = "either_value_is_missing"  # a missing side is already reported by its own expectation
+    present = [s for s in SPLITS if t.split_fractions.get(s, 0) > 0]
+    return [
+        gxe.ExpectColumnValuesToNotBeNull(column="mask_path", notes="every image has a mask"),
+        gxe.ExpectColumnValuesToNotBeNull(column="image_path", notes="every mask has an image"),
+        gxe.ExpectColumnValuesToBeNull(column="image_error", notes="every image decodes (not truncated, not a non-image, not empty, under the pixel cap)"),
+        gxe.ExpectColumnValuesToBeNull(column="mask_error", notes="every mask decodes"),
+        gxe.ExpectColumnValuesToBeInSet(column="image_mode", value_set=list(IMAGE_MODES), notes="images are RGB, RGBA or greyscale"),
+        gxe.ExpectColumnValuesToBeInSet(column="mask_mode", value_set=list(MASK_MODES), notes="masks are 8-bit grey or 8-bit alpha"),
+        gxe.ExpectColumnPairValuesToBeEqual(column_A="width", column_B="mask_width", ignore_row_if=either, notes="image and mask have the same width (catches rotated or resized pairs)"),
+        gxe.ExpectColumnPairValuesToBeEqual(column_A="height", column_B="mask_height", ignore_row_if=either, notes="image and mask have the same height"),
+        gxe.ExpectColumnValuesToBeBetween(column="width", min_value=t.min_size, notes=f"images are at least {t.min_size} px wide"),
+        gxe.ExpectColumnValuesToBeBetween(column="height", min_value=t.min_size, notes=f"images are at least {t.min_size} px high"),
+        gxe.ExpectColumnValuesToBeBetween(column="fg_fraction", min_value=t.fg_min, max_value=t.fg_max, notes=f"foreground covers {t.fg_min:g}..{t.fg_max:g} of the mask (no empty, no all-foreground masks)"),
+        gxe.ExpectColumnValuesToBeBetween(column="hash_split_count", max_value=1, notes="no image content appears in two splits (leakage)"),
+        gxe.ExpectColumnValuesToBeBetween(column="group_split_count", max_value=1, notes="no group (e.g. video sequence) crosses splits (leakage)"),
+        gxe.ExpectColumnValuesToBeInSet(column="split", value_set=list(SPLITS), notes="every pair has a split"),
+        gxe.ExpectColumnDistinctValuesToContainSet(column="split", value_set=present, notes=f"every requested split is present: {present}"),
+        gxe.ExpectColumnValuesToBeBetween(column="split_fraction_error", max_value=t.split_tolerance, notes=f"each split's share is within {t.split_tolerance:g} of prepare.splits"),
+    ]
+
+
+def run_suite(df: pd.DataFrame, t: Thresholds, docs_dir: Path | None) -> list[dict]:
+    """Run the suite through a GX checkpoint (building Data Docs in docs_dir); one result per expectation."""
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")  # no phoning home from a pipeline run
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    actions = []
+    if docs_dir is not None:
+        context.add_data_docs_site(
+            site_name="reports",
+            site_config={
+                "class_name": "SiteBuilder",
+                "store_backend": {
+                    "class_name": "TupleFilesystemStoreBackend",
+                    "base_directory": str(Path(docs_dir).resolve()),
+                },
+                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+            },
+        )
+        actions.append(gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=["reports"]))
+    batch = context.data_sources.add_pandas("bgremoval").add_dataframe_asset("manifest")
+    batch_definition = batch.add_batch_definition_whole_dataframe("all_pairs")
+    suite = context.suites.add(gx.ExpectationSuite(name="manifest"))
+    for expectation in expectations(t):
+        suite.add_expectation(expectation)
+    definition = context.validation_definitions.add(
+        gx.ValidationDefinition(name="manifest", data=batch_definition, suite=suite)
+    )
+    checkpoint = context.checkpoints.add(
+        gx.Checkpoint(
+            name="validate",
+            validation_definitions=[definition],
+            actions=actions,
+            result_format={"result_format": "COMPLETE"},
+        )
+    )
+    result = checkpoint.run(batch_parameters={"dataframe": df})
+    outcomes = []
+    for run in result.run_results.values():
+        for r in run.results:
+            outcomes.append(_outcome(r, df))
+    return outcomes
+
+
+def _outcome(r, df: pd.DataFrame) -> dict:
+    """A JSON-able result: which expectation, what it guards, and the offending pairs by file."""
+    cfg = r.expectation_config
+    kwargs = {k: v for k, v in cfg.kwargs.items() if k not in ("batch_id", "result_format")}
+    out = {
+        "expectation": cfg.type,
+        "guards": cfg.notes,
+        "kwargs": kwargs,
+        "success": bool(r.success),
+    }
+    if r.exception_info and r.exception_info.get("raised_exception"):
+        out["success"] = False
+        out["error"] = r.exception_info.get("exception_message")
+    res = r.result or {}
+    if "unexpected_index_list" in res:
+        column = kwargs.get("column")
+        columns = [column] if column else [kwargs.get("column_A"), kwargs.get("column_B")]
+        out["unexpected_count"] = len(res["unexpected_index_list"])
+        out["unexpected"] = [_describe_row(df.loc[i], columns) for i in res["unexpected_index_list"]]
+    elif "observed_value" in res:
+        out["observed_value"] = res["observed_value"]
+    return out
+
+
+def _describe_row(row: pd.Series, columns: list[str]) -> dict:
+    """The files of an offending pair and the values that failed."""
+    values = {c: _jsonable(row[c]) for c in columns if c}
+    return {
+        "name": row["name"],
+        "image": _jsonable(row["image_path"]),
+        "mask": _jsonable(row["mask_path"]),
+        "values": values,
+    }
+
+
+def _jsonable(v):
+    if v is None or (isinstance(v, float) and v != v) or v is pd.NA:
+        return None
+    return v.item() if hasattr(v, "item") else v
+
+
+def summarise(outcomes: list[dict]) -> dict:
+    """The report written to reports/validation.json."""
+    failed = [o for o in outcomes if not o["success"]]
+    return {
+        "success": not failed,
+        "evaluated": len(outcomes),
+        "failed": len(failed),
+        "failures": failed,
+        "expectations": [{"guards": o["guards"], "expectation": o["expectation"], "success": o["success"]} for o in outcomes],
+    }
+
+
+def failure_message(report: dict, limit: int = 8) -> str:
+    """A human-readable account of what failed, naming files, and what to do next."""
+    lines = [f"Data validation failed: {report['failed']} of {report['evaluated']} expectations not met."]
+    for f in report["failures"]:
+        n = f.get("unexpected_count")
+        lines.append(f"- {f['guards']}" + (f" ({n} pair(s)):" if n else ":"))
+        for u in f.get("unexpected", [])[:limit]:
+            shown = ", ".join(f"{k}={v}" for k, v in u["values"].items())
+            lines.append(f"    {u['image'] or u['mask']}  [{shown}]")
+        if n and n > limit:
+            lines.append(f"    ... and {n - limit} more (see the report)")
+        if "observed_value" in f:
+            lines.append(f"    observed: {f['observed_value']}")
+        if "error" in f:
+            lines.append(f"    error: {f['error']}")
+    lines.append("Fix or remove these files (or adjust validate: in params.yaml), then run `dvc repro` again.")
+    return "\n".join(lines)

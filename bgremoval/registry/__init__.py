@@ -1,0 +1,1 @@
+"""The model registry: registering a served model and the champion/challenger gate."""

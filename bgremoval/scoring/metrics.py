@@ -1,0 +1,122 @@
+"""Evaluation metrics of predicted masks against ground truth (the salient-object protocol).
+
+Predictions are probabilities in [0, 1] at the ground truth's size; ground truth is binarised at
+0.5. Per-image scores are averaged over images, except max F, which (as in the protocol) averages
+precision and recall over images at each of 256 thresholds and then takes the best F.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+BETA2 = 0.3  # weights precision over recall, as the salient-object literature does
+# Direction of every summary metric.
+HIGHER_IS_BETTER = {"max_f": True, "iou": True, "dice": True, "boundary_f": True, "mae": False}
+# The metrics `dvc metrics show` prints for a model and for the stock baseline (dice is IoU's twin).
+HEADLINE = ("mae", "max_f", "iou", "boundary_f")
+N_THRESHOLDS = 256
+_EPS = 1e-8
+
+
+@dataclass(frozen=True)
+class ImageScores:
+    """Per-image scores and the curves max F needs."""
+
+    mae: float
+    iou: float
+    dice: float
+    boundary_f: float
+    precision: np.ndarray  # (256,) at thresholds 0/255 .. 255/255
+    recall: np.ndarray
+
+
+def _binary(gt: np.ndarray) -> np.ndarray:
+    return np.asarray(gt, np.float64) >= 0.5
+
+
+def precision_recall(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Precision and recall of `pred >= t/255` for t = 0..255, from two histograms (one pass)."""
+    levels = np.clip(np.round(np.asarray(pred, np.float64) * 255), 0, 255).astype(np.int64)
+    truth = _binary(gt)
+    fg = np.bincount(levels[truth], minlength=256)
+    bg = np.bincount(levels[~truth], minlength=256)
+    tp = np.cumsum(fg[::-1])[::-1]  # pixels at or above each level
+    fp = np.cumsum(bg[::-1])[::-1]
+    precision = tp / (tp + fp + _EPS)
+    recall = tp / (truth.sum() + _EPS)
+    return precision, recall
+
+
+def iou_dice(pred: np.ndarray, gt: np.ndarray, threshold: float = 0.5) -> tuple[float, float]:
+    """IoU and Dice of the prediction thresholded at `threshold`; both 1.0 when both masks are empty."""
+    p, t = np.asarray(pred) >= threshold, _binary(gt)
+    inter, union, total = (p & t).sum(), (p | t).sum(), p.sum() + t.sum()
+    if union == 0:
+        return 1.0, 1.0
+    return float(inter / union), float(2 * inter / total)
+
+
+def _boundary(mask: np.ndarray) -> np.ndarray:
+    """Pixels of the mask that touch the background (4-neighbourhood)."""
+    return mask & ~ndimage.binary_erosion(mask, border_value=0)
+
+
+def boundary_f(pred: np.ndarray, gt: np.ndarray, tolerance: float = 0.008, threshold: float = 0.5) -> float:
+    """F-score of boundary pixels matched within tolerance x image diagonal (the DAVIS F measure)."""
+    p, t = _boundary(np.asarray(pred) >= threshold), _boundary(_binary(gt))
+    if not p.any() and not t.any():
+        return 1.0
+    if not p.any() or not t.any():
+        return 0.0
+    radius = max(1, int(np.ceil(tolerance * np.hypot(*p.shape))))
+    disk = np.hypot(*np.mgrid[-radius : radius + 1, -radius : radius + 1]) <= radius
+    precision = (p & ndimage.binary_dilation(t, disk)).sum() / p.sum()
+    recall = (t & ndimage.binary_dilation(p, disk)).sum() / t.sum()
+    return float(2 * precision * recall / (precision + recall + _EPS))
+
+
+def score_image(pred: np.ndarray, gt: np.ndarray) -> ImageScores:
+    """All per-image scores of one prediction (H, W) in [0, 1] against its ground truth (H, W)."""
+    pred = np.asarray(pred, np.float64)
+    if pred.shape != np.shape(gt):
+        raise ValueError(f"prediction {pred.shape} and ground truth {np.shape(gt)} differ in size")
+    precision, recall = precision_recall(pred, gt)
+    iou, dice = iou_dice(pred, gt)
+    return ImageScores(
+        mae=float(np.abs(pred - _binary(gt)).mean()),
+        iou=iou,
+        dice=dice,
+        boundary_f=boundary_f(pred, gt),
+        precision=precision,
+        recall=recall,
+    )
+
+
+def f_measure(precision: np.ndarray, recall: np.ndarray, beta2: float = BETA2) -> np.ndarray:
+    """F_beta from precision and recall (elementwise)."""
+    return (1 + beta2) * precision * recall / (beta2 * precision + recall + _EPS)
+
+
+def summarise(scores: list[ImageScores]) -> dict[str, float]:
+    """Dataset metrics: mae, max_f, iou, dice, boundary_f."""
+    if not scores:
+        raise ValueError("no images to score")
+    precision = np.mean([s.precision for s in scores], axis=0)
+    recall = np.mean([s.recall for s in scores], axis=0)
+    return {
+        "mae": float(np.mean([s.mae for s in scores])),
+        "max_f": float(f_measure(precision, recall).max()),
+        "iou": float(np.mean([s.iou for s in scores])),
+        "dice": float(np.mean([s.dice for s in scores])),
+        "boundary_f": float(np.mean([s.boundary_f for s in scores])),
+    }
+
+
+def pr_curve(scores: list[ImageScores]) -> list[dict[str, float]]:
+    """The dataset's precision-recall curve (averaged over images), one row per threshold."""
+    precision = np.mean([s.precision for s in scores], axis=0)
+    recall = np.mean([s.recall for s in scores], axis=0)
+    return [{"threshold": t / 255, "precision": float(p), "recall": float(r)} for t, (p, r) in enumerate(zip(precision, recall))]

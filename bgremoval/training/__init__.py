@@ -1,0 +1,1 @@
+"""Training: losses, the fit loop with resumable epochs, weight blending, hyperparameter search."""

@@ -1,0 +1,104 @@
+"""One training run, tracked: resumed from its checkpoints if it was cut off, logged as one MLflow run
+(params, lineage, datasets, per-epoch curves), fine-tuned, then blended with the pretrained weights."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+import mlflow
+import numpy as np
+import pandas as pd
+
+from bgremoval import tracking
+from bgremoval.model.network import ModelConfig, build_network, inference_model
+from bgremoval.pictures import grid, overlay
+from bgremoval.training.blend import choose_blend
+from bgremoval.training.callbacks import EpochLogger, Progress
+from bgremoval.training.fit import (
+    TrainConfig, checkpoint_epoch, clean_logs, count_records, datasets, evaluate_val, fit, positive_weight, run_key,
+    steps_per_epoch,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Trained:
+    """What a finished run hands on: the model to save and the facts train.json records."""
+
+    model: keras.Model          # inference model: [0, 1] RGB -> probability
+    summary: dict[str, Any]     # run_id, epochs_run, val metrics, blend
+
+
+def train_tracked(model_cfg: ModelConfig, train_cfg: TrainConfig, shards: Path, seed: int, checkpoints: Path,
+                  manifest: pd.DataFrame, manifest_path: Path, lineage: dict[str, str]) -> Trained:
+    """Train in the MLflow run of this configuration (a new one, or the one a kill cut off)."""
+    train_ds, val_ds = datasets(shards, train_cfg.size, train_cfg.batch_size, seed)
+    steps, pos_weight = steps_per_epoch(train_cfg, shards), positive_weight(train_cfg, shards)
+    network = build_network(model_cfg)
+    pretrained = [w.copy() for w in network.get_weights()]  # what train.blend mixes back in after fine-tuning
+    key = run_key(model_cfg, train_cfg, lineage["data.sha256"], seed)
+    checkpoints = Path(checkpoints) / key
+    resumed = checkpoint_epoch(checkpoints)
+    previous = tracking.unfinished_run("train.run_key", key) if resumed else None
+    if resumed:  # a run of this very configuration was cut off: go on from its last finished epoch
+        log.info("resuming from the checkpoint after epoch %d (%s)%s", resumed, checkpoints,
+                 f", in MLflow run {previous}" if previous else "")
+    with tracking.run("train", run_id=previous) as run:
+        mlflow.set_tags({"stage": "train", "train.run_key": key, "train.resumed_at_epoch": str(resumed), **lineage})
+        if previous is None:  # a resumed run has its params and inputs already (MLflow params are write-once)
+            mlflow.log_params({f"model.{k}": v for k, v in asdict(model_cfg).items()})
+            mlflow.log_params({f"train.{k}": v for k, v in asdict(train_cfg).items()})
+            mlflow.log_params({"base.seed": seed, "pos_weight": pos_weight, "steps_per_epoch": steps,
+                               "n_train": count_records(shards, "train")})
+            for split, context in (("train", "training"), ("val", "validation"), ("test", "testing")):
+                mlflow.log_input(tracking.split_dataset(manifest, split, manifest_path), context=context)
+        rename = lambda logs: clean_logs(network, logs)  # noqa: E731
+        progress = Progress(train_cfg.epochs, steps, rename, done_epochs=resumed)
+        history = fit(network, train_ds, val_ds, train_cfg, pos_weight, steps, checkpoints,
+                      [EpochLogger(rename), progress])
+        progress.close()
+        share, blends = _blend(network, pretrained, val_ds, model_cfg, train_cfg)
+        # The saved model is the best epoch's (early stopping restores it), blended: report *its* val metrics.
+        final = evaluate_val(network, val_ds)
+        mlflow.log_metrics({f"model_val/{k}": v for k, v in final.items()})
+        summary = {"run_id": run.info.run_id, "epochs_run": len(next(iter(history.values()), [])), "val": final,
+                   "blend": {"share": share, "val_iou": {str(s): m["iou"] for s, m in blends.items()}}}
+    log.info("trained %s for %d epochs: val %s; MLflow run %s", model_cfg.family, summary["epochs_run"],
+             {k: round(v, 4) for k, v in final.items()}, summary["run_id"])
+    return Trained(inference_model(network), summary)
+
+
+def _blend(network: keras.Model, pretrained: list, val_ds, model_cfg: ModelConfig, train_cfg: TrainConfig):
+    """train.blend: mix the pretrained weights back in at the share that scores best on val; logged to MLflow."""
+    if model_cfg.family != "u2netp":  # a network trained from scratch has no pretrained weights to keep
+        if train_cfg.blend != (1.0,):
+            log.info("train.blend %s not applied: model.family %s has no pretrained weights", list(train_cfg.blend),
+                     model_cfg.family)
+        return 1.0, {}
+    share, scores = choose_blend(network, pretrained, val_ds, train_cfg.blend)
+    for s, metrics in scores.items():  # one curve in the MLflow UI: val IoU against the share of fine-tuned weights
+        mlflow.log_metric("blend/val_iou", metrics["iou"], step=round(100 * s))
+    mlflow.log_metric("blend/share", share)
+    if scores:
+        log.info("blend: %.2f of the fine-tuned weights (val IoU %s)", share,
+                 ", ".join(f"{s:.2f}: {m['iou']:.4f}" for s, m in scores.items()))
+    return share, scores
+
+
+def prediction_grid(model: keras.Model, shards: Path, size: int, n: int = 8):
+    """Val images: ground truth (green) beside the prediction (magenta)."""
+    _, val_ds = datasets(shards, size, n, 0)
+    images, masks = next(iter(val_ds.unbatch().batch(n)))
+    images, masks = images.numpy(), masks.numpy()[..., 0]
+    preds = np.asarray(model.predict(images, batch_size=n, verbose=0))[..., 0]
+    tiles, labels = [], []
+    for img, gt, pr in zip(images, masks, preds):
+        rgb = (img * 255).round().astype(np.uint8)
+        tiles += [overlay(rgb, (gt * 255).astype(np.uint8)), overlay(rgb, (pr * 255).astype(np.uint8), color=(255, 0, 200))]
+        labels += ["truth", "predicted"]
+    return grid(tiles, labels, cols=4)
