@@ -1,6 +1,10 @@
 """How long prepare + validate take on a folder of real pairs; prints a table.
 
-    python benchmarks/data_checks.py ../shared/data/davis_train
+    python benchmarks/data_checks.py FOLDER
+
+The two stages' work as the pipeline does it (params.yaml's prepare: and validate: settings): every file
+decoded, hashed, grouped and split, then the Great Expectations suite with its Data Docs (in a temporary
+folder). Nothing is written to the project.
 """
 
 from __future__ import annotations
@@ -12,38 +16,43 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
-from bgremoval.manifest import build_manifest, pair_files  # noqa: E402
-from bgremoval.split import assign_groups, split_groups  # noqa: E402
-from bgremoval.validation import Thresholds, add_derived_columns, run_suite, summarise  # noqa: E402
+import yaml  # noqa: E402
 
-SPLITS = {"train": 0.7, "val": 0.15, "test": 0.15}
+from bgremoval.data.manifest import build_manifest, pair_files  # noqa: E402
+from bgremoval.data.split import assign_groups, split_groups  # noqa: E402
+from bgremoval.data.validation import Thresholds, add_derived_columns, run_suite, summarise  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", type=Path, help="folder with images/ and masks/")
     args = parser.parse_args()
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    prepare, validate = params["prepare"], params["validate"]
 
     t0 = time.perf_counter()
-    pairs = pair_files(args.folder)
-    manifest = build_manifest(pairs, max_pixels=40_000_000)
-    manifest["group"] = assign_groups(manifest["name"], r"^(.*)_\d+$")
-    manifest["split"] = split_groups(manifest["group"], SPLITS, 42)
+    manifest = build_manifest(pair_files(args.folder), max_pixels=prepare["max_pixels"])
+    manifest["group"] = assign_groups(manifest["name"], prepare["group_pattern"])
+    manifest["split"] = split_groups(manifest["group"], prepare["splits"], params["base"]["seed"])
     t1 = time.perf_counter()
-    thresholds = Thresholds(min_size=64, fg_min=0.001, fg_max=0.98, split_tolerance=0.1, split_fractions=SPLITS)
+    thresholds = Thresholds(min_size=validate["min_size"], fg_min=validate["fg_min"], fg_max=validate["fg_max"],
+                            split_tolerance=validate["split_tolerance"], split_fractions=prepare["splits"])
     with tempfile.TemporaryDirectory() as docs:
-        report = summarise(run_suite(add_derived_columns(manifest, SPLITS), thresholds, Path(docs)))
+        report = summarise(run_suite(add_derived_columns(manifest, prepare["splits"]), thresholds, Path(docs)))
     t2 = time.perf_counter()
 
     n = len(manifest)
     rows = [("prepare (decode, hash, split)", t1 - t0), ("validate (GX suite + Data Docs)", t2 - t1), ("total", t2 - t0)]
-    print(f"{n} pairs from {args.folder}; {manifest['group'].nunique()} groups; validation success={report['success']}")
-    print(f"{'step':34s} {'seconds':>8s} {'pairs/s':>8s}")
+    print(f"{n} pairs from {args.folder}; {manifest['group'].nunique()} groups; "
+          f"validation: {report['evaluated'] - report['failed']} of {report['evaluated']} expectations met")
+    print(f"{'step':<34} | {'seconds':>8} | {'pairs/s':>8}")
+    print(f"{'-' * 34}-|{'-' * 10}|{'-' * 9}")
     for name, secs in rows:
-        print(f"{name:34s} {secs:8.2f} {n / secs:8.1f}")
+        print(f"{name:<34} | {secs:8.2f} | {n / secs:8.1f}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,6 @@
 """Can U²-NetP learn U²-Net's masks? Distillation on a real folder, scored on unseen groups; prints a table.
 
-    python benchmarks/distill.py ../shared/data/davis_train --u2net /tmp/u2net/u2net.onnx \\
-        --test-groups blackswan,breakdance --val-groups libby,dog --steps 500 --eval-every 250
+    python benchmarks/distill.py FOLDER --test-groups a,b --val-groups c,d [--steps 500] [--eval-every 250]
 
 U²-Net's soft masks (rembg's protocol, before rembg makes them 8-bit) are the only targets: U²-NetP starts
 from its pretrained weights and trains whole (encoder too) on the train groups (every group not in test or
@@ -9,10 +8,12 @@ val; `--train-groups` names them instead, e.g. the test groups themselves as an 
 network can hold U²-Net's masks at all). Each step is `--batch` crops at `--size`² (a share of whole frames,
 the rest random crops; flips and colour jitter on the image), BCE on the fused and all six side outputs. Every
 `--eval-every` steps the weights are blended with the pretrained ones (share b of the distilled weights) and
-scored on every `--every`-th val and test image at `--size`², no refinement, as the evaluate stage scores.
+scored on every `--every`-th val and test image (the network at `--size`², no refinement), each at its own
+resolution.
 
-U²-Net's masks are computed once per image and cached in --workdir. u2net.onnx: see benchmarks/quality.py.
-Session 13 measured 4.7 s a step (batch 8 at 288²) on 2 CPU cores; see the README's Results.
+U²-Net's masks are computed once per image and cached in --workdir. The teacher is stock U²-Net's u2net.onnx:
+`make u2net` puts it in the venv (or give --u2net PATH, or set $BGREMOVAL_U2NET_ONNX; its sha256 is checked).
+Prints a table of every evaluation and writes them as JSON (--out).
 """
 
 from __future__ import annotations
@@ -39,18 +40,18 @@ SHARES = (0.0, 0.25, 0.5, 0.75, 1.0)
 def pairs_by_group(data: Path) -> dict[str, tuple[Path, Path, str]]:
     """name -> (image, mask, group) for every complete pair (groups by prepare.group_pattern, as the pipeline
     makes them)."""
-    from bgremoval.manifest import pair_files
-    from bgremoval.split import group_of
+    from bgremoval.data.manifest import pair_files
+    from bgremoval.data.split import group_of
 
     pattern = re.compile(yaml.safe_load((ROOT / "params.yaml").read_text())["prepare"]["group_pattern"])
     return {name: (image, mask, group_of(name, pattern))
             for name, image, mask in pair_files(data) if image is not None and mask is not None}
 
 
-def teacher_masks(images: dict[str, Path], u2net: Path, workdir: Path, threads: int) -> dict[str, np.ndarray]:
+def teacher_masks(images: dict[str, Path], u2net: Path, workdir: Path) -> dict[str, np.ndarray]:
     """U²-Net's min-max normalised 320x320 mask per image (name -> file), cached by model and images."""
-    from bgremoval.imageio import load_rgb
-    from bgremoval.stock import RembgModel
+    from bgremoval.images import load_rgb
+    from bgremoval.scoring.stock import RembgModel
 
     listing = ",".join(str(p.resolve()) for p in images.values())
     key = hashlib.sha256(f"{u2net.resolve()}:{u2net.stat().st_size}:{listing}".encode()).hexdigest()[:12]
@@ -58,7 +59,7 @@ def teacher_masks(images: dict[str, Path], u2net: Path, workdir: Path, threads: 
     if cache.exists():
         with np.load(cache) as z:
             return {n: z[n] for n in images}
-    teacher, out = RembgModel(u2net, threads), {}
+    teacher, out = RembgModel(u2net), {}
     for i, (name, path) in enumerate(images.items()):
         out[name] = teacher.normalised(load_rgb(path, 10**9)).astype(np.float16)
         if i % 100 == 0:
@@ -105,33 +106,42 @@ def crop_sampler(images: list[np.ndarray], targets: list[np.ndarray], size: int,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data", type=Path, help="a folder with images/ and masks/")
-    parser.add_argument("--u2net", type=Path, required=True, help="rembg's u2net.onnx: the teacher")
+    parser.add_argument("--u2net", type=Path, default=None,
+                        help="rembg's u2net.onnx, the teacher (default: the one `make u2net` puts in the venv)")
     parser.add_argument("--test-groups", required=True, help="comma-separated groups scored as test")
     parser.add_argument("--val-groups", required=True, help="comma-separated groups scored as val")
     parser.add_argument("--train-groups", default="", help="train on these groups instead of all the others")
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--eval-every", type=int, default=250)
-    parser.add_argument("--size", type=int, default=288, help="training and scoring size (the profile serves 288²)")
+    parser.add_argument("--size", type=int, default=288, help="training and scoring size")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--whole-share", type=float, default=0.3, help="share of samples that are whole frames")
     parser.add_argument("--every", type=int, default=2, help="score every n-th val and test image")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/bgremoval-distill"))
     parser.add_argument("--out", type=Path, default=None, help="JSON of every score (default: WORKDIR/distill.json)")
     args = parser.parse_args()
 
+    from bgremoval.quiet import import_tensorflow_quietly
+
+    import_tensorflow_quietly()
     import keras
     import tensorflow as tf
 
-    from bgremoval.imageio import load_mask, load_rgb
-    from bgremoval.metrics import score_image, summarise
-    from bgremoval.serving import Segmenter
-    from bgremoval.stock import RembgModel
-    from bgremoval.train import ModelConfig, blend_weights, build_network, inference_model
+    from bgremoval.data.masks import load_mask
+    from bgremoval.images import load_rgb
+    from bgremoval.model.network import ModelConfig, build_network, inference_model
+    from bgremoval.scoring.metrics import score_image, summarise
+    from bgremoval.scoring.stock import RembgModel
+    from bgremoval.serving.runtime import KerasSegmenter
+    from bgremoval.training.blend import blend_weights
+    from bgremoval.weights import find_u2net_onnx
+
+    u2net = find_u2net_onnx(args.u2net)
+    model_params = yaml.safe_load((ROOT / "params.yaml").read_text())["model"]
 
     keras.utils.set_random_seed(args.seed)
     pairs = pairs_by_group(args.data)
@@ -148,17 +158,18 @@ def main() -> None:
 
     photo = lambda n: load_rgb(pairs[n][0], 10**9)  # noqa: E731
     truth = lambda n: load_mask(pairs[n][1], 10**9).astype(np.float64) / 255  # noqa: E731
-    teacher = teacher_masks({n: pairs[n][0] for n in train_n}, args.u2net, args.workdir, args.threads)
+    teacher = teacher_masks({n: pairs[n][0] for n in train_n}, u2net, args.workdir)
     batch = crop_sampler([photo(n) for n in train_n], [teacher[n] for n in train_n], args.size, args.whole_share, args.seed)
 
     def score(names: list[str], predict) -> dict[str, float]:
         return summarise([score_image(predict(photo(n)), truth(n)) for n in names])
 
-    stock_u2net = RembgModel(args.u2net, args.threads)
+    stock_u2net = RembgModel(u2net)
     log: dict = {"args": {k: str(v) for k, v in vars(args).items()},
                  "u2net": {"val": score(val_n, stock_u2net), "test": score(test_n, stock_u2net)}, "evals": {}}
 
-    net = build_network(ModelConfig(family="u2netp"))
+    net = build_network(ModelConfig(family="u2netp", unet_filters=model_params["unet_filters"],
+                                     unet_separable=model_params["unet_separable"], onnx_path=model_params["onnx_path"]))
     pretrained = [w.copy() for w in net.get_weights()]
     variables = net.trainable_variables
     opt, bce = keras.optimizers.Adam(args.lr), keras.losses.BinaryCrossentropy()
@@ -175,7 +186,7 @@ def main() -> None:
         distilled, scores = [w.copy() for w in net.get_weights()], {}
         for share in SHARES:
             net.set_weights(blend_weights(distilled, pretrained, share))
-            seg = Segmenter(inference_model(net), args.size)
+            seg = KerasSegmenter(inference_model(net), args.size)
             scores[share] = {"val": score(val_n, seg), "test": score(test_n, seg)}
         net.set_weights(distilled)
         return scores

@@ -3,13 +3,13 @@ and malformed requests. Prints tables and writes JSON.
 
 Run in the project after `dvc repro` (it serves models:/bgremoval@champion with `mlflow models serve`):
 
-    python benchmarks/load.py [--model models:/bgremoval@champion] [--project DIR] [--out reports/load.json]
+    python benchmarks/load.py [--model models:/bgremoval@champion] [--project DIR] [--out FILE]
 
 - burst: --burst requests (default 200) sent at once, images of mixed sizes; all must answer 200 with a
-  mask of the input's size; latency percentiles;
+  cut-out of the input's size; latency percentiles;
 - memory: --requests (default 1,000) requests, --concurrency at a time; the RSS of the server's whole
   process tree, measured every 100 requests (bounded = no trend after warm-up);
-- malformed: 100 bad requests of 7 kinds; every one must get a 4xx, and a good request after them a 200.
+- malformed: 100 bad requests of 8 kinds; every one must get a 4xx, and a good request after them a 200.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import json
 import os
 import statistics
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -32,6 +33,7 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 import numpy as np  # noqa: E402
 import psutil  # noqa: E402
+import yaml  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from serve_helper import served  # noqa: E402
@@ -88,20 +90,26 @@ MALFORMED = [
     (b'{"dataframe_split": {"columns": ["picture"], "data": [["x"]]}}', "application/json"),
     (b"{not json", "application/json"),
     (b"image\nabc", "text/plain"),
+    (json.dumps({"dataframe_split": {"columns": ["image"], "data": [[base64.b64encode(photo(64, 64, 0)).decode()]]},
+                 "params": {"output": "sparkles"}}).encode(), "application/json"),
 ]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="models:/bgremoval@champion")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None, help="model URI (default: models:/<register.model_name>@champion)")
     parser.add_argument("--project", type=Path, default=ROOT)
     parser.add_argument("--burst", type=int, default=200)
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--out", type=Path, default=ROOT / "reports" / "load.json")
+    parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "bgremoval-load.json")
     args = parser.parse_args()
     project = args.project.resolve()
-    tracking_uri = os.environ.get("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'mlflow.db'}")
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    args.model = args.model or f"models:/{params['register']['model_name']}@champion"
+    tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or params["mlflow"]["tracking_uri"]
+    if tracking_uri.startswith("sqlite:///") and not tracking_uri.startswith("sqlite:////"):
+        tracking_uri = f"sqlite:///{project / tracking_uri[len('sqlite:///'):]}"  # relative to the project
     bodies = [good_body(i) for i in range(len(SIZES) * 4)]
     report: dict = {"model": args.model, "machine": f"{os.cpu_count()} CPU cores"}
     with served(project, args.model, tracking_uri) as (port, proc):

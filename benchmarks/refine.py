@@ -1,12 +1,13 @@
-"""What each refinement of the mask (evaluate.refine) does to stock U²-NetP on a real folder, by group.
+"""What each refinement of the mask (export.refine) does to stock U²-NetP on a real folder, by group.
 
-    python benchmarks/refine.py ../shared/data/davis_train --every 5 --size 320 \\
-        --groups paragliding-launch,scooter-black --groups blackswan,breakdance
+    python benchmarks/refine.py FOLDER [--every 5] [--size 320] [--groups a,b --groups c,d] [--out FILE]
 
-Stock U²-NetP's weights (float32 ONNX, this project's preprocessing, at --size) on every --every-th image
-(frame numbers divisible by it), scored with each combination of flip / main object / sharpen, on all the
-images and on each --groups subset (a fold's test sequences, say). No training: this is what serving alone
-changes. Prints a table and writes it as JSON (--out).
+Stock U²-NetP's weights (float32 onnxruntime, served as the export stage serves a model: this project's
+preprocessing at --size, the mask resized back to each image) on every --every-th image (frame numbers
+divisible by it), scored at the images' own resolution with each combination of flip / main object / sharpen,
+on all the images and on each --groups subset (groups by params.yaml's prepare.group_pattern). No training:
+this is what serving alone changes. Prints a table and writes it as JSON (--out, default
+/tmp/bgremoval-refine.json).
 """
 
 from __future__ import annotations
@@ -21,59 +22,67 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
 
-from bgremoval.split import group_of  # noqa: E402
+from quality import any_size  # noqa: E402
+
+from bgremoval.data.manifest import pair_files  # noqa: E402
+from bgremoval.data.split import group_of  # noqa: E402
 
 
 def rows_for(data: Path, every: int) -> pd.DataFrame:
-    """image_path, mask_path and group of the images whose trailing number is divisible by `every`."""
+    """name, image_path, mask_path and group of the pairs whose trailing number is divisible by `every`."""
     pattern = re.compile(yaml.safe_load((ROOT / "params.yaml").read_text())["prepare"]["group_pattern"])
-    masks = {p.stem: p for p in (data / "masks").iterdir() if p.is_file()}
     records = []
-    for image in sorted(p for p in (data / "images").iterdir() if p.is_file() and p.stem in masks):
-        number = re.search(r"(\d+)$", image.stem)
-        if number and int(number.group(1)) % every == 0:
-            records.append({"name": image.stem, "image_path": str(image), "mask_path": str(masks[image.stem]),
-                            "group": group_of(image.stem, pattern)})
-    return pd.DataFrame(records)
+    for name, image, mask in pair_files(data):
+        number = re.search(r"(\d+)$", name)
+        if image is not None and mask is not None and (every == 1 or (number and int(number.group(1)) % every == 0)):
+            records.append({"name": name, "image_path": str(image), "mask_path": str(mask),
+                            "group": group_of(name, pattern)})
+    return pd.DataFrame(records, columns=["name", "image_path", "mask_path", "group"])
 
 
 def main() -> None:
-    from bgremoval.evaluate import choose_refine, refine_grid
-    from bgremoval.export import OnnxSegmenter, export_u2netp
-    from bgremoval.train import ModelConfig, build_network, inference_model
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data", type=Path, help="folder with images/ and masks/")
     parser.add_argument("--every", type=int, default=1, help="every n-th image (by its trailing frame number)")
     parser.add_argument("--size", type=int, default=320, help="input size of the network")
     parser.add_argument("--groups", action="append", default=[], help="comma-separated groups scored apart (repeatable)")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--out", type=Path, default=ROOT / "reports" / "refine.json")
+    parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "bgremoval-refine.json")
     args = parser.parse_args()
 
+    from bgremoval.quiet import import_tensorflow_quietly
+
+    import_tensorflow_quietly()  # export.choose imports Keras
+    from bgremoval.export.choose import RefineChoices, choose_refine
+    from bgremoval.serving.runtime import OnnxSegmenter
+    from bgremoval.weights import find_u2netp_onnx
+
     rows = rows_for(args.data, args.every)
+    if rows.empty:
+        parser.error(f"{args.data}: no image/mask pairs (with --every {args.every})")
     subsets = {"all": rows} | {g: rows[rows["group"].isin(g.split(","))].reset_index(drop=True) for g in args.groups}
-    choices = refine_grid([False, True], [False, True], [1.0, 2.0])
+    empty = [name for name, subset in subsets.items() if subset.empty]
+    if empty:
+        parser.error(f"--groups {', '.join(empty)}: no such images; groups here: {', '.join(sorted(rows['group'].unique()))}")
+    max_pixels = yaml.safe_load((ROOT / "params.yaml").read_text())["prepare"]["max_pixels"]
+    choices = RefineChoices(flip=[False, True], main_object=[False, True], sharpen=[1.0, 2.0], tolerance=0.0).grid()
     with tempfile.TemporaryDirectory() as tmp:
-        onnx = export_u2netp(inference_model(build_network(ModelConfig(family="u2netp"))), Path(tmp) / "stock.onnx", args.size)
-        predict = OnnxSegmenter(onnx, args.size, args.threads)
-        table = {name: choose_refine(subset, predict, choices, 10**9, progress=True)[1] for name, subset in subsets.items()}
+        predict = OnnxSegmenter(any_size(find_u2netp_onnx(), Path(tmp) / "u2netp.onnx"), args.size)
+        scores = {name: choose_refine(subset, predict, choices, max_pixels, 0.0)[1] for name, subset in subsets.items()}
     names = list(subsets)
     print(f"stock U²-NetP at {args.size}², {len(rows)} images; MAE / max F / IoU per subset")
     print(f"{'refinement':<28} | " + " | ".join(f"{n[:24]:^24}" for n in names))
     print("-" * 29 + "|" + "|".join("-" * 26 for _ in names))
-    for choice in table["all"]:
-        print(f"{choice:<28} | " + " | ".join(
-            f"{table[n][choice]['mae']:.4f} {table[n][choice]['max_f']:.4f} {table[n][choice]['iou']:.4f}".center(24)
+    for choice in choices:
+        print(f"{choice.name:<28} | " + " | ".join(
+            f"{scores[n][choice]['mae']:.4f} {scores[n][choice]['max_f']:.4f} {scores[n][choice]['iou']:.4f}".center(24)
             for n in names))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"size": args.size, "n_images": len(rows), "subsets": {n: len(s) for n, s in subsets.items()},
-                                    "scores": table}, indent=2))
+                                    "scores": {c.name: {n: scores[n][c] for n in names} for c in choices}}, indent=2))
     print(f"written to {args.out}")
 
 

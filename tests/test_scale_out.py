@@ -22,13 +22,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from bgremoval.serving import png_bytes
-
-from tests.test_pipeline_e2e import dvc, project, set_params  # noqa: F401 (project is a fixture)
-from tests.conftest import disc_image, free_port, running_server
-from tests.test_train import _toy_shards
-
-ROOT = Path(__file__).resolve().parents[1]
+from bgremoval.serving.render import png_bytes
+from tests.helpers import ROOT, disc_image, dvc, free_port, running_server, toy_shards
 PG = os.environ.get("BGREMOVAL_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
 N_TRIALS = 6
 pytestmark = pytest.mark.slow
@@ -84,7 +79,7 @@ def workers_run(tmp_path_factory, mlflow_server):
     db = _temp_database("bgremoval_optuna")
     storage = f"{PG}/{db}"
     workdir = tmp_path_factory.mktemp("workdir")
-    shards = _toy_shards(workdir / "shards", n_train=16, n_val=8)
+    shards = toy_shards(workdir / "shards", n_train=16, n_val=8)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["paths"]["augmented"] = str(shards)
     params["model"] |= {"family": "unet", "unet_filters": [4, 8]}
@@ -170,7 +165,6 @@ def test_queued_experiments_run_in_parallel_against_shared_engines(project, mlfl
     tracking and the study go to shared engines (MLflow server, PostgreSQL), never to one SQLite file."""
     db = _temp_database("bgremoval_queue")
     try:
-        set_params(project, {"evaluate.size": 32})
         git = ["git", "-c", "user.name=t", "-c", "user.email=t@localhost"]
         subprocess.run([*git, "add", "-A"], cwd=project, check=True)
         subprocess.run([*git, "commit", "-qm", "toy project"], cwd=project, check=True)

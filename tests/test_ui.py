@@ -1,20 +1,23 @@
-"""The user's view after the toy pipeline, in headless Chromium: the MLflow UI (runs, the prediction
-grid, the registry), the GX Data Docs page and the evaluate pictures. Screenshots go to test-artifacts/."""
+"""The user's view after the toy pipeline, in headless Chromium: the MLflow UI (the runs with their datasets,
+the prediction grid, the registry and its model's test metrics), Optuna's dashboard on the study, the GX
+Data Docs page and the report pictures. Screenshots go to test-artifacts/."""
 
 from __future__ import annotations
 
 import json
-import os
 import sys
+import urllib.request
 from pathlib import Path
 
 import mlflow
 import pytest
 from PIL import Image
 
-from tests.conftest import free_port, running_server
+from tests.helpers import free_port, project_env, running_server
 
 pytestmark = pytest.mark.slow
+# MLflow 3's UI shows GenAI pages unless told the workflow is model training (its toggle, or this parameter).
+TRAINING = "workflowType=machine_learning"
 
 
 @pytest.fixture(scope="module")
@@ -23,48 +26,94 @@ def mlflow_ui(full_run, tmp_path_factory):
     project, run = full_run
     assert run.returncode == 0, run.stdout + run.stderr
     port = free_port()
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    env.pop("MLFLOW_TRACKING_URI", None)
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", "sqlite:///mlflow.db", "--port", str(port)]
     log = tmp_path_factory.mktemp("ui") / "mlflow-ui.log"
-    with running_server(cmd, f"http://127.0.0.1:{port}/health", log, env, cwd=project):
+    with running_server(cmd, f"http://127.0.0.1:{port}/health", log, project_env(), cwd=project):
         yield f"http://127.0.0.1:{port}", project
 
 
-def test_mlflow_ui_shows_the_runs_the_prediction_grid_and_the_champion(mlflow_ui, browser):
+def test_the_experiment_opens_on_its_runs_with_their_datasets(mlflow_ui, browser):
     from selenium.webdriver.common.by import By
 
     url, project = mlflow_ui
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("bgremoval")
-    train_run = json.loads((project / "reports" / "train.json").read_text())["run_id"]
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     n_trials = len(client.search_runs([experiment.experiment_id], "attributes.run_name LIKE 'trial-%'"))
     assert n_trials == 2
 
-    # The experiment page: the train run and the tune study's parent run; expanding it lists every trial.
-    browser.open(f"{url}/#/experiments/{experiment.experiment_id}/runs", "tune-bgremoval-", shot="mlflow-experiment")
-    assert browser.driver.find_elements(By.LINK_TEXT, "train")  # the train run's own link in the table
+    # The experiment's own link opens on its runs (not the GenAI overview): the train run, its datasets, the study.
+    page = browser.open(f"{url}/#/experiments/{experiment.experiment_id}?{TRAINING}", "tune-bgremoval-", "Dataset",
+                        shot="mlflow-experiment")
+    assert f"/experiments/{experiment.experiment_id}/runs" in browser.driver.current_url
+    digest = {d.dataset.name: d.dataset.digest for d in client.get_run(_train_run(project)).inputs.dataset_inputs}
+    assert f"train ({digest['train']})" in page
+    assert browser.driver.find_elements(By.LINK_TEXT, "train")
     parent = browser.driver.find_element(By.PARTIAL_LINK_TEXT, "tune-bgremoval-")
     parent.find_element(By.XPATH, "./ancestor::div[contains(@class,'ag-cell-wrapper')][1]//button").click()
     browser.wait_for(*(f"trial-{i}" for i in range(n_trials)), shot="mlflow-experiment-trials")
-    assert {e.text for e in browser.driver.find_elements(By.PARTIAL_LINK_TEXT, "trial-")} == {f"trial-{i}" for i in range(n_trials)}
 
-    # The train run's page shows the prediction grid image it logged, fully loaded.
-    grid = Image.open(project / "reports" / "train_predictions.png").size
-    browser.open(f"{url}/#/experiments/{experiment.experiment_id}/runs/{train_run}/artifacts/train_predictions.png",
-                 "train_predictions.png", shot="mlflow-run-prediction-grid")
+
+def _train_run(project: Path) -> str:
+    return json.loads((project / "reports" / "train.json").read_text())["run_id"]
+
+
+def test_the_train_run_shows_its_prediction_grid(mlflow_ui, browser):
     from selenium.webdriver.support.ui import WebDriverWait
 
+    url, project = mlflow_ui
+    experiment = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}").get_experiment_by_name("bgremoval")
+    grid = Image.open(project / "reports" / "train_predictions.png").size
+    browser.open(f"{url}/#/experiments/{experiment.experiment_id}/runs/{_train_run(project)}/artifacts/"
+                 f"train_predictions.png?{TRAINING}", "train_predictions.png", shot="mlflow-run-prediction-grid")
     WebDriverWait(browser.driver, 60).until(lambda d: grid in browser.image_sizes())
     browser.screenshot("mlflow-run-prediction-grid")
 
-    # The Models page: bgremoval with its champion alias.
-    page = browser.open(f"{url}/#/models", "bgremoval", "champion", shot="mlflow-models")
-    version = json.loads((project / "reports" / "registered.json").read_text())["version"]
-    assert f"Version {version}" in page
+
+def test_the_champion_version_leads_to_its_test_metrics_on_the_test_dataset(mlflow_ui, browser):
+    from selenium.webdriver.common.by import By
+
+    url, project = mlflow_ui
+    registered = json.loads((project / "reports" / "registered.json").read_text())
+    metrics = json.loads((project / "reports" / "metrics.json").read_text())
+    page = browser.open(f"{url}/#/models?{TRAINING}", "bgremoval", "champion", shot="mlflow-models")
+    assert f"Version {registered['version']}" in page
+    browser.open(f"{url}/#/models/bgremoval/versions/{registered['version']}?{TRAINING}", "Source Model", "champion",
+                 shot="mlflow-model-version")
+    source = next(a for a in browser.driver.find_elements(By.TAG_NAME, "a") if "/models/m-" in (a.get_attribute("href") or ""))
+    source.click()
+    digest = _test_digest(project)
+    page = browser.wait_for("Metrics", "test/max_f", f"test (#{digest})", shot="mlflow-model-metrics")
+    assert f"{metrics['max_f']}"[:6] in page
 
 
-def test_data_docs_and_evaluate_pictures_open_readably(full_run, browser):
+def _test_digest(project: Path) -> str:
+    """The test dataset's digest as the train run logged it."""
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    inputs = client.get_run(_train_run(project)).inputs.dataset_inputs
+    return next(d.dataset.digest for d in inputs if d.dataset.name == "test")
+
+
+def test_optuna_dashboard_shows_the_study_and_its_trials(full_run, browser, tmp_path):
+    """`optuna-dashboard sqlite:///optuna.db`, as the README shows it, run in the project."""
+    project, run = full_run
+    assert run.returncode == 0, run.stdout + run.stderr
+    port = free_port()
+    cmd = [str(Path(sys.executable).parent / "optuna-dashboard"), "sqlite:///optuna.db", "--port", str(port)]
+    with running_server(cmd, f"http://127.0.0.1:{port}/api/studies", tmp_path / "dashboard.log", project_env(),
+                        cwd=project):
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=30) as resp:
+            (study,) = json.loads(resp.read())["study_summaries"]
+        best = json.loads((project / "data" / "tune" / "best_params.json").read_text())
+        assert study["study_name"] == best["study"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{study['study_id']}", timeout=30) as resp:
+            trials = json.loads(resp.read())["trials"]
+        assert len(trials) == 2 and best["trial"] in {t["number"] for t in trials}
+        browser.open(f"http://127.0.0.1:{port}/dashboard/studies/{study['study_id']}", best["study"], "History",
+                     shot="optuna-dashboard")
+
+
+def test_data_docs_and_report_pictures_open_readably(full_run, browser):
     project, run = full_run
     assert run.returncode == 0, run.stdout + run.stderr
     report = json.loads((project / "reports" / "validation.json").read_text())
@@ -73,7 +122,7 @@ def test_data_docs_and_evaluate_pictures_open_readably(full_run, browser):
     for column in ("image_error", "mask_error", "fg_fraction", "split"):
         assert column in page  # each expectation is listed by the column it guards
     # The pictures a person is pointed to: each loads in the browser at its full size, and is not blank.
-    for name in ("eval_worst.png", "train_predictions.png", "augment_samples.png"):
+    for name in ("eval_worst.png", "cutouts.png", "train_predictions.png", "augment_samples.png"):
         path = project / "reports" / name
         image = Image.open(path)
         assert image.size[0] >= 200 and len(set(image.convert("L").getdata())) > 16, name
