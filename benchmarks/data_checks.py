@@ -23,6 +23,7 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 import yaml  # noqa: E402
 
 from bgremoval.data.manifest import build_manifest, pair_files  # noqa: E402
+from bgremoval.data.masks import MaskChoices  # noqa: E402
 from bgremoval.data.split import assign_groups, split_groups  # noqa: E402
 from bgremoval.data.validation import Thresholds, add_derived_columns, run_suite, summarise  # noqa: E402
 
@@ -35,7 +36,8 @@ def main() -> None:
     prepare, validate = params["prepare"], params["validate"]
 
     t0 = time.perf_counter()
-    manifest = build_manifest(pair_files(args.folder), max_pixels=prepare["max_pixels"])
+    choices = MaskChoices(jpeg=prepare["jpeg_masks"], resize=prepare["resize_masks"])
+    manifest = build_manifest(pair_files(args.folder), prepare["max_pixels"], choices)
     manifest["group"] = assign_groups(manifest["name"], prepare["group_pattern"])
     manifest["split"] = split_groups(manifest["group"], prepare["splits"], params["base"]["seed"])
     t1 = time.perf_counter()

@@ -10,7 +10,7 @@ Each ratio's two sides are timed in alternation, and the ratio is the median of 
 
 - ms per image: the champion as served (its runtime at its size, with its refinement) vs stock u2netp as rembg
   runs it (rembg's u2netp.onnx at 320², rembg's pre- and post-processing), both in onnxruntime
-  ($BGREMOVAL_THREADS, when set, applies to the champion's session only; unset, both use onnxruntime's default);
+  ($BGREMOVAL_THREADS, when set, sets the champion's onnxruntime threads only; unset, both use onnxruntime's default);
 - `mlflow models serve` round trip vs in-process predict of the same request;
 - one training step (batch 1, at train.size) vs one forward pass at the same size, in Keras;
 - `dvc repro` when nothing changed.

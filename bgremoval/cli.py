@@ -66,7 +66,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     from bgremoval.images import IMAGE_EXTENSIONS, ImageReadError, open_image
     from bgremoval.serving.load import load
-    from bgremoval.serving.options import RequestError, options_from
+    from bgremoval.serving.options import KINDS, options_from
     from bgremoval.serving.render import render
 
     pairs = _outputs_for(Path(args.input), Path(args.out))
@@ -84,11 +84,15 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         sys.exit(f"bgremoval predict: cannot load model {model!r}: {exc}\n"
                  "Pass --model models/served (after `dvc repro`), models:/bgremoval@champion, runs:/RUN_ID/model or "
                  "an MLflow model folder; --tracking-uri says where the registry is.")
+    request = {name: getattr(args, name) for name in KINDS}  # the flags are the request options, by name
     try:
-        opts = options_from({"output": args.output, "threshold": args.threshold, "bg_color": args.bg_color},
-                            served.config.defaults)
-    except RequestError as exc:
-        sys.exit(f"bgremoval predict: {exc}")
+        if args.bg_image:
+            request["bg_image"] = np.asarray(open_image(Path(args.bg_image), served.max_pixels, label=args.bg_image,
+                                                        limit_name="serve.max_pixels").convert("RGB"), dtype=np.uint8)
+        opts = options_from(request, served.config.defaults, served.max_pixels)
+    except (ImageReadError, ValueError) as exc:
+        sys.exit(f"bgremoval predict: {'--bg-image ' if isinstance(exc, ImageReadError) else ''}{exc}")
+    predictor = served.predictor_for(opts)
     failed = []
     for src, dst in tqdm(pairs, desc="predict", unit="image", disable=len(pairs) < 2 or args.quiet):
         try:
@@ -97,7 +101,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             failed.append(str(exc))
             continue
         dst.parent.mkdir(parents=True, exist_ok=True)
-        render(image, served(image), opts).save(dst)
+        render(image, predictor(image), opts).save(dst)
     done = len(pairs) - len(failed)
     for reason in failed:
         print(f"skipped {reason}", file=sys.stderr)
@@ -166,6 +170,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """Sub-commands of the CLI. Every option without a value given takes its default from params.yaml
     (or, for predict's output options, from the served model's config, which params' serve.defaults set)."""
+    from bgremoval.serving.options import BACKGROUNDS, OUTPUTS
+
     parser = argparse.ArgumentParser(prog="bgremoval", description=__doc__)
     parser.add_argument("--version", action="version", version=f"bgremoval {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -178,19 +184,32 @@ def build_parser() -> argparse.ArgumentParser:
     predict = sub.add_parser(
         "predict", help="cut out an image or a folder of images with a trained model",
         description="Writes <stem>.png at each input's size: the mask (8-bit), the RGBA cut-out, or a composite "
-                    "on --bg-color. Unreadable files are reported and skipped; the exit code is 1 if any were.")
+                    "on a new background. Unreadable files are reported and skipped; the exit code is 1 if any "
+                    "were. The options below are the server's request params of the same names; each one not "
+                    "given takes the model's serve.defaults.")
     predict.add_argument("input", help="an image file or a folder of images (jpg, png, webp, bmp)")
     predict.add_argument("out", help="output folder (or, for one input file, a .png path)")
     predict.add_argument("--model", help="models/served (the export stage's folder: no MLflow needed), "
                                          "models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model or an MLflow "
                                          "model folder (default: models:/<register.model_name>@champion)")
-    predict.add_argument("--output", choices=("mask", "cutout", "composite"),
-                         help="what to write (default: the model's serve.defaults.output)")
-    predict.add_argument("--bg-color", help="composite background: '#rrggbb', 'r,g,b' or a name "
-                                            "(default: the model's serve.defaults.bg_color)")
+    predict.add_argument("--output", choices=OUTPUTS, help="what to write")
     predict.add_argument("--threshold", type=float,
-                         help="binarise the mask at this probability; negative: soft edges "
-                              "(default: the model's serve.defaults.threshold)")
+                         help="binarise the mask at this probability; negative: soft edges")
+    predict.add_argument("--background", choices=BACKGROUNDS,
+                         help="a composite's background: --bg-color, the photo blurred (--bg-blur) or --bg-image")
+    predict.add_argument("--bg-color", help="background color: '#rrggbb', 'r,g,b' or a name")
+    predict.add_argument("--bg-image", metavar="FILE", help="background image: scaled to cover each photo, centre-cropped")
+    predict.add_argument("--bg-blur", type=float, metavar="PERCENT",
+                         help="background blur: Gaussian sigma in %% of the photo's shorter side, in (0, 25]")
+    predict.add_argument("--estimate-foreground", action=argparse.BooleanOptionalAction,
+                         help="cut-outs and composites take the subject's own colours at soft edges")
+    predict.add_argument("--matting", action=argparse.BooleanOptionalAction,
+                         help="re-estimate the edge band's alpha by closed-form matting (hair, fur; slower)")
+    predict.add_argument("--main-object", action=argparse.BooleanOptionalAction,
+                         help="keep only the main object, or (--no-main-object) every one; neither: the model's own "
+                              "refinement")
+    predict.add_argument("--sharpen", type=float, metavar="K",
+                         help="edge sharpening k > 0 (1: none); 0 or negative: the model's own refinement")
     predict.add_argument("--tracking-uri", help="MLflow tracking/registry URI for models:/ and runs:/ "
                                                 "(default: $MLFLOW_TRACKING_URI, else params.yaml's mlflow.tracking_uri)")
     predict.add_argument("--params", default="params.yaml", help=argparse.SUPPRESS)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bgremoval.data.augment import AugmentConfig, Magnitudes, Probabilities
+from bgremoval.data.augment import AugmentConfig
 from bgremoval.data.training_set import Balance, build
 from stages.common import run, start
 
@@ -23,8 +23,7 @@ def main() -> int:
         print(f"augment: {verdict} says the data failed validation; fix the data and run `dvc repro` again",
               file=sys.stderr)
         return 1
-    aug = AugmentConfig(size=cfg["size"], strength=cfg["strength"], texture_share=cfg["texture_share"],
-                        p=Probabilities(**cfg["p"]), m=Magnitudes(**cfg["magnitude"]))
+    aug = AugmentConfig.from_params(cfg)
 
     shutil.rmtree(out_dir, ignore_errors=True)
     stats, bins, samples = build(pd.read_parquet(paths["manifest"]), aug, Balance(**cfg["balance"]), cfg["copies"],

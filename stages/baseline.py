@@ -1,4 +1,5 @@
-"""baseline: stock U²-NetP on the test split, as rembg serves it; re-run only when the test data changes."""
+"""baseline: stock U²-NetP's weights on the test split (and the reference photos), at rembg's input size,
+unrefined; re-run only when the data changes (not when the model does)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from bgremoval.data.split import REFERENCE
 from bgremoval.scoring.metrics import HEADLINE, summarise
 from bgremoval.scoring.reports import pr_table
-from bgremoval.scoring.score import score
+from bgremoval.scoring.score import headline, score
 from bgremoval.serving.runtime import OnnxSegmenter
 from bgremoval.weights import find_u2netp_onnx
 from stages.common import run, start
@@ -17,16 +19,19 @@ from stages.common import run, start
 
 def main() -> int:
     params = start("baseline")
-    paths, reports = params["paths"], Path(params["paths"]["reports"])
+    paths, reports, max_pixels = params["paths"], Path(params["paths"]["reports"]), params["prepare"]["max_pixels"]
     manifest = pd.read_parquet(paths["manifest"])
-    test = manifest[manifest["split"] == "test"].reset_index(drop=True)
+    test, reference = (manifest[manifest["split"] == s].reset_index(drop=True) for s in ("test", REFERENCE))
     stock = OnnxSegmenter(find_u2netp_onnx(params["model"]["onnx_path"]), params["baseline"]["size"])
 
-    table, scores = score(test, stock, params["prepare"]["max_pixels"], progress="stock u2netp")
+    table, scores = score(test, stock, max_pixels, progress="stock u2netp")
+    summary = summarise(scores)
+    metrics = {k: summary[k] for k in HEADLINE}
+    if not reference.empty:
+        metrics["reference"] = headline(reference, stock, max_pixels, "stock u2netp, reference")
 
     reports.mkdir(parents=True, exist_ok=True)
-    summary = summarise(scores)
-    (reports / "baseline.json").write_text(json.dumps({k: summary[k] for k in HEADLINE}, indent=2))
+    (reports / "baseline.json").write_text(json.dumps(metrics, indent=2))
     table.to_csv(reports / "baseline_images.csv", index=False, float_format="%.4f")
     pr_table(scores).to_csv(reports / "pr_curve_baseline.csv", index=False, float_format="%.4f")
     return 0

@@ -22,7 +22,7 @@ def main() -> int:
     paths, reports = params["paths"], Path(params["paths"]["reports"])
     manifest = pd.read_parquet(paths["manifest"])
     split = lambda name: manifest[manifest["split"] == name].reset_index(drop=True)  # noqa: E731
-    model_file = Path(paths["models"]) / "model.keras"
+    model_file = Path(paths["models"]) / "distilled.keras"
 
     config, report = export_served(load_model(model_file), model_file, split("val"), split("train"),
                                    ExportConfig.from_params(params["export"]), ServeSettings(**params["serve"]),
@@ -31,8 +31,9 @@ def main() -> int:
     (reports / "export.json").write_text(json.dumps(report, indent=2))
     tracking.configure(params["mlflow"]["tracking_uri"], params["mlflow"]["experiment"])
     with tracking.run(run_id=json.loads((reports / "train.json").read_text())["run_id"]):
-        mlflow.log_params({"serving.size": config.size, "serving.refine": config.refine.name,
-                           "serving.runtime": config.runtime, "serving.int8": config.int8})
+        # Tags, not params: re-exporting the same trained model with other export: settings changes them.
+        mlflow.set_tags({"serving.size": config.size, "serving.refine": config.refine.name,
+                         "serving.runtime": config.runtime, "serving.int8": config.int8})
         mlflow.log_artifact(str(reports / "export.json"))
     log.info("served: %s at %d², refine %s%s (%.1f MB) -> %s", config.runtime, config.size, config.refine.name,
              ", int8" if config.int8 else "", report["served_mb"], paths["served"])

@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from bgremoval.data.manifest import build_manifest, pair_files, resolve_source
+from bgremoval.data.manifest import add_rows, build_manifest, pair_files, resolve_source, unlabelled_files
+from bgremoval.data.masks import MaskChoices
 from bgremoval.data.sample import SampleSpec, ensure_sample
-from bgremoval.data.split import assign_groups, read_split_file, split_groups
+from bgremoval.data.split import REFERENCE, UNLABELLED, assign_groups, read_split_file, split_groups
 from stages.common import run, start
 
 log = logging.getLogger("stages.prepare")
@@ -21,18 +22,27 @@ def main() -> int:
         ensure_sample(Path(paths["sample_dir"]), SampleSpec(**cfg["sample"]), seed)
     data_dir = resolve_source(cfg["source"], Path(paths["sample_dir"]))
 
-    manifest = build_manifest(pair_files(data_dir), max_pixels=cfg["max_pixels"])
+    choices = MaskChoices(jpeg=cfg["jpeg_masks"], resize=cfg["resize_masks"])
+    manifest = build_manifest(pair_files(data_dir), max_pixels=cfg["max_pixels"], choices=choices)
     manifest["group"] = assign_groups(manifest["name"], cfg["group_pattern"])
     if cfg["split_file"]:
         manifest["split"] = read_split_file(Path(cfg["split_file"]), manifest["name"])
     else:
         manifest["split"] = split_groups(manifest["group"], cfg["splits"], seed)
 
+    # Photos the splitter does not place: other kinds guarding against forgetting, and photos without masks.
+    for split, folder, files in ((REFERENCE, cfg["reference"], pair_files), (UNLABELLED, cfg["unlabelled"], unlabelled_files)):
+        if folder:
+            extra = build_manifest(files(Path(folder).expanduser()), cfg["max_pixels"], choices)
+            manifest = add_rows(manifest, extra, split, assign_groups(extra["name"], cfg["group_pattern"]))
+
     out = Path(paths["manifest"])
     out.parent.mkdir(parents=True, exist_ok=True)
     manifest.to_parquet(out, index=False)
     log.info("%d pairs from %s in %d groups -> %s; splits %s",
              len(manifest), data_dir, manifest["group"].nunique(), out, manifest["split"].value_counts().to_dict())
+    log.info("masks by kind %s; sizes against their photos %s", manifest["mask_kind"].value_counts().to_dict(),
+             manifest["mask_fit"].value_counts().to_dict())
     return 0
 
 

@@ -12,6 +12,7 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from bgremoval import tracking
+from bgremoval.data.split import REFERENCE
 from bgremoval.pictures import thumbnail_png
 from bgremoval.registry.versions import Gate, register_served
 from stages.common import run, start
@@ -31,8 +32,9 @@ def main() -> int:
         MlflowClient(), cfg["model_name"], read("train.json")["run_id"], Path(paths["served"]), read("metrics.json"),
         read("baseline.json"), test, tracking.split_dataset(manifest, "test", paths["manifest"]),
         thumbnail_png(Path(test["image_path"].iloc[0]), params["prepare"]["max_pixels"]),
-        Gate(cfg["metric"], cfg["min_delta"], cfg["require_beats_baseline"]),
-        os.environ.get("BGREMOVAL_REGISTRY_LOCK") or cfg["lock"], params["prepare"]["max_pixels"])
+        Gate(cfg["metric"], cfg["min_delta"], cfg["require_beats_baseline"], cfg["max_reference_loss"]),
+        os.environ.get("BGREMOVAL_REGISTRY_LOCK") or cfg["lock"], params["prepare"]["max_pixels"],
+        tracking.split_dataset(manifest, REFERENCE, paths["manifest"]) if (manifest["split"] == REFERENCE).any() else None)
 
     (reports / "registered.json").write_text(json.dumps(record.to_dict(), indent=2))
     log.info("%s version %s -> @%s: %s", record.name, record.version, record.alias, record.reason)

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from bgremoval.data.validation import Thresholds, add_derived_columns, failure_message, run_suite, summarise
+from bgremoval.data.validation import (Thresholds, add_derived_columns, failure_message, mask_lines, mask_summary,
+                                      run_suite, summarise)
 from stages.common import run, start
 
 log = logging.getLogger("stages.validate")
@@ -33,6 +34,9 @@ def main() -> int:
     shutil.rmtree(docs, ignore_errors=True)  # one run's docs, not an accumulating history
     report = summarise(run_suite(table, thresholds, docs))
     report["pairs"] = len(manifest)
+    report["masks"] = mask_summary(manifest)
+    for line in mask_lines(report["masks"]):
+        log.info("%s", line)
     # The index page needs JavaScript from CDNs (empty offline); this run's result page is plain HTML.
     page = next((docs / "validations").rglob("*.html"), None)
     report["data_docs"] = str(page) if page else None

@@ -47,9 +47,11 @@ def write_pair(folder: Path, name: str, size=(32, 24), fg=0.3, ext=".png", seed=
 def manifest_for(folder: Path, splits=SPLITS, seed=0) -> pd.DataFrame:
     """The manifest prepare would build for a folder."""
     from bgremoval.data.manifest import build_manifest, pair_files
+    from bgremoval.data.masks import MaskChoices
     from bgremoval.data.split import assign_groups, split_groups
 
-    df = build_manifest(pair_files(folder), max_pixels=10_000_000)
+    choices = MaskChoices(jpeg=PARAMS["prepare"]["jpeg_masks"], resize=PARAMS["prepare"]["resize_masks"])
+    df = build_manifest(pair_files(folder), 10_000_000, choices)
     df["group"] = assign_groups(df["name"], r"^(.*)_\d+$")
     df["split"] = split_groups(df["group"], splits, seed)
     return df

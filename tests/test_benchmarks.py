@@ -105,6 +105,7 @@ def test_held_out_groups_are_never_split(quality):
 
 
 def test_the_held_out_pairs_are_not_copied_into_the_pipelines_data(quality, tmp_path):
+    import pandas as pd
     from PIL import Image
 
     folder = tmp_path / "photos"
@@ -119,7 +120,7 @@ def test_the_held_out_pairs_are_not_copied_into_the_pipelines_data(quality, tmp_
     assert sorted(holdout["name"]) == quality.held_out(NAMES[:24], 5, seed=3)
     assert copied == set(NAMES[:24]) - set(holdout["name"])
     assert {p.stem for p in (workdir / "data" / "masks").iterdir()} == copied
-    assert list(quality.pd.read_csv(workdir / quality.HOLDOUT)["name"]) == list(holdout["name"])
+    assert list(pd.read_csv(workdir / quality.HOLDOUT)["name"]) == list(holdout["name"])
 
 
 def test_speed_ratios_time_their_two_sides_in_alternation(monkeypatch):

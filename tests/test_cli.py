@@ -12,12 +12,15 @@ import pytest
 import yaml
 from PIL import Image
 
-from bgremoval.cli import _default_model, _outputs_for
+from bgremoval.cli import _default_model, _outputs_for, build_parser
 from bgremoval.cli import main as cli
-from bgremoval.serving.options import Options
-from bgremoval.serving.render import render
+from bgremoval.serving.options import KINDS, options_from
+from bgremoval.serving.refine import Refine
+from bgremoval.serving.render import edge_band, render
 from bgremoval.serving.served import Served
-from tests.helpers import ROOT, disc_image, project_env, served_folder, tracking_store
+from tests.helpers import PARAMS, ROOT, disc_image, project_env, served_folder, tracking_store
+
+DEFAULTS = dict(PARAMS["serve"]["defaults"])
 
 
 @pytest.fixture
@@ -41,10 +44,12 @@ def test_predict_writes_the_served_defaults_cutout(onnx_served, photo, tmp_path,
     assert "wrote 1 cutout PNG to" in capsys.readouterr().out
     written = Image.open(out / "photo.png")
     assert written.mode == "RGBA" and written.size == (84, 60)  # serve.defaults.output: cutout, at the input's size
-    assert (cut[..., :3] == image).all()
-    expected = np.asarray(render(image, Served.from_folder(onnx_served)(image), Options("cutout", None, (255, 255, 255))))
+    served = Served.from_folder(onnx_served)
+    expected = np.asarray(render(image, served(image), options_from(None, served.config.defaults, 10**6)))
     assert (cut == expected).all()  # soft edges (threshold null), the served model's own mask
     assert len(np.unique(cut[..., 3])) > 2
+    away = ~edge_band(cut[..., 3] / 255, 3)  # the subject's own colours at the soft edge, the photo's elsewhere
+    assert (cut[..., :3][away] == image[away]).all() and away.mean() > 0.5
 
 
 def test_flags_override_the_served_defaults(onnx_served, photo, tmp_path):
@@ -64,7 +69,7 @@ def test_flags_override_the_served_defaults(onnx_served, photo, tmp_path):
 def test_a_served_folders_own_defaults_are_the_cli_defaults(onnx_served, photo, tmp_path):
     path, image = photo
     model = served_folder(tmp_path / "served", onnx_served / "model.onnx", runtime="onnxruntime", size=64,
-                          defaults={"output": "composite", "threshold": 0.5, "bg_color": "#00ff00"})
+                          defaults={**DEFAULTS, "output": "composite", "threshold": 0.5, "bg_color": "#00ff00"})
     comp = predict(model, path, tmp_path / "comp.png")
     hard = predict(model, path, tmp_path / "hard.png", "--output", "mask")
     assert set(np.unique(hard)) == {0, 255}  # the model's threshold 0.5
@@ -73,7 +78,52 @@ def test_a_served_folders_own_defaults_are_the_cli_defaults(onnx_served, photo, 
     assert len(np.unique(soft)) > 2  # a negative threshold asks for soft edges again
 
 
+def test_the_predict_flags_are_the_request_options_by_name():
+    predict = build_parser()._subparsers._group_actions[0].choices["predict"]  # noqa: SLF001
+    flags = {a.dest: a.option_strings for a in predict._actions}  # noqa: SLF001
+    for name in KINDS:
+        assert f"--{name.replace('_', '-')}" in flags[name], name
+
+
+def test_new_backgrounds_from_flags(onnx_served, photo, tmp_path):
+    path, image = photo
+    hard = predict(onnx_served, path, tmp_path / "hard.png", "--output", "mask", "--threshold", "0.5") == 255
+    backdrop = np.zeros((30, 30, 3), np.uint8)
+    backdrop[..., 2] = 255
+    Image.fromarray(backdrop).save(tmp_path / "backdrop.png")
+    comp = predict(onnx_served, path, tmp_path / "comp.png", "--output", "composite", "--threshold", "0.5",
+                   "--background", "image", "--bg-image", str(tmp_path / "backdrop.png"))
+    assert (comp[~hard] == [0, 0, 255]).all() and (comp[hard] == image[hard]).all()
+    blur = predict(onnx_served, path, tmp_path / "blur.png", "--output", "composite", "--background", "blur",
+                   "--bg-blur", "10", "--threshold", "0.5")
+    assert blur.shape == image.shape and (blur[hard] == image[hard]).all()
+    roughness = lambda x: np.abs(np.diff(x.astype(int), axis=0))[~hard[1:]].mean()  # noqa: E731
+    assert roughness(blur) < roughness(image)
+
+
+def test_flags_override_the_models_refinement_and_edges(onnx_served, photo, tmp_path):
+    path, image = photo
+    served = Served.from_folder(served_folder(tmp_path / "served", onnx_served / "model.onnx", runtime="onnxruntime",
+                                              size=64, refine=Refine(False, True, 2.0)))
+    folder = tmp_path / "served"
+    own = predict(folder, path, tmp_path / "own.png", "--output", "mask")
+    assert (own == np.asarray(render(image, served(image), options_from({"output": "mask"}, DEFAULTS, 10**6)))).all()
+    plain = predict(folder, path, tmp_path / "plain.png", "--output", "mask", "--no-main-object", "--sharpen", "1")
+    expected = served.predictor(Refine.none())(image)
+    assert (plain == np.asarray(render(image, expected, options_from({"output": "mask"}, DEFAULTS, 10**6)))).all()
+    assert (predict(folder, path, tmp_path / "again.png", "--output", "mask", "--sharpen", "-1") == own).all()
+    cut = predict(folder, path, tmp_path / "cut.png", "--no-estimate-foreground")
+    assert (cut[..., :3] == image).all()
+    matted = predict(folder, path, tmp_path / "matted.png", "--output", "mask", "--matting")
+    assert matted.shape == own.shape and not (matted == own).all()
+
+
 @pytest.mark.parametrize("flags,needle", [
+    (["--bg-blur", "0", "--background", "blur"], "bgremoval predict: bg_blur 0 is outside (0, 25]"),
+    (["--bg-image", "missing.png", "--background", "image", "--output", "composite"],
+     "bgremoval predict: --bg-image missing.png: cannot be read"),
+    (["--bg-image", "PHOTO"], "bg_image is used only with output 'composite' and background 'image'"),
+    (["--background", "image", "--output", "composite"], "background 'image' needs bg_image"),
     (["--threshold", "2"], "bgremoval predict: threshold 2.0 is outside [0, 1]"),
     (["--threshold", "1.5", "--output", "mask"], "threshold 1.5 is outside [0, 1]"),
     (["--bg-color", "nope"], "bgremoval predict: bg_color 'nope' is not a colour"),
@@ -81,6 +131,7 @@ def test_a_served_folders_own_defaults_are_the_cli_defaults(onnx_served, photo, 
 ])
 def test_bad_flag_values_are_refused_by_name_and_nothing_is_written(onnx_served, photo, tmp_path, flags, needle):
     path, _ = photo
+    flags = [str(path) if f == "PHOTO" else f for f in flags]
     with pytest.raises(SystemExit) as err:
         cli(["predict", "--model", str(onnx_served), "--quiet", *flags, str(path), str(tmp_path / "out")])
     assert needle in str(err.value)
@@ -88,7 +139,9 @@ def test_bad_flag_values_are_refused_by_name_and_nothing_is_written(onnx_served,
 
 
 @pytest.mark.parametrize("flags,needle", [(["--threshold", "high"], "argument --threshold: invalid float value: 'high'"),
-                                          (["--output", "sticker"], "argument --output: invalid choice: 'sticker'")])
+                                          (["--output", "sticker"], "argument --output: invalid choice: 'sticker'"),
+                                          (["--background", "plaid"], "argument --background: invalid choice: 'plaid'"),
+                                          (["--sharpen", "much"], "argument --sharpen: invalid float value: 'much'")])
 def test_flags_the_parser_refuses_are_named(photo, tmp_path, capsys, flags, needle):
     path, _ = photo
     with pytest.raises(SystemExit) as err:
@@ -189,4 +242,5 @@ def test_predict_with_a_served_onnx_folder_imports_neither_tensorflow_nor_mlflow
     assert run.returncode == 0, run.stderr
     assert "IMPORTED ['onnxruntime']" in run.stdout, run.stdout
     cut = np.asarray(Image.open(tmp_path / "out" / "photo.png"))
-    assert cut.shape == (60, 84, 4) and (cut[..., :3] == image).all()
+    away = ~edge_band(cut[..., 3] / 255, 3)
+    assert cut.shape == (60, 84, 4) and (cut[..., :3][away] == image[away]).all()

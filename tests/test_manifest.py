@@ -4,10 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
+from PIL import Image
 
 from bgremoval.data.manifest import COLUMNS, build_manifest, pair_files, resolve_source
+from bgremoval.data.masks import MaskChoices
 from tests.helpers import write_pair
+
+
+CHOICES = MaskChoices(jpeg="threshold", resize=False)
 
 
 def test_pairs_by_base_name_and_keeps_orphans(tmp_path):
@@ -34,11 +41,12 @@ def test_missing_folder_says_what_layout_is_expected(tmp_path):
 
 def test_manifest_rows_describe_each_pair(tmp_path):
     write_pair(tmp_path, "a_1", size=(32, 24), fg=0.25)
-    df = build_manifest(pair_files(tmp_path), max_pixels=10**6)
+    df = build_manifest(pair_files(tmp_path), 10**6, CHOICES)
     assert list(df.columns) == COLUMNS
     row = df.iloc[0]
     assert (row["width"], row["height"], row["channels"]) == (32, 24, 3)
     assert row["mask_kind"] == "binary" and row["mask_mode"] == "L"
+    assert row["mask_fit"] == "same" and not row["mask_resize"] and np.isnan(row["mask_noise"])
     assert row["fg_fraction"] == pytest.approx(0.25)
     assert len(row["content_hash"]) == 64
     assert row["image_error"] is None and row["mask_error"] is None
@@ -49,7 +57,7 @@ def test_decode_problems_are_recorded_not_raised(tmp_path):
     write_pair(tmp_path, "bad_1")
     (tmp_path / "images" / "bad_1.png").write_bytes(b"")
     (tmp_path / "masks" / "good_1.png").write_text("not a png")
-    df = build_manifest(pair_files(tmp_path), max_pixels=10**6).set_index("name")
+    df = build_manifest(pair_files(tmp_path), 10**6, CHOICES).set_index("name")
     assert "empty" in df.loc["bad_1", "image_error"]
     assert "cannot be decoded" in df.loc["good_1", "mask_error"]
 
@@ -85,3 +93,33 @@ def test_links_inside_the_data_folder_and_a_linked_images_folder_are_fine(tmp_pa
     (data / "masks" / "a_1.png").write_bytes((store / "masks" / "a_1.png").read_bytes())
     (data / "masks" / "b_1.png").symlink_to("a_1.png")  # a link within the folder
     assert {name for name, _, _ in pair_files(data)} == {"a_1", "b_1"}
+
+
+def test_prepares_choices_are_recorded_per_row(tmp_path):
+    """A JPEG mask's kind carries prepare.jpeg_masks and its noise; a scaled mask is resized only with
+    prepare.resize_masks; a rotated photo is recorded as a different fit either way."""
+    write_pair(tmp_path, "same_1")
+    write_pair(tmp_path, "half_1", size=(32, 24))
+    mask = tmp_path / "masks" / "half_1.png"
+    Image.open(mask).resize((16, 12)).save(mask.with_suffix(".jpg"), quality=80)
+    mask.unlink()
+    write_pair(tmp_path, "turned_1", size=(32, 24))
+    photo = tmp_path / "images" / "turned_1.png"
+    Image.open(photo).transpose(Image.Transpose.ROTATE_90).save(photo)
+    for jpeg, resize in (("threshold", True), ("soft", False)):
+        df = build_manifest(pair_files(tmp_path), 10**6, MaskChoices(jpeg=jpeg, resize=resize)).set_index("name")
+        assert df["mask_kind"].to_dict() == {"half_1": f"jpeg-{jpeg}", "same_1": "binary", "turned_1": "binary"}
+        assert df["mask_fit"].to_dict() == {"half_1": "scaled", "same_1": "same", "turned_1": "different"}
+        assert df["mask_resize"].to_dict() == {"half_1": resize, "same_1": False, "turned_1": False}
+        assert df["mask_resize"].dtype == bool
+        assert 0 <= df.loc["half_1", "mask_noise"] < 0.5 and df["mask_noise"].isna().sum() == 2
+        assert df.loc["half_1", "fg_fraction"] == pytest.approx(0.3, abs=0.1)
+
+
+def test_a_pair_missing_a_side_has_no_fit(tmp_path):
+    write_pair(tmp_path, "a_1")
+    write_pair(tmp_path, "b_1")
+    (tmp_path / "masks" / "b_1.png").unlink()
+    df = build_manifest(pair_files(tmp_path), 10**6, MaskChoices(jpeg="threshold", resize=True)).set_index("name")
+    assert df.loc["a_1", "mask_fit"] == "same" and pd.isna(df.loc["b_1", "mask_fit"])
+    assert not df.loc["b_1", "mask_resize"]

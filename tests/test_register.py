@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from bgremoval import tracking
+from bgremoval.data.masks import MaskChoices
 from bgremoval.data.manifest import build_manifest, pair_files
 from bgremoval.registry import versions
 from bgremoval.registry.gate import CHALLENGER, CHAMPION, PREVIOUS, decide
@@ -24,7 +25,7 @@ from bgremoval.serving.render import png_bytes
 from tests.helpers import disc_image, served_folder, tracking_store
 
 NAME = "gate-test"
-GATE = Gate("max_f", 0.002, False)
+GATE = Gate("max_f", 0.002, False, 0.01)
 BASELINE = {"max_f": 0.5, "mae": 0.5, "iou": 0.5, "boundary_f": 0.5}
 
 
@@ -106,7 +107,7 @@ def disc_folder(folder: Path, n: int) -> Path:
 
 def rows_of(folder: Path):
     """The manifest rows of a folder, all in the test split."""
-    rows = build_manifest(pair_files(folder), max_pixels=10**6)
+    rows = build_manifest(pair_files(folder), 10**6, MaskChoices(jpeg="threshold", resize=False))
     rows["split"] = "test"
     return rows
 

@@ -22,14 +22,16 @@ from PIL import Image
 from bgremoval.cli import main as cli
 from bgremoval.serving.config import ServingConfig
 from bgremoval.serving.load import load
+from bgremoval.serving.options import KINDS, options_from
 from bgremoval.serving.pyfunc import PACKAGE, SHIPPED, BackgroundRemover, requirements, signature
 from bgremoval.serving.refine import Refine, combine
-from bgremoval.serving.render import png_bytes
+from bgremoval.serving.render import edge_band, png_bytes, render
 from bgremoval.serving.runtime import KerasSegmenter, resize_back, squash
 from bgremoval.serving.served import Served
 from tests.helpers import (PARAMS, ROOT, disc_image, free_port, project_env, running_server, served_folder,
                            tracking_store)
 
+DEFAULTS = dict(PARAMS["serve"]["defaults"])
 NAME = "toy-bgremoval"
 ONNX_NAME = "toy-bgremoval-onnx"
 MAX_REQUEST_MB = 0.2
@@ -52,6 +54,12 @@ def iou(pred: np.ndarray, truth: np.ndarray) -> float:
 
 def frame(*images: np.ndarray) -> pd.DataFrame:
     return pd.DataFrame({"image": [b64_png(i) for i in images]})
+
+
+def same_away_from_the_edge(rgb: np.ndarray, image: np.ndarray, alpha8: np.ndarray) -> bool:
+    """A cut-out's colours are the photo's except at the soft edge, where the subject's own are estimated."""
+    away = ~edge_band(alpha8 / 255, 3)
+    return bool((rgb[away] == image[away]).all())
 
 
 # --- a served folder, in process -------------------------------------------------------------------
@@ -129,9 +137,11 @@ def test_the_pyfunc_cuts_out_with_the_served_defaults(onnx_served):
     out = model.predict(None, frame(image, disc_image(20, 20)[0]))
     assert out[["width", "height"]].values.tolist() == [[56, 40], [20, 20]]
     cut = decode_png(out["png"][0])
-    assert cut.shape == (40, 56, 4) and (cut[..., :3] == image).all()  # serve.defaults.output: cutout
+    assert cut.shape == (40, 56, 4)  # serve.defaults.output: cutout
     prob = model.served(image)
+    assert np.array_equal(cut, np.asarray(render(image, prob, options_from(None, DEFAULTS, 10**6))))
     assert np.array_equal(cut[..., 3], np.round(prob * 255).astype(np.uint8))
+    assert same_away_from_the_edge(cut[..., :3], image, cut[..., 3])
     assert out["foreground"][0] == pytest.approx(float((prob >= 0.5).mean()))
     mask = decode_png(model.predict(None, frame(image), params={"output": "mask", "threshold": 0.5})["png"][0])
     assert mask.shape == (40, 56) and np.array_equal(mask, np.where(prob >= 0.5, 255, 0))
@@ -156,19 +166,36 @@ def test_the_pyfunc_answers_bad_input_with_400_and_too_much_with_413(onnx_served
 
 
 def test_the_signature_takes_the_served_defaults_as_its_params():
-    defaults = {"output": "mask", "threshold": 0.5, "bg_color": "white"}
+    defaults = {**DEFAULTS, "output": "mask", "threshold": 0.5, "bg_color": "white", "matting": True, "sharpen": 2.0}
     sig = signature(defaults)
     assert [c.name for c in sig.inputs.inputs] == ["image"]
     assert [c.name for c in sig.outputs.inputs] == ["png", "width", "height", "foreground"]
     assert {p.name: p.default for p in sig.params.params} == defaults
-    assert {p.name: p.to_dict()["type"] for p in sig.params.params} == {"output": "string", "threshold": "double",
-                                                                "bg_color": "string"}
+    assert {p.name: p.to_dict()["type"] for p in sig.params.params} == KINDS == {
+        "output": "string", "threshold": "double", "background": "string", "bg_color": "string", "bg_image": "string",
+        "bg_blur": "double", "estimate_foreground": "boolean", "matting": "boolean", "main_object": "boolean",
+        "sharpen": "double"}
+    assert {p.name: p.default for p in signature(DEFAULTS).params.params} == DEFAULTS
+    with pytest.raises(ValueError, match="missing background"):
+        signature({"output": "mask", "threshold": 0.5, "bg_color": "white"})
+
+
+def test_the_scoring_servers_filled_in_defaults_parse_as_a_request_naming_nothing():
+    """`mlflow models serve` fills every param a request leaves out with the signature's default (and checks
+    each one's type): what reaches the model must mean what no params at all would."""
+    from mlflow.models.utils import _enforce_params_schema
+
+    schema = signature(DEFAULTS).params
+    filled = _enforce_params_schema({}, schema)
+    assert filled == DEFAULTS and options_from(filled, DEFAULTS, 10**6) == options_from(None, DEFAULTS, 10**6)
+    asked = _enforce_params_schema({"main_object": False, "sharpen": -1.0, "matting": True}, schema)
+    assert options_from(asked, DEFAULTS, 10**6).refine(Refine(True, True, 2.0)) == Refine(True, False, 2.0)
 
 
 def test_each_runtime_requires_only_what_it_imports():
     names = lambda reqs: {r.split("==")[0] for r in reqs}  # noqa: E731
     onnx = names(requirements("onnxruntime"))
-    assert onnx == {"mlflow", "numpy", "pandas", "pillow", "scipy", "onnxruntime"}
+    assert onnx == {"mlflow", "numpy", "pandas", "pillow", "scipy", "pymatting", "onnxruntime"}
     assert {"tensorflow", "keras"} <= names(requirements("keras")) and "onnxruntime" not in names(requirements("keras"))
     assert all("==" in r for r in requirements("onnxruntime"))  # pinned to the versions it was logged with
     assert set(SHIPPED) == {"__init__.py", "images.py", "quiet.py", "serving"}
@@ -233,7 +260,8 @@ def test_the_logged_model_carries_its_code_and_config(registered, toy_served):
 def test_an_onnxruntime_model_declares_no_tensorflow_and_ships_only_the_serving_code(registered, onnx_served):
     local = download(f"models:/{ONNX_NAME}/1")
     reqs = [line.strip() for line in (local / "requirements.txt").read_text().splitlines() if line.strip()]
-    assert {r.split("==")[0] for r in reqs} == {"mlflow", "numpy", "pandas", "pillow", "scipy", "onnxruntime"}, reqs
+    assert {r.split("==")[0] for r in reqs} == {"mlflow", "numpy", "pandas", "pillow", "scipy", "pymatting",
+                                                "onnxruntime"}, reqs
     conda = (local / "conda.yaml").read_text()
     assert not any(pkg in conda for pkg in TF_PACKAGES), conda
     code = {p for p in shipped_files(local / "code")}
@@ -277,7 +305,8 @@ def test_pyfunc_cuts_out_the_toy_foreground_at_the_input_size(registered):
     assert mask.shape == (60, 90)
     assert iou(mask, truth) > 0.7  # the toy model learned the discs
     rgba = decode_png(model.predict(pd.DataFrame({"image": [b64_png(image)]}))["png"][0])  # the default: cutout
-    assert rgba.shape == (60, 90, 4) and (rgba[..., :3] == image).all() and (rgba[..., 3] == mask).all()
+    assert rgba.shape == (60, 90, 4) and (rgba[..., 3] == mask).all()
+    assert same_away_from_the_edge(rgba[..., :3], image, mask)
 
 
 @pytest.mark.slow
@@ -351,7 +380,7 @@ def test_server_answers_good_requests_in_every_output_mode(server):
     status, body = _post(server, records)  # no params: the served defaults, a soft cut-out
     assert status == 200 and len(body["predictions"]) == 2
     cut = decode_png(body["predictions"][0]["png"])
-    assert cut.shape == (70, 50, 4) and (cut[..., :3] == image).all() and (cut[..., 3] == mask).all()
+    assert cut.shape == (70, 50, 4) and (cut[..., 3] == mask).all() and same_away_from_the_edge(cut[..., :3], image, mask)
     assert decode_png(body["predictions"][1]["png"]).shape == (40, 40, 4)
 
 
@@ -379,6 +408,56 @@ def test_server_refuses_bad_requests_with_a_reason_and_keeps_serving(server):
         assert needle in answer.get("message", ""), (needle, answer)
     status, body = _good(server, disc_image(30, 30)[0])
     assert status == 200 and body["predictions"][0]["width"] == 30
+
+
+@pytest.mark.slow
+def test_server_composites_onto_a_background_image_or_a_blur_and_takes_overrides(server):
+    from bgremoval.serving.render import blurred, fit_cover
+
+    image, truth = disc_image(60, 80, seed=6)
+    status, body = _good(server, image, output="mask", threshold=0.5)
+    assert status == 200, body
+    hard = decode_png(body["predictions"][0]["png"]) == 255
+    backdrop = np.random.default_rng(2).integers(0, 256, (50, 100, 3), dtype=np.uint8)  # wider: its sides cropped
+    status, body = _good(server, image, output="composite", threshold=0.5, background="image",
+                         bg_image=b64_png(backdrop))
+    assert status == 200, body
+    comp = decode_png(body["predictions"][0]["png"])
+    assert comp.shape == (60, 80, 3) and (comp[hard] == image[hard]).all()
+    assert (comp[~hard] == fit_cover(backdrop, 80, 60)[~hard]).all()
+    status, body = _good(server, image, output="composite", threshold=0.5, background="blur", bg_blur=5.0)
+    assert status == 200, body
+    blur = decode_png(body["predictions"][0]["png"])
+    assert (blur[~hard] == blurred(image, hard.astype(np.float32), 5.0)[~hard]).all() and (blur[hard] == image[hard]).all()
+    status, body = _good(server, image, output="mask", main_object=False, sharpen=4.0, matting=True,
+                         estimate_foreground=False)  # the overrides, every type as JSON carries it
+    assert status == 200 and iou(decode_png(body["predictions"][0]["png"]), truth) > 0.7, body
+
+
+@pytest.mark.slow
+def test_server_refuses_bad_background_input_by_name_and_keeps_serving(server):
+    photo = [[b64_png(disc_image(16, 16)[0])]]
+    bomb = b64_png(np.zeros((500, 500, 3), np.uint8))  # 250,000 px > the 200,000 cap
+    noise = b64_png(np.random.default_rng(0).integers(0, 256, (300, 300, 3), dtype=np.uint8))  # ~360 KB > 0.2 MB
+    composite = {"output": "composite", "background": "image"}
+    cases = [
+        ({**composite, "bg_image": "not base64 !!"}, 400, "bg_image: is not valid base64"),
+        ({**composite, "bg_image": base64.b64encode(b"hello, world").decode()}, 400, "bg_image: cannot be decoded"),
+        ({**composite, "bg_image": bomb}, 400, "bg_image: 500x500 = 250000 pixels is over the limit of 200000"),
+        ({**composite, "bg_image": noise}, 413, "over the limit of 0.2 MB"),
+        (composite, 400, "background 'image' needs bg_image"),
+        ({"output": "composite", "background": "plaid"}, 400, "background 'plaid' is not one of color, blur, image"),
+        ({"output": "composite", "background": "blur", "bg_blur": 0}, 400, "bg_blur 0 is outside (0, 25]"),
+        ({"bg_image": b64_png(disc_image(8, 8)[0])}, 400, "bg_image is used only with output 'composite'"),
+        ({"main_object": "sometimes"}, 400, "main_object"),  # MLflow checks each param's type first
+        ({"sharpen": "lots"}, 400, "sharpen"),
+        ({"estimate_foreground": "maybe"}, 400, "estimate_foreground"),
+    ]
+    for params, expected, needle in cases:
+        status, answer = _post(server, {"dataframe_split": {"columns": ["image"], "data": photo}, "params": params})
+        assert status == expected and needle in answer.get("message", ""), (needle, status, answer)
+        status, body = _good(server, disc_image(30, 30)[0])
+        assert status == 200 and body["predictions"][0]["width"] == 30
 
 
 @pytest.mark.slow
@@ -450,8 +529,8 @@ def psutil_alive(pid: int) -> bool:
 
 
 @pytest.mark.slow
-def test_the_readme_python_client_works_against_the_server(server, tmp_path):
-    readme = (ROOT / "README.md").read_text()
+def test_the_documented_python_client_works_against_the_server(server, tmp_path):
+    readme = (ROOT / "docs" / "serving.md").read_text()
     client = readme.split("A Python client, for a folder of photos:\n\n```python\n", 1)[1].split("```", 1)[0]
     assert len(client.splitlines()) <= 25
     client = client.replace("http://127.0.0.1:5001", f"http://127.0.0.1:{server}")
@@ -468,14 +547,15 @@ def test_the_readme_python_client_works_against_the_server(server, tmp_path):
 
 
 @pytest.mark.slow
-def test_the_readme_curl_example_works_against_the_server(server, tmp_path):
-    readme = (ROOT / "README.md").read_text()
-    command = readme.split("```bash\ncurl -s http://127.0.0.1:5001/invocations", 1)[1].split("```", 1)[0]
+@pytest.mark.parametrize("doc,out", [("README.md", "cutout.png"), ("docs/serving.md", "photo_cutout.png")])
+def test_the_curl_examples_work_against_the_server(server, tmp_path, doc, out):
+    text = (ROOT / doc).read_text()
+    command = text.split("curl -s http://127.0.0.1:5001/invocations", 1)[1].split("```", 1)[0]
     command = f"curl -s http://127.0.0.1:{server}/invocations" + command.replace("python -c", f"{sys.executable} -c")
     Image.fromarray(disc_image(44, 66)[0]).save(tmp_path / "photo.jpg", quality=95)
     run = subprocess.run(["bash", "-c", command], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
-    cut = Image.open(tmp_path / "photo_cutout.png")
+    cut = Image.open(tmp_path / out)
     assert cut.mode == "RGBA" and cut.size == (66, 44)
 
 

@@ -15,7 +15,7 @@ from PIL import Image
 
 from bgremoval.serving import runtime
 from bgremoval.serving.config import CONFIG_FILE, ServingConfig
-from bgremoval.serving.options import Options, RequestError, options_from, parse_color
+from bgremoval.serving.options import KINDS, RequestError, options_from, parse_color
 from bgremoval.serving.refine import Refine
 from bgremoval.serving.render import png_bytes, render
 from bgremoval.serving.request import RequestTooLarge, check_request_size, cut_out, decode_base64_image
@@ -23,6 +23,12 @@ from tests.helpers import PARAMS, serving_config
 
 DEFAULTS = dict(PARAMS["serve"]["defaults"])  # what a request gets when it names nothing
 WHITE = (255, 255, 255)
+MAX_PIXELS = 10**6
+
+
+def opts(**params):
+    """Options as a request naming `params` gets them from the served defaults."""
+    return options_from(params, DEFAULTS, MAX_PIXELS)
 
 
 def b64(data: bytes) -> str:
@@ -50,40 +56,108 @@ def test_colours_parse(text, rgb):
     assert parse_color(text) == rgb
 
 
-@pytest.mark.parametrize("params,needle", [({"output": "alpha"}, "output 'alpha' is not one of mask, cutout, composite"),
-                                           ({"threshold": "high"}, "threshold 'high' is not a number"),
-                                           ({"threshold": 2}, "outside [0, 1]"),
-                                           ({"bg_color": "1,2"}, "bg_color '1,2' is not a colour"),
-                                           ({"bg_color": "300,0,0"}, "bg_color '300,0,0' is not a colour")])
+TINY = b64(png(np.zeros((4, 4, 3), np.uint8)))
+BAD_PARAMS = [
+    ({"output": "alpha"}, "output 'alpha' is not one of mask, cutout, composite"),
+    ({"threshold": "high"}, "threshold 'high' is not a number"),
+    ({"threshold": 2}, "outside [0, 1]"),
+    ({"threshold": float("nan")}, "threshold nan is not a number"),
+    ({"bg_color": "1,2"}, "bg_color '1,2' is not a colour"),
+    ({"bg_color": "300,0,0"}, "bg_color '300,0,0' is not a colour"),
+    ({"background": "plaid"}, "background 'plaid' is not one of color, blur, image"),
+    ({"bg_blur": 0}, "bg_blur 0 is outside (0, 25]"),
+    ({"bg_blur": 30}, "bg_blur 30 is outside (0, 25] (the blur's standard deviation"),
+    ({"bg_blur": "lots"}, "bg_blur 'lots' is not a number"),
+    ({"estimate_foreground": "maybe"}, "estimate_foreground 'maybe' is not true or false"),
+    ({"matting": 2}, "matting 2 is not true or false"),
+    ({"matting": None, "main_object": "sometimes"},
+     "main_object 'sometimes' is not true, false or null (null or 'default': the model's own refinement)"),
+    ({"sharpen": "sharp"},
+     "sharpen 'sharp' is not a number (k > 0 overrides the model's sharpening, 1: none; null, 0 or negative: the "
+     "model's own)"),
+    ({"sharpen": float("inf")}, "sharpen inf is not a number"),
+    ({"output": "composite", "background": "image"}, "background 'image' needs bg_image"),
+    ({"bg_image": TINY}, "bg_image is used only with output 'composite' and background 'image' (here: output 'cutout', "
+                         "background 'color')"),
+    ({"output": "composite", "bg_image": TINY}, "(here: output 'composite', background 'color')"),
+]
+
+
+@pytest.mark.parametrize("params,needle", BAD_PARAMS)
 def test_bad_params_name_the_parameter(params, needle):
     with pytest.raises(RequestError) as err:
-        options_from(params, DEFAULTS)
+        opts(**params)
     assert needle in str(err.value)
 
 
 def test_the_served_defaults_are_what_a_request_naming_nothing_gets():
-    assert DEFAULTS == {"output": "cutout", "threshold": None, "bg_color": "#ffffff"}
-    for nothing in (None, {}, {"output": None, "threshold": None, "bg_color": None}, {"output": "", "bg_color": ""}):
-        assert options_from(nothing, DEFAULTS) == Options("cutout", None, WHITE), nothing
-    other = {"output": "composite", "threshold": 0.25, "bg_color": "0,255,0"}  # another model's defaults
-    assert options_from(None, other) == Options("composite", 0.25, (0, 255, 0))
-    assert options_from({"output": "mask"}, other) == Options("mask", 0.25, (0, 255, 0))  # the rest still defaults
+    assert DEFAULTS == {"output": "cutout", "threshold": None, "background": "color", "bg_color": "#ffffff",
+                        "bg_image": None, "bg_blur": 2.0, "estimate_foreground": True, "matting": False,
+                        "main_object": None, "sharpen": None}
+    served = options_from(None, DEFAULTS, MAX_PIXELS)
+    assert (served.output, served.threshold, served.bg_color, served.background, served.bg_image, served.bg_blur,
+            served.estimate_foreground, served.matting, served.main_object, served.sharpen) == (
+        "cutout", None, WHITE, "color", None, 2.0, True, False, None, None)
+    for nothing in ({}, {name: None for name in KINDS}, {"output": "", "bg_color": "", "bg_image": ""}):
+        assert options_from(nothing, DEFAULTS, MAX_PIXELS) == served, nothing
+    other = {**DEFAULTS, "output": "composite", "threshold": 0.25, "bg_color": "0,255,0", "matting": True}
+    theirs = options_from(None, other, MAX_PIXELS)  # another model's defaults
+    assert (theirs.output, theirs.threshold, theirs.bg_color, theirs.matting) == ("composite", 0.25, (0, 255, 0), True)
+    mask = options_from({"output": "mask"}, other, MAX_PIXELS)  # the rest still defaults
+    assert (mask.output, mask.threshold, mask.bg_color, mask.matting) == ("mask", 0.25, (0, 255, 0), True)
 
 
 def test_negative_threshold_means_a_soft_mask_and_output_is_case_blind():
-    assert options_from({"threshold": -1.0, "output": "CUTOUT"}, DEFAULTS) == Options("cutout", None, WHITE)
+    assert opts(threshold=-1.0, output="CUTOUT") == opts()
     hard = {**DEFAULTS, "threshold": 0.5}
-    assert options_from({"threshold": "-1"}, hard).threshold is None  # a request can turn a hard default soft
-    assert options_from({"threshold": "0.7"}, hard).threshold == 0.7
+    assert options_from({"threshold": "-1"}, hard, MAX_PIXELS).threshold is None  # a hard default turned soft
+    assert options_from({"threshold": "0.7"}, hard, MAX_PIXELS).threshold == 0.7
+
+
+def test_a_request_overrides_the_models_refinement_or_keeps_it():
+    own = Refine(True, True, 2.0)  # what export chose for the served model
+    for unset in ({}, {"main_object": None, "sharpen": None}, {"main_object": "default", "sharpen": -1},
+                  {"sharpen": 0}, {"main_object": "", "sharpen": ""}):
+        assert opts(**unset).refine(own) == own, unset
+    assert opts(main_object=False).refine(own) == Refine(True, False, 2.0)
+    assert opts(main_object="true", sharpen="1").refine(Refine.none()) == Refine(False, True, 1.0)
+    assert opts(sharpen=3).refine(own) == Refine(True, True, 3.0)  # flip is never a request's to change
+    assert opts(main_object=0).main_object is False and opts(main_object="FALSE").main_object is False
+
+
+def test_switches_take_booleans_numbers_and_words():
+    assert opts(estimate_foreground=False).estimate_foreground is False
+    assert opts(estimate_foreground="no", matting="yes") == opts(estimate_foreground=0, matting=1)
+    assert opts(matting="true").matting is True and opts(matting=np.bool_(True)).matting is True
+
+
+def test_backgrounds_parse_and_a_background_image_is_decoded_once():
+    picture = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    image = opts(output="composite", background="IMAGE", bg_image=b64(png(picture)))
+    assert image.background == "image" and (image.bg_image == picture).all()
+    assert (opts(output="composite", background="image", bg_image=picture).bg_image == picture).all()  # the CLI's
+    with pytest.raises(RequestError, match=r"bg_image: expected an RGB image, got an array of shape \(5, 7\)"):
+        opts(output="composite", background="image", bg_image=picture[..., 0])
+    assert (opts(background="blur", bg_blur="12.5").background, opts(bg_blur=12.5).bg_blur) == ("blur", 12.5)
+    with pytest.raises(RequestError, match="bg_image: 7x5 = 35 pixels is over the limit of 30"):
+        options_from({"output": "composite", "background": "image", "bg_image": b64(png(picture))}, DEFAULTS, 30)
 
 
 def test_an_unknown_parameter_is_refused_by_name():
     with pytest.raises(RequestError) as err:
-        options_from({"output": "mask", "size": 320}, DEFAULTS)
+        opts(output="mask", size=320)
     assert "unknown parameter(s) size" in str(err.value)
-    assert "the parameters are bg_color, output, threshold" in str(err.value)
-    with pytest.raises(RequestError, match="unknown parameter"):
-        options_from({"threshold": 0.5}, {"output": "mask", "bg_color": "white"})  # not among these defaults
+    assert f"the parameters are {', '.join(sorted(KINDS))}" in str(err.value)
+
+
+def test_defaults_must_name_every_option_and_nothing_else():
+    partial = {"output": "mask", "threshold": None, "bg_color": "white"}  # a model exported before the others
+    with pytest.raises(ValueError, match="serve.defaults must name every request option") as err:
+        options_from(None, partial, MAX_PIXELS)
+    assert "missing background, bg_blur, bg_image, estimate_foreground, main_object, matting, sharpen" in str(err.value)
+    assert "dvc repro export" in str(err.value)
+    with pytest.raises(ValueError, match="unknown colour"):
+        options_from(None, {**DEFAULTS, "colour": "red"}, MAX_PIXELS)
 
 
 # --- request decoding ------------------------------------------------------------------------------
@@ -123,6 +197,14 @@ def test_bad_images_are_refused_with_the_reason(value, needle):
     assert needle in str(err.value)
 
 
+@pytest.mark.parametrize("value,needle", [(v, n.replace("row 0", "bg_image")) for v, n in _bad_inputs() if v != ""]
+                         + [("", "background 'image' needs bg_image")])  # empty: not given
+def test_a_bad_background_image_is_refused_by_name(value, needle):
+    with pytest.raises(RequestError) as err:
+        options_from({"output": "composite", "background": "image", "bg_image": value}, DEFAULTS, 100_000)
+    assert needle in str(err.value)
+
+
 def test_request_size_is_capped_before_decoding():
     check_request_size(["x" * 1000, "y" * 1000], max_request_mb=0.002)  # exactly at the cap: served
     with pytest.raises(RequestTooLarge) as err:
@@ -139,15 +221,15 @@ def test_render_mask_cutout_and_composite_at_the_input_size():
     prob = np.zeros((4, 6), np.float32)
     prob[:, 3:] = 1.0
     prob[0, 0] = 0.4
-    mask = render(image, prob, Options("mask", None, WHITE))
+    mask = render(image, prob, opts(output="mask"))
     assert mask.mode == "L" and mask.size == (6, 4) and np.asarray(mask)[0, 0] == 102 and np.asarray(mask)[0, 5] == 255
-    hard = np.asarray(render(image, prob, Options("mask", 0.3, WHITE)))
+    hard = np.asarray(render(image, prob, opts(output="mask", threshold=0.3)))
     assert set(np.unique(hard)) == {0, 255} and hard[0, 0] == 255
-    cutout = render(image, prob, Options("cutout", None, WHITE))
+    cutout = render(image, prob, opts(output="cutout", estimate_foreground=False))
     rgba = np.asarray(cutout)
     assert cutout.mode == "RGBA" and rgba.shape == (4, 6, 4) and (rgba[..., :3] == 200).all()
     assert rgba[0, 0, 3] == 102 and rgba[1, 0, 3] == 0 and rgba[1, 5, 3] == 255
-    comp = render(image, prob, Options("composite", None, (0, 255, 0)))
+    comp = render(image, prob, opts(output="composite", bg_color="0,255,0", estimate_foreground=False))
     rgb = np.asarray(comp)
     assert comp.mode == "RGB" and rgb.shape == (4, 6, 3)
     assert tuple(rgb[1, 0]) == (0, 255, 0) and tuple(rgb[1, 5]) == (200, 200, 200)
@@ -166,7 +248,7 @@ def test_cut_out_returns_one_png_per_row_at_each_size():
     a[:, 10:, 0] = 255
     b = np.zeros((5, 5, 3), np.uint8)
     frame = pd.DataFrame({"image": [b64(png(a)), b64(png(b))]})
-    out = cut_out(red_channel, frame, {"output": "mask"}, DEFAULTS, 10**6, 50.0)
+    out = cut_out(lambda o: red_channel, frame, {"output": "mask"}, DEFAULTS, 10**6, 50.0)
     assert list(out.columns) == ["png", "width", "height", "foreground"]
     assert out[["width", "height"]].values.tolist() == [[20, 10], [5, 5]]
     assert out["foreground"].tolist() == [0.5, 0.0]
@@ -178,10 +260,10 @@ def test_cut_out_without_params_renders_the_served_default():
     a = np.zeros((6, 8, 3), np.uint8)
     a[:, 4:, 0] = 255
     frame = pd.DataFrame({"image": [b64(png(a))]})
-    cut = from_b64_png(cut_out(red_channel, frame, None, DEFAULTS, 10**6, 50.0)["png"][0])
+    cut = from_b64_png(cut_out(lambda o: red_channel, frame, None, DEFAULTS, 10**6, 50.0)["png"][0])
     assert cut.mode == "RGBA" and (np.asarray(cut)[..., :3] == a).all()  # serve.defaults.output: cutout
     mask_default = {**DEFAULTS, "output": "mask"}
-    assert from_b64_png(cut_out(red_channel, frame, None, mask_default, 10**6, 50.0)["png"][0]).mode == "L"
+    assert from_b64_png(cut_out(lambda o: red_channel, frame, None, mask_default, 10**6, 50.0)["png"][0]).mode == "L"
 
 
 @pytest.mark.parametrize("frame,params,needle", [
@@ -195,14 +277,14 @@ def test_cut_out_without_params_renders_the_served_default():
 def test_bad_frames_fail_before_any_work(frame, params, needle):
     calls = []
     with pytest.raises(RequestError) as err:
-        cut_out(lambda im: calls.append(im) or red_channel(im), frame, params, DEFAULTS, 100_000, 50.0)
+        cut_out(lambda o: lambda im: calls.append(im) or red_channel(im), frame, params, DEFAULTS, 100_000, 50.0)
     assert needle in str(err.value) and calls == []
 
 
 def test_an_oversized_request_is_refused_before_any_image_is_decoded():
     frame = pd.DataFrame({"image": ["not even base64 " * 100]})  # 1.6 KB over a 1 KB cap: the size decides
     with pytest.raises(RequestTooLarge, match="over the limit of 0.001 MB"):
-        cut_out(red_channel, frame, None, DEFAULTS, 10**6, 0.001)
+        cut_out(lambda o: red_channel, frame, None, DEFAULTS, 10**6, 0.001)
 
 
 # --- the serving config ----------------------------------------------------------------------------
@@ -210,7 +292,7 @@ def test_an_oversized_request_is_refused_before_any_image_is_decoded():
 def test_serving_config_round_trips_through_serving_json(tmp_path):
     config = serving_config(runtime="onnxruntime", model_file="model.onnx", size=288, int8=True,
                             refine=Refine(True, True, 2.0), max_pixels=1234, max_request_mb=0.5,
-                            defaults={"output": "mask", "threshold": 0.4, "bg_color": "#00ff00"})
+                            defaults={**DEFAULTS, "output": "mask", "threshold": 0.4, "bg_color": "#00ff00"})
     path = config.write(tmp_path)
     assert path == tmp_path / CONFIG_FILE
     stored = json.loads(path.read_text())

@@ -60,21 +60,29 @@ def _cmyk_image(folder, df):
     return "seq2_000", "images are RGB, RGBA or greyscale"
 
 
-def _rgb_mask(folder, df):
-    Image.new("RGB", (32, 24), (255, 255, 255)).save(folder / "masks" / "seq2_001.png")
-    return "seq2_001", "masks are 8-bit"
+def _colour_mask(folder, df):
+    colour = np.zeros((24, 32, 3), np.uint8)
+    colour[:8] = (200, 30, 30)  # a red subject: a colour mask that is not a palette
+    Image.fromarray(colour).save(folder / "masks" / "seq2_001.png")
+    return "seq2_001", "a colour mask that is not a palette is ambiguous"
 
 
 def _rotated_image(folder, df):
     p = folder / "images" / "seq3_000.png"
     Image.open(p).transpose(Image.Transpose.ROTATE_90).save(p)
-    return "seq3_000", "same width"
+    return "seq3_000", "same aspect ratio"
 
 
 def _short_mask(folder, df):
     p = folder / "masks" / "seq3_001.png"
     Image.open(p).crop((0, 0, 32, 20)).save(p)
-    return "seq3_001", "same height"
+    return "seq3_001", "same aspect ratio"
+
+
+def _half_size_mask(folder, df):
+    p = folder / "masks" / "seq3_002.png"
+    Image.open(p).resize((16, 12)).save(p)  # scaled, not wrong: resized only with the switch on
+    return "seq3_002", "only with prepare.resize_masks: true"
 
 
 def _narrow_pair(folder, df):
@@ -97,8 +105,8 @@ def _full_mask(folder, df):
     return "seq5_001", "no empty, no all-foreground"
 
 
-CASES = [_orphan_image, _orphan_mask, _truncated_image, _bad_mask_bytes, _cmyk_image, _rgb_mask,
-         _rotated_image, _short_mask, _narrow_pair, _flat_pair, _empty_mask, _full_mask]
+CASES = [_orphan_image, _orphan_mask, _truncated_image, _bad_mask_bytes, _cmyk_image, _colour_mask,
+         _rotated_image, _short_mask, _half_size_mask, _narrow_pair, _flat_pair, _empty_mask, _full_mask]
 
 
 @pytest.mark.parametrize("break_it", CASES, ids=[c.__name__.strip("_") for c in CASES])

@@ -57,6 +57,12 @@ class AugmentConfig:
     m: Magnitudes
     texture_share: float  # of background swaps, the share onto a generated texture
 
+    @classmethod
+    def from_params(cls, section: dict) -> "AugmentConfig":
+        """From params.yaml's augment: section."""
+        return cls(size=section["size"], strength=section["strength"], texture_share=section["texture_share"],
+                   p=Probabilities(**section["p"]), m=Magnitudes(**section["magnitude"]))
+
 
 def homography(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     """3x3 matrix H with H @ [src, 1] ~ [dst, 1], from four point pairs."""

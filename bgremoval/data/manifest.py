@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bgremoval.data.masks import describe_mask
+from bgremoval.data.masks import MaskChoices, describe_mask, is_jpeg, mask_fit
 from bgremoval.images import IMAGE_EXTENSIONS, ImageReadError, open_image, sha256_file
 
 log = logging.getLogger(__name__)
@@ -27,6 +27,9 @@ COLUMNS = [
     "mask_height",
     "mask_mode",
     "mask_kind",
+    "mask_noise",
+    "mask_fit",
+    "mask_resize",
     "fg_fraction",
     "content_hash",
     "image_error",
@@ -78,11 +81,24 @@ def pair_files(data_dir: Path) -> list[tuple[str, Path | None, Path | None]]:
     return [(name, images.get(name), masks.get(name)) for name in sorted(images.keys() | masks.keys())]
 
 
-def describe_pair(name: str, image: Path | None, mask: Path | None, max_pixels: int) -> dict:
-    """One manifest row; decode problems are recorded in image_error/mask_error, not raised."""
+def unlabelled_files(folder: Path) -> list[tuple[str, Path, None]]:
+    """(name, image, None) for every photo of a folder of photos without masks (its images/, or the folder)."""
+    folder = Path(folder)
+    images = folder / "images" if (folder / "images").is_dir() else folder
+    found = list_images(images, root=folder)
+    if not found:
+        raise FileNotFoundError(f"{folder}: no image files (prepare.unlabelled names a folder of photos)")
+    return [(name, path, None) for name, path in sorted(found.items())]
+
+
+def describe_pair(name: str, image: Path | None, mask: Path | None, max_pixels: int,
+                  choices: MaskChoices) -> dict:
+    """One manifest row; decode problems are recorded in image_error/mask_error, not raised. The mask's
+    kind, its JPEG noise, how its size fits the photo's (mask_fit: same | scaled | different) and whether
+    readers resize it to the photo (mask_resize: scaled, with prepare.resize_masks on) are recorded too."""
     row: dict = {c: None for c in COLUMNS}
-    row.update(name=name, image_path=_str(image), mask_path=_str(mask))
-    for key in ("width", "height", "channels", "mask_width", "mask_height", "fg_fraction"):
+    row.update(name=name, image_path=_str(image), mask_path=_str(mask), mask_resize=False)
+    for key in ("width", "height", "channels", "mask_width", "mask_height", "mask_noise", "fg_fraction"):
         row[key] = np.nan
     if image is not None:
         try:
@@ -98,23 +114,30 @@ def describe_pair(name: str, image: Path | None, mask: Path | None, max_pixels: 
             row["image_error"] = str(exc)
     if mask is not None:
         try:
-            info = describe_mask(open_image(mask, max_pixels))
+            info = describe_mask(open_image(mask, max_pixels), is_jpeg(mask), choices)
             row.update(
                 mask_width=info.width,
                 mask_height=info.height,
                 mask_mode=info.mode,
                 mask_kind=info.kind,
+                mask_noise=info.noise,
                 fg_fraction=info.fg_fraction,
             )
         except ImageReadError as exc:
             row["mask_error"] = str(exc)
+    if row["image_error"] is None and row["mask_error"] is None and image is not None and mask is not None:
+        fit = mask_fit(row["width"], row["height"], row["mask_width"], row["mask_height"])
+        row.update(mask_fit=fit, mask_resize=fit == "scaled" and choices.resize)
     return row
 
 
-def build_manifest(pairs: Iterable[tuple[str, Path | None, Path | None]], max_pixels: int) -> pd.DataFrame:
-    """Describe every pair; group and split columns are left empty for the splitter."""
-    rows = [describe_pair(name, image, mask, max_pixels) for name, image, mask in pairs]
+def build_manifest(pairs: Iterable[tuple[str, Path | None, Path | None]], max_pixels: int,
+                   choices: MaskChoices) -> pd.DataFrame:
+    """Describe every pair; group and split columns are left empty for the splitter. `choices`: prepare's
+    for JPEG and scaled masks (params.yaml prepare.jpeg_masks, prepare.resize_masks)."""
+    rows = [describe_pair(name, image, mask, max_pixels, choices) for name, image, mask in pairs]
     df = pd.DataFrame(rows, columns=COLUMNS)
+    df["mask_resize"] = df["mask_resize"].astype(bool)
     n_bad = int(df["image_error"].notna().sum() + df["mask_error"].notna().sum())
     if n_bad:
         log.warning("%d files could not be decoded; validation will list them", n_bad)
@@ -128,3 +151,8 @@ def resolve_source(source: str, sample_dir: Path) -> Path:
 
 def _str(path: Path | None) -> str | None:
     return None if path is None else Path(path).as_posix()
+
+
+def add_rows(manifest: pd.DataFrame, extra: pd.DataFrame, split: str, groups: pd.Series) -> pd.DataFrame:
+    """The manifest with rows that the splitter does not place (reference or unlabelled photos) appended."""
+    return pd.concat([manifest, extra.assign(group=groups.to_numpy(), split=split)], ignore_index=True)

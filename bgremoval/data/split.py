@@ -13,6 +13,9 @@ import pandas as pd
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+# Rows the pipeline does not split: photos of other kinds that guard against forgetting (with masks), and
+# photos without masks that training learns from through a teacher's soft masks.
+REFERENCE, UNLABELLED = "reference", "unlabelled"
 
 
 def group_of(name: str, pattern: re.Pattern[str]) -> str:

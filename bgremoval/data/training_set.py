@@ -33,8 +33,9 @@ class Balance:
 
 
 def load_pair(row: pd.Series, max_side: int, max_pixels: int) -> tuple[np.ndarray, np.ndarray]:
-    """Image and mask, downscaled so the longer side is at most max_side (augmenting needs no more)."""
-    image, mask = load_rgb(Path(row["image_path"]), max_pixels), load_mask(Path(row["mask_path"]), max_pixels)
+    """Image and mask (read from the row as prepare recorded it, at the image's size), downscaled so the
+    longer side is at most max_side (augmenting needs no more)."""
+    image, mask = load_rgb(Path(row["image_path"]), max_pixels), load_mask(row, max_pixels)
     h, w = mask.shape
     if max(h, w) > max_side:
         size = (round(w * max_side / max(h, w)), round(h * max_side / max(h, w)))

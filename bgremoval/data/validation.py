@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from bgremoval.data.masks import MASK_MODES
-from bgremoval.data.split import SPLITS
+from bgremoval.data.masks import KINDS
+from bgremoval.data.split import REFERENCE, SPLITS, UNLABELLED
 
 log = logging.getLogger(__name__)
 
 IMAGE_MODES = ("RGB", "RGBA", "L")
+NOISIEST = 5  # JPEG masks listed by name in the report
 
 
 @dataclass(frozen=True)
@@ -37,11 +38,15 @@ def add_derived_columns(manifest: pd.DataFrame, split_fractions: dict[str, float
     df.loc[hashed, "hash_split_count"] = (
         df[hashed].groupby("content_hash")["split"].transform("nunique").astype(float)
     )
-    df["group_split_count"] = df.groupby("group")["split"].transform("nunique").astype(float)
-    # How far is this row's split from its requested fraction of all pairs?
-    actual = df["split"].map(df["split"].value_counts(normalize=True))
-    wanted = df["split"].map(split_fractions)
-    df["split_fraction_error"] = (actual - wanted).abs()
+    # Groups are split among train, val and test; reference and unlabelled photos are not split.
+    split = df["split"].isin(SPLITS)
+    df["group_split_count"] = float("nan")
+    df.loc[split, "group_split_count"] = df[split].groupby("group")["split"].transform("nunique").astype(float)
+    # How far is this row's split from its requested fraction of the labelled pairs?
+    actual = df.loc[split, "split"].map(df.loc[split, "split"].value_counts(normalize=True))
+    wanted = df.loc[split, "split"].map(split_fractions)
+    df["split_fraction_error"] = float("nan")
+    df.loc[split, "split_fraction_error"] = (actual - wanted).abs()
     return df
 
 
@@ -49,23 +54,24 @@ def expectations(t: Thresholds) -> list:
     """The suite, one expectation per line; `notes` says what each guards (shown in reports)."""
     import great_expectations.expectations as gxe
 
-    either = "either_value_is_missing"  # a missing side is already reported by its own expectation
     present = [s for s in SPLITS if t.split_fractions.get(s, 0) > 0]
+    sizes = {"show": ["width", "height", "mask_width", "mask_height"]}  # extra values shown for a failing pair
+    masked = {"row_condition": f'split!="{UNLABELLED}"', "condition_parser": "pandas"}  # photos that have masks
     return [
-        gxe.ExpectColumnValuesToNotBeNull(column="mask_path", notes="every image has a mask"),
+        gxe.ExpectColumnValuesToNotBeNull(column="mask_path", **masked, notes="every image has a mask (but the unlabelled photos)"),
         gxe.ExpectColumnValuesToNotBeNull(column="image_path", notes="every mask has an image"),
         gxe.ExpectColumnValuesToBeNull(column="image_error", notes="every image decodes (not truncated, not a non-image, not empty, under the pixel cap)"),
         gxe.ExpectColumnValuesToBeNull(column="mask_error", notes="every mask decodes"),
         gxe.ExpectColumnValuesToBeInSet(column="image_mode", value_set=list(IMAGE_MODES), notes="images are RGB, RGBA or greyscale"),
-        gxe.ExpectColumnValuesToBeInSet(column="mask_mode", value_set=list(MASK_MODES), notes="masks are 8-bit grey or 8-bit alpha"),
-        gxe.ExpectColumnPairValuesToBeEqual(column_A="width", column_B="mask_width", ignore_row_if=either, notes="image and mask have the same width (catches rotated or resized pairs)"),
-        gxe.ExpectColumnPairValuesToBeEqual(column_A="height", column_B="mask_height", ignore_row_if=either, notes="image and mask have the same height"),
+        gxe.ExpectColumnValuesToBeInSet(column="mask_kind", value_set=list(KINDS), **masked, notes="masks are of a kind read without guessing: a colour mask that is not a palette is ambiguous (save it as a palette PNG, index 0 = background, or in grey, 0 = background and 255 = foreground); kind jpeg needs prepare.jpeg_masks"),
+        gxe.ExpectColumnValuesToNotBeInSet(column="mask_fit", value_set=["different"], meta=sizes, **masked, notes="image and mask have the same aspect ratio, within a pixel (catches photos stored rotated, and crops)"),
+        gxe.ExpectColumnValuesToBeInSet(column="mask_resize", value_set=[True], row_condition='mask_fit=="scaled"', condition_parser="pandas", meta=sizes, notes="a mask scaled from its photo's size (same aspect ratio) is resized to the photo only with prepare.resize_masks: true; set it, or save masks at their photos' sizes"),
         gxe.ExpectColumnValuesToBeBetween(column="width", min_value=t.min_size, notes=f"images are at least {t.min_size} px wide"),
         gxe.ExpectColumnValuesToBeBetween(column="height", min_value=t.min_size, notes=f"images are at least {t.min_size} px high"),
-        gxe.ExpectColumnValuesToBeBetween(column="fg_fraction", min_value=t.fg_min, max_value=t.fg_max, notes=f"foreground covers {t.fg_min:g}..{t.fg_max:g} of the mask (no empty, no all-foreground masks)"),
-        gxe.ExpectColumnValuesToBeBetween(column="hash_split_count", max_value=1, notes="no image content appears in two splits (leakage)"),
+        gxe.ExpectColumnValuesToBeBetween(column="fg_fraction", min_value=t.fg_min, max_value=t.fg_max, meta={"show": ["mask_kind"]}, **masked, notes=f"foreground covers {t.fg_min:g}..{t.fg_max:g} of the mask (no empty, no all-foreground masks): such a pair has no subject to cut out; fix its mask or remove the pair"),
+        gxe.ExpectColumnValuesToBeBetween(column="hash_split_count", max_value=1, notes="no image content appears in two splits, the reference and unlabelled photos among them (leakage)"),
         gxe.ExpectColumnValuesToBeBetween(column="group_split_count", max_value=1, notes="no group (e.g. video sequence) crosses splits (leakage)"),
-        gxe.ExpectColumnValuesToBeInSet(column="split", value_set=list(SPLITS), notes="every pair has a split"),
+        gxe.ExpectColumnValuesToBeInSet(column="split", value_set=[*SPLITS, REFERENCE, UNLABELLED], notes="every pair has a split"),
         gxe.ExpectColumnDistinctValuesToContainSet(column="split", value_set=present, notes=f"every requested split is present: {present}"),
         gxe.ExpectColumnValuesToBeBetween(column="split_fraction_error", max_value=t.split_tolerance, notes=f"each split's share is within {t.split_tolerance:g} of prepare.splits"),
     ]
@@ -134,6 +140,7 @@ def _outcome(r, df: pd.DataFrame) -> dict:
     if "unexpected_index_list" in res:
         column = kwargs.get("column")
         columns = [column] if column else [kwargs.get("column_A"), kwargs.get("column_B")]
+        columns += [c for c in (cfg.meta or {}).get("show", []) if c not in columns]
         out["unexpected_count"] = len(res["unexpected_index_list"])
         out["unexpected"] = [_describe_row(df.loc[i], columns) for i in res["unexpected_index_list"]]
     elif "observed_value" in res:
@@ -158,6 +165,39 @@ def _jsonable(v):
     return v.item() if hasattr(v, "item") else v
 
 
+def mask_summary(manifest: pd.DataFrame) -> dict:
+    """What the report says about the masks: how many of each kind, how their sizes fit their photos', how
+    many are resized, and the JPEG masks' compression noise (share of pixels neither near 0 nor near 255),
+    with the noisiest files."""
+    jpeg = manifest[manifest["mask_noise"].notna()]
+    noisiest = jpeg.nlargest(NOISIEST, "mask_noise")
+    return {
+        "kinds": {str(k): int(n) for k, n in manifest["mask_kind"].value_counts().items()},
+        "fit": {str(k): int(n) for k, n in manifest["mask_fit"].value_counts().items()},
+        "resized": int(manifest["mask_resize"].fillna(False).astype(bool).sum()),
+        "jpeg": {
+            "masks": len(jpeg),
+            "noise_mean": float(jpeg["mask_noise"].mean()) if len(jpeg) else None,
+            "noise_max": float(jpeg["mask_noise"].max()) if len(jpeg) else None,
+            "noisiest": [{"name": r["name"], "mask": r["mask_path"], "noise": float(r["mask_noise"])}
+                         for _, r in noisiest.iterrows()],
+        },
+    }
+
+
+def mask_lines(summary: dict) -> list[str]:
+    """The mask summary in a few lines for the log."""
+    lines = ["masks by kind: " + ", ".join(f"{k} {n}" for k, n in summary["kinds"].items())]
+    if summary["resized"]:
+        lines.append(f"{summary['resized']} scaled masks are resized to their photos (prepare.resize_masks)")
+    j = summary["jpeg"]
+    if j["masks"]:
+        top = j["noisiest"][0]
+        lines.append(f"{j['masks']} JPEG masks: compression noise (pixels neither near 0 nor near 255) "
+                     f"{j['noise_mean']:.2%} on average, at most {j['noise_max']:.2%} ({top['mask']})")
+    return lines
+
+
 def summarise(outcomes: list[dict]) -> dict:
     """The report written to reports/validation.json."""
     failed = [o for o in outcomes if not o["success"]]
@@ -178,12 +218,14 @@ def failure_message(report: dict, limit: int = 8) -> str:
         lines.append(f"- {f['guards']}" + (f" ({n} pair(s)):" if n else ":"))
         for u in f.get("unexpected", [])[:limit]:
             shown = ", ".join(f"{k}={v}" for k, v in u["values"].items())
-            lines.append(f"    {u['image'] or u['mask']}  [{shown}]")
+            files = ", ".join(f for f in (u["image"], u["mask"]) if f)  # the pair's files, whichever exist
+            lines.append(f"    {files}  [{shown}]")
         if n and n > limit:
             lines.append(f"    ... and {n - limit} more (see the report)")
         if "observed_value" in f:
             lines.append(f"    observed: {f['observed_value']}")
         if "error" in f:
             lines.append(f"    error: {f['error']}")
-    lines.append("Fix or remove these files (or adjust validate: in params.yaml), then run `dvc repro` again.")
+    lines.append("Fix or remove these files (or adjust prepare: / validate: in params.yaml as named above), "
+                 "then run `dvc repro` again.")
     return "\n".join(lines)

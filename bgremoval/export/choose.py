@@ -107,7 +107,7 @@ def choose_refine(rows: pd.DataFrame, predict: Predictor, choices: Sequence[Refi
     scores: dict[Refine, list[ImageScores]] = {c: [] for c in choices}
     for _, row in tqdm(rows.iterrows(), total=len(rows), desc="val refinements", unit="image", leave=False):
         image = load_rgb(Path(row["image_path"]), max_pixels)
-        truth = load_mask(Path(row["mask_path"]), max_pixels).astype(np.float64) / 255
+        truth = load_mask(row, max_pixels).astype(np.float64) / 255
         plain = predict(image)
         mirrored = mirrored_prediction(predict, image) if any_flip else None
         for choice in choices:

@@ -26,13 +26,29 @@ class Decision:
         return self.alias == CHAMPION
 
 
+@dataclass(frozen=True)
+class Reference:
+    """The candidate's and stock U²-NetP's score on the reference photos of other kinds, and how much worse
+    the candidate may be there (register.max_reference_loss)."""
+
+    candidate: float
+    stock: float
+    max_loss: float
+
+
 def decide(metric: str, new: float, champion: float | None, min_delta: float, baseline: float | None,
-           require_beats_baseline: bool) -> Decision:
-    """The gate. `champion` is None when there is none yet; `baseline` is stock U²-NetP's score."""
+           require_beats_baseline: bool, reference: Reference | None = None) -> Decision:
+    """The gate. `champion` is None when there is none yet; `baseline` is stock U²-NetP's score; `reference`,
+    when there are reference photos, the scores on them."""
     if metric not in HEADLINE:
         raise ValueError(f"register.metric {metric!r} is not one of {', '.join(HEADLINE)}")
     sign = 1.0 if HIGHER_IS_BETTER[metric] else -1.0
     word = "higher" if sign > 0 else "lower"
+    if reference is not None and sign * (reference.stock - reference.candidate) > reference.max_loss:
+        return Decision(CHALLENGER, f"on the reference photos of other kinds {metric} {reference.candidate:.4f} is "
+                                    f"{abs(reference.stock - reference.candidate):.4f} worse than stock U²-NetP's "
+                                    f"{reference.stock:.4f}, over register.max_reference_loss {reference.max_loss}: "
+                                    "the fine-tune forgot what U²-NetP knew")
     if require_beats_baseline and baseline is not None and sign * (new - baseline) <= 0:
         return Decision(CHALLENGER, f"{metric} {new:.4f} does not beat stock U²-NetP's {baseline:.4f} "
                                     f"({word} is better) and register.require_beats_baseline is on")

@@ -18,7 +18,7 @@ from mlflow.exceptions import MlflowException
 
 from bgremoval.images import sha256_file
 from bgremoval.locks import named_lock
-from bgremoval.registry.gate import CHALLENGER, CHAMPION, PREVIOUS, Decision, decide
+from bgremoval.registry.gate import CHALLENGER, CHAMPION, PREVIOUS, Decision, Reference, decide
 from bgremoval.scoring.metrics import summarise
 from bgremoval.scoring.score import score
 from bgremoval.serving.config import ServingConfig
@@ -57,6 +57,7 @@ class Gate:
     metric: str
     min_delta: float
     require_beats_baseline: bool
+    max_reference_loss: float   # on the reference photos, how much worse than stock U²-NetP a champion may be
 
 
 def serving_key(served_dir: Path, config: ServingConfig) -> str:
@@ -130,12 +131,13 @@ def apply_decision(client, name: str, version: str, decision: Decision, old_cham
 
 def register_served(client, name: str, run_id: str, served_dir: Path, metrics: dict[str, float],
                     baseline: dict[str, float], test: pd.DataFrame, test_dataset, example: bytes, gate: Gate,
-                    lock: str | None, max_pixels: int) -> Registered:
+                    lock: str | None, max_pixels: int, reference_dataset=None) -> Registered:
     """Log the served model into the training run with its test scores as model metrics, register it (once
     per run and serving set-up), and gate its alias.
 
     `metrics` are the evaluate stage's scores of exactly this served folder on `test`; `baseline` the
-    baseline stage's. Registering and deciding happen under one lock (`lock`: a database URL or a lock
+    baseline stage's; with reference photos both hold a `reference` entry too (logged as reference/* model
+    metrics on `reference_dataset`). Registering and deciding happen under one lock (`lock`: a database URL or a lock
     file; None = the registry's own database), so concurrent registrations are decided one at a time:
     without it two could both beat the old champion and the worse one could take the alias last.
     """
@@ -143,7 +145,8 @@ def register_served(client, name: str, run_id: str, served_dir: Path, metrics: d
     ensure_registered_model(client, name, "Background removal: image in, foreground mask / cut-out out "
                             "(bgremoval pipeline). Serve with `mlflow models serve -m models:/NAME@champion`.")
     with named_lock(lock or mlflow.get_registry_uri(), f"bgremoval-registry:{name}"):
-        mv = _register_version(client, name, run_id, served_dir, config, metrics, test, test_dataset, example)
+        mv = _register_version(client, name, run_id, served_dir, config, metrics, test, test_dataset, example,
+                               reference_dataset)
         decision, champ, champ_score = _decide_and_apply(client, name, mv, run_id, metrics, baseline, test,
                                                          test_dataset, gate, max_pixels)
     with mlflow.start_run(run_id=run_id):
@@ -158,7 +161,8 @@ def register_served(client, name: str, run_id: str, served_dir: Path, metrics: d
 
 
 def _register_version(client, name: str, run_id: str, served_dir: Path, config: ServingConfig,
-                      metrics: dict[str, float], test: pd.DataFrame, test_dataset, example: bytes):
+                      metrics: dict[str, float], test: pd.DataFrame, test_dataset, example: bytes,
+                      reference_dataset):
     """This run's version served this way: the one registered before, or a new one logged and registered now."""
     key = serving_key(served_dir, config)
     mv = version_of_run(client, name, run_id, key)
@@ -167,8 +171,11 @@ def _register_version(client, name: str, run_id: str, served_dir: Path, config: 
         return mv
     with mlflow.start_run(run_id=run_id):
         info = log_model(Path(served_dir) / config.model_file, config, example, name="model")
-        mlflow.log_metrics({f"test/{k}": float(v) for k, v in metrics.items()}, model_id=info.model_id,
-                           dataset=test_dataset)
+        mlflow.log_metrics({f"test/{k}": float(v) for k, v in metrics.items() if k != "reference"},
+                           model_id=info.model_id, dataset=test_dataset)
+        if "reference" in metrics and reference_dataset is not None:  # recorded with the version, on its own data
+            mlflow.log_metrics({f"reference/{k}": float(v) for k, v in metrics["reference"].items()},
+                               model_id=info.model_id, dataset=reference_dataset)
     run_tags = client.get_run(run_id).data.tags
     tags = {k: run_tags[k] for k in LINEAGE_TAGS if k in run_tags}
     tags |= {"test_set": test_dataset.digest, "n_test_images": str(len(test)), "input_size": str(config.size),
@@ -195,8 +202,12 @@ def _decide_and_apply(client, name: str, mv, run_id: str, metrics: dict[str, flo
             if champ_score is None:  # scored on other images (or not at all): score it on these, now
                 champ_score = rescore(client, name, champ, test, test_dataset, max_pixels)[gate.metric]
                 log.info("champion v%s scored on this test set: %s %.4f", champ.version, gate.metric, champ_score)
+        reference = None
+        if "reference" in metrics and "reference" in baseline:
+            reference = Reference(metrics["reference"][gate.metric], baseline["reference"][gate.metric],
+                                  gate.max_reference_loss)
         decision = decide(gate.metric, new_score, champ_score, gate.min_delta, baseline.get(gate.metric),
-                          gate.require_beats_baseline)
+                          gate.require_beats_baseline, reference)
         apply_decision(client, name, mv.version, decision, champ)
     client.set_model_version_tag(name, mv.version, "decision", decision.alias)
     client.set_model_version_tag(name, mv.version, "decision.reason", decision.reason)

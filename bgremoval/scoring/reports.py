@@ -27,10 +27,11 @@ def error_overlay(image: np.ndarray, pred: np.ndarray, truth: np.ndarray) -> np.
 
 def worst_grid(table: pd.DataFrame, predict: Predictor, n: int, max_pixels: int) -> Image.Image:
     """The n test images with the lowest IoU (table: score's per-image table), errors coloured."""
+    facts = table.attrs.get("masks", {})  # how score read each mask (kind, resizing)
     tiles, labels = [], []
     for _, row in table.nsmallest(n, "iou").iterrows():
         image = load_rgb(Path(row["image_path"]), max_pixels)
-        truth = load_mask(Path(row["mask_path"]), max_pixels) / 255
+        truth = load_mask({**row, **facts.get(row["name"], {})}, max_pixels) / 255
         tiles.append(error_overlay(image, predict(image), truth))
         labels.append(f"{row['name']} iou {row['iou']:.2f}")
     return grid(tiles, labels, cols=4, tile=200)
@@ -55,3 +56,15 @@ def iou_histogram(ious: pd.Series, bins: int = 10) -> pd.DataFrame:
     """How many images reach each IoU band (a DVC plot)."""
     counts, edges = np.histogram(ious, bins=bins, range=(0, 1))
     return pd.DataFrame({"iou": [f"{a:.1f}-{b:.1f}" for a, b in zip(edges, edges[1:])], "images": counts})
+
+
+def write_test_reports(table: pd.DataFrame, scores: list[ImageScores], rows: pd.DataFrame, predict: Predictor,
+                       baseline_iou: pd.Series, worst: int, cutouts: int, max_pixels: int, out: Path) -> None:
+    """The evaluate stage's reports in `out`: the per-image table (worst first, beside stock U²-NetP's IoU),
+    the precision-recall curve, the IoU histogram, the worst cases and a grid of cut-outs."""
+    table.assign(baseline_iou=table["name"].map(baseline_iou)).sort_values("iou").to_csv(
+        out / "eval_images.csv", index=False, float_format="%.4f")
+    pr_table(scores).to_csv(out / "pr_curve.csv", index=False, float_format="%.4f")
+    iou_histogram(table["iou"]).to_csv(out / "iou_hist.csv", index=False)
+    worst_grid(table, predict, worst, max_pixels).save(out / "eval_worst.png")
+    cutout_grid(rows, predict, cutouts, max_pixels).save(out / "cutouts.png")

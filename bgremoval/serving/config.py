@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from bgremoval.serving.options import RequestError, options_from
 from bgremoval.serving.refine import Refine
 
 CONFIG_FILE = "serving.json"
@@ -34,6 +35,10 @@ class ServingConfig:
     def __post_init__(self):
         if self.runtime not in RUNTIMES:
             raise ValueError(f"serving config: runtime {self.runtime!r} is not one of {', '.join(RUNTIMES)}")
+        try:  # what every request starts from parses: a bad serve.defaults fails the export, not a request
+            options_from(None, self.defaults, self.max_pixels)
+        except RequestError as exc:
+            raise ValueError(f"serving config: serve.defaults: {exc}") from None
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "refine": self.refine.to_dict()}

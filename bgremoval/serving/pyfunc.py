@@ -14,16 +14,18 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import BAD_REQUEST
 
 from bgremoval.serving.config import ServingConfig
+from bgremoval.serving.options import KINDS, check_defaults
+from bgremoval.serving.render import warm_up
 from bgremoval.serving.request import INPUT_COLUMN, RequestError, RequestTooLarge, cut_out
 from bgremoval.serving.served import Served
 
 PACKAGE = Path(__file__).resolve().parents[1]  # bgremoval/
-# What the served model imports of this package (tests/test_layers.py checks it is all it imports).
+# What the served model imports of this package (tests/test_spec.py checks it is all it imports).
 SHIPPED = ("__init__.py", "images.py", "quiet.py", "serving")
-# The packages each runtime imports, besides MLflow's own.
+# The packages each runtime imports, besides MLflow's own (pymatting: the cut-out's edges).
 REQUIREMENTS = {
-    "onnxruntime": ("numpy", "pandas", "pillow", "scipy", "onnxruntime"),
-    "keras": ("numpy", "pandas", "pillow", "scipy", "tensorflow", "keras"),
+    "onnxruntime": ("numpy", "pandas", "pillow", "scipy", "pymatting", "onnxruntime"),
+    "keras": ("numpy", "pandas", "pillow", "scipy", "pymatting", "tensorflow", "keras"),
 }
 
 
@@ -42,11 +44,12 @@ class BackgroundRemover(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context):
         self.served = Served.open(Path(context.artifacts["model"]), ServingConfig.from_dict(context.model_config))
+        warm_up()  # pymatting's compiled code, loaded before the first request rather than in it
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         served = self.served
         try:
-            return cut_out(served, model_input, params, served.config.defaults, served.max_pixels,
+            return cut_out(served.predictor_for, model_input, params, served.config.defaults, served.max_pixels,
                            served.max_request_mb)
         except RequestTooLarge as exc:
             raise PayloadTooLarge(str(exc)) from None
@@ -55,16 +58,18 @@ class BackgroundRemover(mlflow.pyfunc.PythonModel):
 
 
 def signature(defaults: dict):
-    """Input: column `image` (base64). Params: serve.defaults' names, with its values as their defaults."""
+    """Input: column `image` (base64). Params: the request options (options.KINDS: their names and types),
+    each with its serve.defaults value as its default: the scoring server fills a param a request leaves out
+    with it, so it must be what options_from would take."""
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
-    kinds = {"output": "string", "threshold": "double", "bg_color": "string"}
+    check_defaults(defaults)
     return ModelSignature(
         inputs=Schema([ColSpec("string", INPUT_COLUMN)]),
         outputs=Schema([ColSpec("string", "png"), ColSpec("long", "width"), ColSpec("long", "height"),
                         ColSpec("double", "foreground")]),
-        params=ParamSchema([ParamSpec(name, kinds[name], value) for name, value in defaults.items()]),
+        params=ParamSchema([ParamSpec(name, kind, defaults[name]) for name, kind in KINDS.items()]),
     )
 
 

@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from bgremoval.serving.config import ServingConfig
+from bgremoval.serving.options import MAX_PIXELS_ENV, Options
 from bgremoval.serving.refine import Predictor, Refine, refined
-from bgremoval.serving.request import MAX_PIXELS_ENV, MAX_REQUEST_ENV
+from bgremoval.serving.request import MAX_REQUEST_ENV
 
 
 def _positive(env: str, logged: float) -> float:
@@ -59,6 +60,11 @@ class Served:
     def predictor(self, refine: Refine | None = None) -> Predictor:
         """The network with a refinement: the configured one unless another is given."""
         return refined(self.network, self.config.refine if refine is None else refine)
+
+    def predictor_for(self, opts: Options) -> Predictor:
+        """The network refined as a request's options ask: the configured refinement, overridden by the
+        main_object and sharpen they name."""
+        return self.predictor(opts.refine(self.config.refine))
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         return self.predictor()(image)

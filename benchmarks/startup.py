@@ -1,0 +1,71 @@
+"""How long `bgremoval predict` takes from a cold start to its first mask, beside `import mlflow` alone.
+
+Run in a project after `dvc repro` (or pass --project): it times, each as a fresh process and the
+median of --repeat runs, `python -c "import mlflow"`, `python -c "import tensorflow"`, and
+`bgremoval predict` on one photo with the served folder (models/served: onnxruntime and PIL only) and
+with the registry's champion (models:/NAME@champion: MLflow on top). It prints a table and writes JSON.
+
+    python benchmarks/startup.py --project . --out /tmp/startup.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+
+def timed(cmd: list[str], cwd: Path, repeat: int) -> float:
+    """Median wall time in seconds of a command run `repeat` times, each a fresh process."""
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        run = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+        times.append(time.perf_counter() - start)
+        if run.returncode != 0:
+            raise SystemExit(f"{' '.join(cmd)} failed:\n{run.stderr[-2000:]}")
+    return statistics.median(times)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--project", type=Path, default=Path("."), help="a project after `dvc repro`")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "bgremoval-startup.json")
+    args = parser.parse_args()
+    project = args.project.resolve()
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    photo = next(p for p in sorted((project / "data" / "sample" / "images").iterdir()))
+    bgremoval = str(Path(sys.executable).parent / "bgremoval")
+    out_dir = Path(tempfile.mkdtemp())
+    os.environ.setdefault("MLFLOW_TRACKING_URI", params["mlflow"]["tracking_uri"])
+    rows = [
+        ("python -c 'import mlflow'", [sys.executable, "-c", "import mlflow"]),
+        ("python -c 'import tensorflow'", [sys.executable, "-c", "import tensorflow"]),
+        ("bgremoval predict --model models/served (first mask)",
+         [bgremoval, "predict", "--quiet", "--model", "models/served", str(photo), str(out_dir / "a.png")]),
+        (f"bgremoval predict --model models:/{params['register']['model_name']}@champion (first mask)",
+         [bgremoval, "predict", "--quiet", str(photo), str(out_dir / "b.png")]),
+    ]
+    results = {label: timed(cmd, project, args.repeat) for label, cmd in rows}
+    width = max(map(len, results))
+    print(f"{'command':<{width}}  seconds (median of {args.repeat})")
+    for label, seconds in results.items():
+        print(f"{label:<{width}}  {seconds:6.2f}")
+    mlflow_s = results[rows[0][0]]
+    registry_s = results[rows[3][0]]
+    print(f"registry predict minus `import mlflow`: {registry_s - mlflow_s:.2f} s")
+    args.out.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
