@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -22,10 +23,8 @@ def main() -> int:
     unlabelled = manifest[manifest["split"] == UNLABELLED].reset_index(drop=True)
     models, reports = Path(paths["models"]), Path(paths["reports"])
     out = models / "distilled.keras"
-    if unlabelled.empty:  # nothing to learn from: no TensorFlow needed
-        from bgremoval.training.distill import keep_teacher
-
-        keep_teacher(models / "model.keras", out)
+    if unlabelled.empty:  # nothing to learn from (and no TensorFlow to import): the trained model goes on
+        shutil.copy(models / "model.keras", out)
         (reports / "distill.json").write_text(json.dumps({"unlabelled": 0}, indent=2))
         log.info("no unlabelled photos (prepare.unlabelled): the trained model is served as it is")
         return 0

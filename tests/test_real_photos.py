@@ -68,7 +68,9 @@ def test_stock_u2netp_served_cuts_out_real_photos_as_rembg_does(tmp_path):
         cut = Image.open(tmp_path / "out" / f"{name}.png")
         assert cut.mode == "RGBA" and cut.size == (854, 480)
         rgba = np.asarray(cut)
-        assert (rgba[..., :3] == image).all()
+        # The photo's own colours where the alpha is sure; the subject's estimated colours only under soft alpha.
+        same = (rgba[..., :3] == image).all(axis=2)
+        assert same[rgba[..., 3] == 255].mean() > 0.99 and same[rgba[..., 3] == 0].mean() > 0.99
         truth = load_mask(DAVIS / "masks" / f"{name}.png", 10**8) / 255
         assert iou_dice(rgba[..., 3] / 255, truth)[0] > 0.85, name
     rembg = RembgModel(onnx)  # rembg's own run of the same graph: its resizing, its normalisation

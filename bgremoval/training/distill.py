@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import math
-import shutil
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -127,9 +126,3 @@ def distill(model: keras.Model, model_cfg: ModelConfig, train_cfg: TrainConfig, 
     log.info("distill: %d unlabelled photos, %d steps; val IoU %.4f (teacher) -> %.4f (kept %.2f of the student)",
              len(unlabelled), steps, before["iou"], after["iou"], share)
     return inference_model(network), summary
-
-
-def keep_teacher(model_file: Path, out: Path) -> None:
-    """No unlabelled photos: the trained model is the one served."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy(model_file, out)
