@@ -107,8 +107,11 @@ def complete_pairs(folder: Path) -> tuple[pd.DataFrame, list[Path]]:
     return pd.DataFrame(pairs, columns=["name", "image_path", "mask_path"]), orphans
 
 
-def split_folder(folder: Path, workdir: Path, n: int, seed: int, group_pattern: str | None) -> pd.DataFrame:
-    """Write WORKDIR/holdout.csv and copy every other file into WORKDIR/data/images|masks; the held-out rows."""
+def split_folder(folder: Path, workdir: Path, n: int, seed: int, group_pattern: str | None,
+                 labelled: int | None = None, rest_unlabelled: bool = False) -> pd.DataFrame:
+    """Write WORKDIR/holdout.csv and copy every other file into WORKDIR/data/images|masks; the held-out rows.
+    With `labelled`, only that many of the pipeline's pairs (drawn with the seed) keep their masks; the photos
+    of the others go to WORKDIR/unlabelled/images with `rest_unlabelled`, else nowhere."""
     pairs, orphans = complete_pairs(folder)
     names = held_out(pairs["name"].tolist(), n, seed, group_pattern)
     holdout = pairs[pairs["name"].isin(names)].reset_index(drop=True)
@@ -116,6 +119,15 @@ def split_folder(folder: Path, workdir: Path, n: int, seed: int, group_pattern: 
     for kind in ("images", "masks"):
         (data / kind).mkdir(parents=True)
     rest = pairs[~pairs["name"].isin(names)]
+    if labelled is not None:
+        keep = set(held_out(rest["name"].tolist(), labelled, seed + 1, group_pattern))
+        unlabelled, rest = rest[~rest["name"].isin(keep)], rest[rest["name"].isin(keep)]
+        if rest_unlabelled:
+            (workdir / "unlabelled" / "images").mkdir(parents=True)
+            for path in map(Path, unlabelled["image_path"]):
+                shutil.copy2(path, workdir / "unlabelled" / "images" / path.name)
+        print(f"{len(rest)} labelled pairs; {len(unlabelled)} more photos "
+              + ("given without masks (prepare.unlabelled)" if rest_unlabelled else "left out"))
     for path in [*map(Path, rest["image_path"]), *map(Path, rest["mask_path"]), *orphans]:
         shutil.copy2(path, data / path.parent.name / path.name)  # orphans too: validate reports them as it would
     holdout.to_csv(workdir / HOLDOUT, index=False)
@@ -316,6 +328,12 @@ def main() -> None:
                         help="where the copies, the run and the results go (outside this checkout)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a param over the profile (repeatable; VALUE as YAML), e.g. --set train.epochs=1")
+    parser.add_argument("--labelled", type=int, default=None, metavar="N",
+                        help="of the pipeline's share, only N pairs keep their masks (fewer labels)")
+    parser.add_argument("--rest-unlabelled", action="store_true",
+                        help="with --labelled: give the other photos to the pipeline without masks (prepare.unlabelled)")
+    parser.add_argument("--reference", type=Path, default=None, metavar="FOLDER",
+                        help="photos of other kinds with masks (prepare.reference): the gate's guard against forgetting")
     parser.add_argument("--score-only", action="store_true", help="score an existing --workdir again")
     parser.add_argument("--require-beats", choices=[r for r in ROWS if r != "champion"], default=None,
                         help="exit 1 unless the champion beats this row on every headline metric")
@@ -345,9 +363,14 @@ def main() -> None:
         if args.group_pattern and "prepare.group_pattern" not in overrides:
             overrides["prepare.group_pattern"] = args.group_pattern  # the pipeline's own splits keep groups whole too
         try:
-            holdout = split_folder(args.folder.resolve(), workdir, args.holdout, args.seed, args.group_pattern)
+            holdout = split_folder(args.folder.resolve(), workdir, args.holdout, args.seed, args.group_pattern,
+                                   args.labelled, args.rest_unlabelled)
         except ValueError as exc:
             parser.error(str(exc))
+        if args.rest_unlabelled:
+            overrides["prepare.unlabelled"] = str(workdir / "unlabelled")
+        if args.reference:
+            overrides["prepare.reference"] = str(args.reference.resolve())
         seconds = run_pipeline(workdir, overrides)
 
     params = yaml.safe_load((workdir / "project" / "params.yaml").read_text())

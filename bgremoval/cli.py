@@ -38,26 +38,93 @@ def _default_model(params_path: Path) -> tuple[str, str | None]:
     return f"models:/{params['register']['model_name']}@champion", uri
 
 
-def _outputs_for(inp: Path, out: Path) -> list[tuple[Path, Path]]:
-    """(input file, output PNG) pairs: a folder's images (sorted) into OUT/, or one file into OUT."""
+STDIO = "-"  # predict's input or output: stdin, stdout
+
+
+def _images_under(folder: Path, out: Path) -> list[Path]:
+    """The images (by extension) anywhere under a folder, sorted; none from inside OUT when it lies within."""
     from bgremoval.images import IMAGE_EXTENSIONS
 
-    if inp.is_dir():
-        files = sorted(p for p in inp.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-    elif inp.is_file():
-        files = [inp]
-        if out.suffix.lower() == ".png" and not out.is_dir():
-            return [(inp, out)]
-    else:
-        raise SystemExit(f"bgremoval predict: {inp} does not exist (give an image file or a folder of images)")
+    skip = out.resolve() if str(out) != STDIO else None
+    files = []
+    for root, dirs, names in os.walk(folder):  # symbolic links to folders are not followed: no loops
+        dirs[:] = [d for d in dirs if skip is None or (Path(root) / d).resolve() != skip]
+        files += [Path(root) / n for n in names if Path(n).suffix.lower() in IMAGE_EXTENSIONS
+                  and (Path(root) / n).is_file()]
+    return sorted(files)
+
+
+def _outputs_for(inp: Path, out: Path) -> list[tuple[Path, Path]]:
+    """(input file, output PNG) pairs: a folder's images, found in its sub-folders too (sorted), into the same
+    tree under OUT/; or one file (or `-`, stdin) into OUT, a .png path or `-` (stdout)."""
+    single = str(inp) == STDIO or inp.is_file()
+    if not single and not inp.is_dir():
+        raise SystemExit(f"bgremoval predict: {inp} does not exist (give an image file, a folder of images, a video "
+                         "or - for stdin)")
+    if single and (str(out) == STDIO or (out.suffix.lower() == ".png" and not out.is_dir())):
+        return [(inp, out)]
+    if str(out) == STDIO:
+        raise SystemExit(f"bgremoval predict: the images of folder {inp} cannot all go to stdout; name an output folder")
+    files = _images_under(inp, out) if inp.is_dir() else [inp]
     pairs, taken = [], set()
     for f in files:
-        target = out / f"{f.stem}.png"
+        folder = out / f.parent.relative_to(inp) if inp.is_dir() else out
+        stem = "stdin" if str(f) == STDIO else f.stem
+        target = folder / f"{stem}.png"
         if target in taken:  # photo.jpg and photo.png: keep both
-            target = out / f"{f.stem}.{f.suffix.lstrip('.').lower()}.png"
+            target = folder / f"{stem}.{f.suffix.lstrip('.').lower()}.png"
         taken.add(target)
         pairs.append((f, target))
     return pairs
+
+
+def _smoothing(args: argparse.Namespace) -> float:
+    """A video's temporal smoothing: --smooth, else params.yaml's video.smoothing (checked either way)."""
+    from bgremoval.video import TemporalSmoother
+
+    smoothing = args.smooth
+    if smoothing is None:
+        if not Path(args.params).is_file():
+            sys.exit(f"bgremoval predict: {args.params} (where video.smoothing is set) not found; run from the "
+                     "project root, or pass --smooth S (0: off)")
+        smoothing = (_params(args.params).get("video") or {}).get("smoothing")
+        if smoothing is None:
+            sys.exit(f"bgremoval predict: {args.params} sets no video.smoothing; add it, or pass --smooth S (0: off)")
+    try:
+        TemporalSmoother(smoothing)
+    except (TypeError, ValueError) as exc:
+        sys.exit(f"bgremoval predict: --smooth: {exc}")
+    return float(smoothing)
+
+
+def _read(src: Path, max_pixels: int):
+    """An input image: a file, or `-`, the bytes on stdin."""
+    from bgremoval.images import ImageReadError, open_image
+
+    if str(src) != STDIO:
+        return open_image(src, max_pixels)
+    if sys.stdin is None or sys.stdin.isatty():
+        raise ImageReadError("stdin: is a terminal, not an image; pipe one in (bgremoval predict - out.png < photo.jpg)")
+    return open_image(sys.stdin.buffer.read(), max_pixels, label="stdin", limit_name="serve.max_pixels")
+
+
+def _predict_video(args: argparse.Namespace, src: Path, served, opts, smoothing: float) -> int:
+    """One video cut out frame by frame (bgremoval.video), written beside its audio."""
+    import av
+
+    from bgremoval.video import cut_video, output_path
+
+    try:
+        dst = output_path(src, Path(args.out), opts.output)
+    except ValueError as exc:
+        sys.exit(f"bgremoval predict: {exc}")
+    try:
+        n = cut_video(src, dst, served.predictor_for(opts), opts, smoothing, progress=not args.quiet)
+    except (av.FFmpegError, ValueError) as exc:
+        print(f"bgremoval predict: {src}: cannot be cut out as a video ({exc})", file=sys.stderr)
+        return 1
+    print(f"wrote {n} {opts.output} frame{'s' if n != 1 else ''} to {dst} (smoothing {smoothing:g})")
+    return 0
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
@@ -67,11 +134,20 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from bgremoval.images import IMAGE_EXTENSIONS, ImageReadError, open_image
     from bgremoval.serving.load import load
     from bgremoval.serving.options import KINDS, options_from
-    from bgremoval.serving.render import render
+    from bgremoval.serving.render import png_bytes, render
+    from bgremoval.video import is_video
 
-    pairs = _outputs_for(Path(args.input), Path(args.out))
-    if not pairs:
-        sys.exit(f"bgremoval predict: no images ({', '.join(IMAGE_EXTENSIONS)}) in {args.input}")
+    inp, to_stdout = Path(args.input), args.out == STDIO
+    video = args.input != STDIO and not inp.is_dir() and is_video(inp)
+    if video:
+        if to_stdout:
+            sys.exit("bgremoval predict: a video cannot be written to stdout; name a file (.webm, .mov, .mp4, .mkv) "
+                     "or a folder")
+        smoothing = _smoothing(args)
+    else:
+        pairs = _outputs_for(inp, Path(args.out))
+        if not pairs:
+            sys.exit(f"bgremoval predict: no images ({', '.join(IMAGE_EXTENSIONS)}) in {args.input} or its folders")
     model, tracking_uri = (args.model, args.tracking_uri) if args.model else _default_model(args.params)
     if "://" in model or model.startswith(("models:", "runs:")):
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # ours is the one that counts
@@ -92,22 +168,52 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         opts = options_from(request, served.config.defaults, served.max_pixels)
     except (ImageReadError, ValueError) as exc:
         sys.exit(f"bgremoval predict: {'--bg-image ' if isinstance(exc, ImageReadError) else ''}{exc}")
+    if video:
+        return _predict_video(args, inp, served, opts, smoothing)
     predictor = served.predictor_for(opts)
     failed = []
-    for src, dst in tqdm(pairs, desc="predict", unit="image", disable=len(pairs) < 2 or args.quiet):
+    for src, dst in tqdm(pairs, desc="predict", unit="image", disable=len(pairs) < 2 or args.quiet or to_stdout):
         try:
-            image = np.asarray(open_image(src, served.max_pixels).convert("RGB"), dtype=np.uint8)
+            image = np.asarray(_read(src, served.max_pixels).convert("RGB"), dtype=np.uint8)
         except ImageReadError as exc:
             failed.append(str(exc))
             continue
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        render(image, predictor(image), opts).save(dst)
+        picture = render(image, predictor(image), opts)
+        if str(dst) == STDIO:
+            sys.stdout.buffer.write(png_bytes(picture))
+            sys.stdout.flush()
+        else:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            picture.save(dst)
     done = len(pairs) - len(failed)
     for reason in failed:
         print(f"skipped {reason}", file=sys.stderr)
-    print(f"wrote {done} {opts.output} PNG{'s' if done != 1 else ''} to {args.out}"
-          + (f"; {len(failed)} unreadable file(s) skipped (listed above)" if failed else ""))
+    print(f"wrote {done} {opts.output} PNG{'s' if done != 1 else ''} to {'stdout' if to_stdout else args.out}"
+          + (f"; {len(failed)} unreadable file(s) skipped (listed above)" if failed else ""),
+          file=sys.stderr if to_stdout else sys.stdout)
     return 1 if failed else 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from bgremoval.demo import launch
+    from bgremoval.serving.load import load
+
+    model, tracking_uri = (args.model, args.tracking_uri) if args.model else _default_model(args.params)
+    if "://" in model or model.startswith(("models:", "runs:")):
+        import mlflow
+
+        mlflow.set_tracking_uri(args.tracking_uri or tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"))
+    try:
+        served = load(model)
+    except Exception as exc:  # noqa: BLE001 - any load failure ends here with what to do next
+        sys.exit(f"bgremoval demo: cannot load model {model!r}: {exc}\n"
+                 "Pass --model models/served (after `dvc repro`), models:/bgremoval@champion, runs:/RUN_ID/model or "
+                 "an MLflow model folder; --tracking-uri says where the registry is.")
+    try:
+        launch(served, model, args.host, args.port)
+    except OSError as exc:  # the port is taken, or the host is not this machine's
+        sys.exit(f"bgremoval demo: cannot listen on {args.host or '127.0.0.1'}:{args.port or 'a free port'}: {exc}")
+    return 0
 
 
 def _cmd_tune_worker(args: argparse.Namespace) -> int:
@@ -182,13 +288,18 @@ def build_parser() -> argparse.ArgumentParser:
     sample.set_defaults(func=_cmd_sample)
 
     predict = sub.add_parser(
-        "predict", help="cut out an image or a folder of images with a trained model",
+        "predict", help="cut out an image, a folder of images or a video with a trained model",
         description="Writes <stem>.png at each input's size: the mask (8-bit), the RGBA cut-out, or a composite "
-                    "on a new background. Unreadable files are reported and skipped; the exit code is 1 if any "
-                    "were. The options below are the server's request params of the same names; each one not "
-                    "given takes the model's serve.defaults.")
-    predict.add_argument("input", help="an image file or a folder of images (jpg, png, webp, bmp)")
-    predict.add_argument("out", help="output folder (or, for one input file, a .png path)")
+                    "on a new background; a folder's images, in its sub-folders too, go to the same tree under "
+                    "OUT. Unreadable files are reported and skipped; the exit code is 1 if any were. `-` reads "
+                    "one image from stdin or writes its PNG to stdout. A video (mp4, mov, mkv, webm, avi, or "
+                    "whatever PyAV opens) is cut out frame by frame at its size and frame rate, its audio kept: a "
+                    "cut-out to .webm (VP9 with alpha) or .mov (ProRes 4444), a mask or composite to .mp4 "
+                    "(H.264) or .webm. The options below but --smooth are the server's request params of the "
+                    "same names; each one not given takes the model's serve.defaults.")
+    predict.add_argument("input", help="an image file, a folder of images (jpg, png, webp, bmp), a video, or - (stdin)")
+    predict.add_argument("out", help="output folder; for one image a .png path or - (stdout); for a video a "
+                                     ".webm/.mov/.mp4/.mkv/.avi path")
     predict.add_argument("--model", help="models/served (the export stage's folder: no MLflow needed), "
                                          "models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model or an MLflow "
                                          "model folder (default: models:/<register.model_name>@champion)")
@@ -210,11 +321,30 @@ def build_parser() -> argparse.ArgumentParser:
                               "refinement")
     predict.add_argument("--sharpen", type=float, metavar="K",
                          help="edge sharpening k > 0 (1: none); 0 or negative: the model's own refinement")
+    predict.add_argument("--smooth", type=float, metavar="S",
+                         help="videos: each pixel's mask keeps weight S in [0, 1) of the previous frame's where the "
+                              "picture did not change, against flicker (0: off; default: params.yaml's "
+                              "video.smoothing)")
     predict.add_argument("--tracking-uri", help="MLflow tracking/registry URI for models:/ and runs:/ "
                                                 "(default: $MLFLOW_TRACKING_URI, else params.yaml's mlflow.tracking_uri)")
     predict.add_argument("--params", default="params.yaml", help=argparse.SUPPRESS)
-    predict.add_argument("--quiet", action="store_true", help="no progress bar")
+    predict.add_argument("--quiet", action="store_true", help="no progress bar (none when writing to stdout)")
     predict.set_defaults(func=_cmd_predict)
+
+    demo = sub.add_parser(
+        "demo", help="a local web page to try a model: drop a photo, pick the output, download the result",
+        description="Serves a page (Gradio) with the photo and its result side by side and the same options as "
+                    "predict and the server, set to the model's serve.defaults. It prints the page's URL; nothing "
+                    "is fetched from the network and no share link is made.")
+    demo.add_argument("--model", help="as for predict: models/served, models:/NAME@ALIAS, runs:/RUN_ID/model or an "
+                                      "MLflow model folder (default: models:/<register.model_name>@champion)")
+    demo.add_argument("--host", help="address to listen on (default: 127.0.0.1, this machine only; "
+                                     "$GRADIO_SERVER_NAME if set). 0.0.0.0 opens it to the network")
+    demo.add_argument("--port", type=int, help="port (default: $GRADIO_SERVER_PORT, else the first free one from 7860)")
+    demo.add_argument("--tracking-uri", help="MLflow tracking/registry URI for models:/ and runs:/ "
+                                             "(default: $MLFLOW_TRACKING_URI, else params.yaml's mlflow.tracking_uri)")
+    demo.add_argument("--params", default="params.yaml", help=argparse.SUPPRESS)
+    demo.set_defaults(func=_cmd_demo)
 
     worker = sub.add_parser(
         "tune-worker", help="run tuning trials for this project's study, alongside other workers",

@@ -3,6 +3,7 @@ named, the champion of params.yaml's registry by default, and no TensorFlow or M
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 from pathlib import Path
@@ -244,3 +245,78 @@ def test_predict_with_a_served_onnx_folder_imports_neither_tensorflow_nor_mlflow
     cut = np.asarray(Image.open(tmp_path / "out" / "photo.png"))
     away = ~edge_band(cut[..., 3] / 255, 3)
     assert cut.shape == (60, 84, 4) and (cut[..., :3][away] == image[away]).all()
+
+
+def png_of(image: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_predict_reads_stdin_and_writes_stdout(onnx_served, photo, tmp_path, monkeypatch, capsysbinary):
+    path, image = photo
+    expected = predict(onnx_served, path, tmp_path / "file.png")
+    capsysbinary.readouterr()
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(png_of(image))))
+    assert cli(["predict", "--model", str(onnx_served), "-", "-"]) == 0
+    out, err = capsysbinary.readouterr()
+    assert (np.asarray(Image.open(io.BytesIO(out))) == expected).all()  # the PNG alone on stdout
+    assert err.decode().strip() == "wrote 1 cutout PNG to stdout"  # the rest on stderr, and no progress bar
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(png_of(image))))
+    assert cli(["predict", "--model", str(onnx_served), "-", str(tmp_path / "from_stdin.png")]) == 0
+    assert (np.asarray(Image.open(tmp_path / "from_stdin.png")) == expected).all()
+    capsysbinary.readouterr()
+    assert cli(["predict", "--model", str(onnx_served), str(path), "-"]) == 0
+    assert (np.asarray(Image.open(io.BytesIO(capsysbinary.readouterr().out))) == expected).all()
+
+
+def test_stdin_that_is_not_an_image_is_reported_on_stderr(onnx_served, tmp_path, monkeypatch, capsysbinary):
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"not an image")))
+    assert cli(["predict", "--model", str(onnx_served), "-", "-"]) == 1
+    out, err = capsysbinary.readouterr()
+    assert out == b"" and "skipped stdin: cannot be decoded as an image" in err.decode()
+    assert _outputs_for(Path("-"), tmp_path / "out") == [(Path("-"), tmp_path / "out" / "stdin.png")]
+    with pytest.raises(SystemExit, match="cannot all go to stdout"):
+        _outputs_for(tmp_path, Path("-"))
+
+
+@pytest.mark.slow
+def test_predict_in_a_pipe(onnx_served, photo, tmp_path):
+    path, _ = photo
+    expected = predict(onnx_served, path, tmp_path / "file.png")
+    run = subprocess.run([sys.executable, "-m", "bgremoval.cli", "predict", "--model", str(onnx_served), "-", "-"],
+                         input=path.read_bytes(), cwd=tmp_path, env=project_env(), capture_output=True, timeout=300)
+    assert run.returncode == 0, run.stderr.decode()
+    assert (np.asarray(Image.open(io.BytesIO(run.stdout))) == expected).all()
+    assert run.stderr.decode().strip().endswith("wrote 1 cutout PNG to stdout")
+
+
+def test_a_folder_is_walked_and_its_tree_kept(tmp_path):
+    src = tmp_path / "photos"
+    for name in ("top.jpg", "shoes/red/a.png", "shoes/red/a.jpg", "shoes/b.webp", "shoes/notes.txt", "bags/c.JPG"):
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        (src / name).write_bytes(b"x")
+    assert [(i.relative_to(src).as_posix(), o.relative_to(tmp_path).as_posix())
+            for i, o in _outputs_for(src, tmp_path / "out")] == [
+        ("bags/c.JPG", "out/bags/c.png"), ("shoes/b.webp", "out/shoes/b.png"), ("shoes/red/a.jpg", "out/shoes/red/a.png"),
+        ("shoes/red/a.png", "out/shoes/red/a.png.png"), ("top.jpg", "out/top.png")]
+    (src / "cut" / "old").mkdir(parents=True)
+    (src / "cut" / "old" / "top.png").write_bytes(b"x")  # an earlier run's output, inside the input: not an input
+    assert "cut/old/top.png" not in {i.relative_to(src).as_posix() for i, _ in _outputs_for(src, src / "cut")}
+
+
+def test_predict_on_a_tree_writes_the_same_tree_and_skips_the_unreadable(onnx_served, tmp_path, capsys):
+    src = tmp_path / "photos"
+    for i, name in enumerate(("one.png", "day1/two.jpg", "day1/evening/three.png")):
+        image, _ = disc_image(40, 56, seed=i)
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(src / name)
+    (src / "day1" / "broken.png").write_bytes(b"not a png")
+    assert cli(["predict", "--model", str(onnx_served), "--quiet", "--output", "mask", str(src),
+                str(tmp_path / "out")]) == 1
+    written = sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.png"))
+    assert written == ["day1/evening/three.png", "day1/two.png", "one.png"]
+    out, err = capsys.readouterr()
+    assert "wrote 3 mask PNGs" in out and "1 unreadable file(s) skipped" in out
+    assert f"skipped {src / 'day1' / 'broken.png'}: cannot be decoded as an image" in err
+

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bgremoval.data.masks import (KINDS, MaskChoices, describe_mask, is_jpeg, load_mask, mask_fit, mask_facts,
+from bgremoval.data.masks import (KINDS, MaskChoices, describe_mask, is_jpeg, load_mask, mask_fit,
                                   resize_mask)
 from bgremoval.images import ImageReadError, open_image
 
@@ -168,13 +168,6 @@ def test_resizing_keeps_hard_masks_hard_and_soft_masks_soft():
     hard = resize_mask(TRUTH[::2, ::2], 32, 24, hard=True)
     soft = resize_mask(TRUTH[::2, ::2], 32, 24, hard=False)
     assert set(np.unique(hard)) == {0, 255} and len(np.unique(soft)) > 2
-
-
-def test_mask_facts_are_the_columns_reading_needs():
-    row = {"name": "a", "mask_path": "m.png", "mask_kind": "palette", "mask_resize": True, "width": 8, "height": 6,
-           "split": "val"}
-    assert mask_facts(row) == {"mask_path": "m.png", "mask_kind": "palette", "mask_resize": True, "width": 8,
-                               "height": 6}
 
 
 def test_the_jpeg_choice_is_checked():

@@ -117,7 +117,7 @@ def test_worst_grid_shows_the_lowest_iou_images_with_their_errors(discs):
         asked.append(discs["name"][[np.array_equal(image, _rgb(p)) for p in discs["image_path"]]].item())
         return nothing(image)
 
-    picture = worst_grid(table, blind, n=2, max_pixels=10**6)
+    picture = worst_grid(table, discs, blind, n=2, max_pixels=10**6)
     assert asked == ["d_001", "d_002"]  # worst first
     assert picture.size == (4 * TILE, TILE + LABEL)
     r, g, b = picture.getpixel((TILE // 2, LABEL + TILE // 2))  # the first tile's centre: a missed disc

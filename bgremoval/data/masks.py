@@ -45,9 +45,6 @@ NEAR = 8
 # RGB JPEG masks: chroma noise makes grey pixels' channels differ a little; a grey mask has at most this
 # share of pixels whose channels spread by more than JPEG_GREY_SPREAD.
 JPEG_GREY_SPREAD, JPEG_COLOUR_SHARE = 32, 0.01
-# The manifest columns a reader needs: the file, its kind (with the JPEG choice), and whether and to what
-# size it is resized.
-READ_COLUMNS = ("mask_path", "mask_kind", "mask_resize", "width", "height")
 
 
 @dataclass(frozen=True)
@@ -199,11 +196,6 @@ def resize_mask(alpha: np.ndarray, width: int, height: int, hard: bool) -> np.nd
     """A mask resized to width x height (bilinear); a 0/255 mask stays 0/255 (thresholded at 128)."""
     out = np.asarray(Image.fromarray(alpha, "L").resize((int(width), int(height)), Image.Resampling.BILINEAR))
     return (out >= 128).astype(np.uint8) * 255 if hard else out
-
-
-def mask_facts(row: Mapping) -> dict:
-    """The columns of a manifest row that reading its mask needs (those it has)."""
-    return {c: row[c] for c in READ_COLUMNS if c in row}
 
 
 def load_mask(source: Mapping | Path | str, max_pixels: int) -> np.ndarray:

@@ -25,13 +25,13 @@ def error_overlay(image: np.ndarray, pred: np.ndarray, truth: np.ndarray) -> np.
     return out.astype(np.uint8)
 
 
-def worst_grid(table: pd.DataFrame, predict: Predictor, n: int, max_pixels: int) -> Image.Image:
-    """The n test images with the lowest IoU (table: score's per-image table), errors coloured."""
-    facts = table.attrs.get("masks", {})  # how score read each mask (kind, resizing)
+def worst_grid(table: pd.DataFrame, rows: pd.DataFrame, predict: Predictor, n: int, max_pixels: int) -> Image.Image:
+    """The n images with the lowest IoU (table: score's per-image table of the manifest `rows`), errors coloured."""
+    by_name = rows.set_index("name", drop=False)
     tiles, labels = [], []
     for _, row in table.nsmallest(n, "iou").iterrows():
         image = load_rgb(Path(row["image_path"]), max_pixels)
-        truth = load_mask({**row, **facts.get(row["name"], {})}, max_pixels) / 255
+        truth = load_mask(by_name.loc[row["name"]], max_pixels) / 255
         tiles.append(error_overlay(image, predict(image), truth))
         labels.append(f"{row['name']} iou {row['iou']:.2f}")
     return grid(tiles, labels, cols=4, tile=200)
@@ -66,5 +66,5 @@ def write_test_reports(table: pd.DataFrame, scores: list[ImageScores], rows: pd.
         out / "eval_images.csv", index=False, float_format="%.4f")
     pr_table(scores).to_csv(out / "pr_curve.csv", index=False, float_format="%.4f")
     iou_histogram(table["iou"]).to_csv(out / "iou_hist.csv", index=False)
-    worst_grid(table, predict, worst, max_pixels).save(out / "eval_worst.png")
+    worst_grid(table, rows, predict, worst, max_pixels).save(out / "eval_worst.png")
     cutout_grid(rows, predict, cutouts, max_pixels).save(out / "cutouts.png")

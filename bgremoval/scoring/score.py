@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bgremoval.data.masks import load_mask, mask_facts
+from bgremoval.data.masks import load_mask
 from bgremoval.images import load_rgb
 from bgremoval.scoring.metrics import ImageScores, score_image
 from bgremoval.serving.refine import Predictor
@@ -18,15 +18,14 @@ def score(rows: pd.DataFrame, predict: Predictor, max_pixels: int,
           progress: str | None = None) -> tuple[pd.DataFrame, list[ImageScores]]:
     """Per-image scores (a table with the files and the milliseconds `predict` took) and the raw scores for
     the dataset summary; with `progress`, a progress bar of that name over the images. Each mask is read
-    from its manifest row; the table keeps what reading it again needs in table.attrs["masks"] (by name)."""
+    from its manifest row."""
     from tqdm import tqdm
 
-    records, scores, masks = [], [], {}
+    records, scores = [], []
     for _, row in tqdm(rows.iterrows(), total=len(rows), desc=progress, unit="image", leave=False,
                        disable=progress is None):
         image = load_rgb(Path(row["image_path"]), max_pixels)
         truth = load_mask(row, max_pixels).astype(np.float64) / 255
-        masks[row["name"]] = mask_facts(row)
         start = time.perf_counter()
         prob = predict(image)
         ms = 1000 * (time.perf_counter() - start)
@@ -34,9 +33,7 @@ def score(rows: pd.DataFrame, predict: Predictor, max_pixels: int,
         scores.append(s)
         records.append({"name": row["name"], "image_path": row["image_path"], "mask_path": row["mask_path"],
                         "mae": s.mae, "iou": s.iou, "dice": s.dice, "boundary_f": s.boundary_f, "ms": ms})
-    table = pd.DataFrame(records)
-    table.attrs["masks"] = masks
-    return table, scores
+    return pd.DataFrame(records), scores
 
 
 def headline(rows: pd.DataFrame, predict: Predictor, max_pixels: int, progress: str) -> dict[str, float]:
