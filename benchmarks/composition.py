@@ -3,7 +3,7 @@
     python benchmarks/composition.py [--data DIR ...] [--n 10] [--model MODEL] [--size 320] [--out FOLDER]
 
 Each sample is a photo F with a known soft alpha: a hand-drawn mask from each --data folder (images/ and
-masks/ with the same names; default: ../shared/data/ccp_dev and davis_train where they exist), with the photo
+masks/ with the same names; default: ccp_dev and davis_train in the data folder beside the project, where they exist), with the photo
 scaled to 1 MP and the mask feathered at its edge (Gaussian, --feather px); with no such folder, scikit-learn's
 two sample photos with a synthetic alpha. Nothing of the data is written out.
 

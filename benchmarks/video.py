@@ -1,6 +1,6 @@
 """Temporal smoothing of video masks, and video throughput, on DAVIS frames (real video): prints a table.
 
-    python benchmarks/video.py [--data ../shared/data/davis_train] [--sequences blackswan,breakdance,...]
+    python benchmarks/video.py [--data DAVIS_FOLDER] [--sequences blackswan,breakdance,...]
                                [--strengths 0.5,0.8,0.9] [--reaches 0.004,0.008] [--size 320]
                                [--e2e-sequence NAME] [--frames N] [--out FILE]
 

@@ -54,6 +54,25 @@ def _images_under(folder: Path, out: Path) -> list[Path]:
     return sorted(files)
 
 
+def _open_model(args: argparse.Namespace, command: str):
+    """The served model --model names (default: the registry's champion), and that name; or an exit saying
+    what to pass."""
+    from bgremoval.serving.load import load
+
+    model, tracking_uri = (args.model, args.tracking_uri) if args.model else _default_model(args.params)
+    if "://" in model or model.startswith(("models:", "runs:")):
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # ours is the one that counts
+        import mlflow
+
+        mlflow.set_tracking_uri(args.tracking_uri or tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"))
+    try:
+        return load(model), model
+    except Exception as exc:  # noqa: BLE001 - any load failure ends here with what to do next
+        sys.exit(f"bgremoval {command}: cannot load model {model!r}: {exc}\n"
+                 "Pass --model models/served (after `dvc repro`), models:/bgremoval@champion, runs:/RUN_ID/model or "
+                 "an MLflow model folder; --tracking-uri says where the registry is.")
+
+
 def _outputs_for(inp: Path, out: Path) -> list[tuple[Path, Path]]:
     """(input file, output PNG) pairs: a folder's images, found in its sub-folders too (sorted), into the same
     tree under OUT/; or one file (or `-`, stdin) into OUT, a .png path or `-` (stdout)."""
@@ -132,7 +151,6 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from bgremoval.images import IMAGE_EXTENSIONS, ImageReadError, open_image
-    from bgremoval.serving.load import load
     from bgremoval.serving.options import KINDS, options_from
     from bgremoval.serving.render import png_bytes, render
     from bgremoval.video import is_video
@@ -148,18 +166,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         pairs = _outputs_for(inp, Path(args.out))
         if not pairs:
             sys.exit(f"bgremoval predict: no images ({', '.join(IMAGE_EXTENSIONS)}) in {args.input} or its folders")
-    model, tracking_uri = (args.model, args.tracking_uri) if args.model else _default_model(args.params)
-    if "://" in model or model.startswith(("models:", "runs:")):
-        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # ours is the one that counts
-        import mlflow
-
-        mlflow.set_tracking_uri(args.tracking_uri or tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"))
-    try:
-        served = load(model)
-    except Exception as exc:  # noqa: BLE001 - any load failure ends here with what to do next
-        sys.exit(f"bgremoval predict: cannot load model {model!r}: {exc}\n"
-                 "Pass --model models/served (after `dvc repro`), models:/bgremoval@champion, runs:/RUN_ID/model or "
-                 "an MLflow model folder; --tracking-uri says where the registry is.")
+    served, _ = _open_model(args, "predict")
     request = {name: getattr(args, name) for name in KINDS}  # the flags are the request options, by name
     try:
         if args.bg_image:
@@ -196,19 +203,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from bgremoval.demo import launch
-    from bgremoval.serving.load import load
 
-    model, tracking_uri = (args.model, args.tracking_uri) if args.model else _default_model(args.params)
-    if "://" in model or model.startswith(("models:", "runs:")):
-        import mlflow
-
-        mlflow.set_tracking_uri(args.tracking_uri or tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"))
-    try:
-        served = load(model)
-    except Exception as exc:  # noqa: BLE001 - any load failure ends here with what to do next
-        sys.exit(f"bgremoval demo: cannot load model {model!r}: {exc}\n"
-                 "Pass --model models/served (after `dvc repro`), models:/bgremoval@champion, runs:/RUN_ID/model or "
-                 "an MLflow model folder; --tracking-uri says where the registry is.")
+    served, model = _open_model(args, "demo")
     try:
         launch(served, model, args.host, args.port)
     except OSError as exc:  # the port is taken, or the host is not this machine's

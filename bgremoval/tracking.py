@@ -12,6 +12,7 @@ import hashlib
 import logging
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,18 +37,22 @@ def configure(default_uri: str, experiment: str) -> str:
         os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
         exp = mlflow.set_experiment(experiment_id=mlflow.get_run(_owner).info.experiment_id)
     else:
-        exp = mlflow.set_experiment(experiment)
+        exp = _racing(lambda: mlflow.set_experiment(experiment), f"experiment {experiment}")
     if exp.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:
-        mlflow.MlflowClient().set_experiment_tag(exp.experiment_id, *EXPERIMENT_KIND)
+        _racing(lambda: mlflow.MlflowClient().set_experiment_tag(exp.experiment_id, *EXPERIMENT_KIND),
+                f"experiment tag {EXPERIMENT_KIND[0]}")
     return uri
 
 
 @contextlib.contextmanager
 def run(name: str | None = None, run_id: str | None = None) -> Iterator:
-    """The run a stage logs into: `run_id`'s (resumed), or a new one called `name` (under `mlflow run`'s, if any)."""
+    """The run a stage logs into: `run_id`'s (resumed), or a new one called `name` (under `mlflow run`'s, if any).
+    A resumed run may live in another experiment than the active one (trained under `mlflow run`, then
+    registered by a plain `dvc exp run`): MLflow reopens a run only inside its own experiment."""
     import mlflow
 
     if run_id:
+        mlflow.set_experiment(experiment_id=mlflow.get_run(run_id).info.experiment_id)
         with mlflow.start_run(run_id=run_id) as active:
             yield active
     else:
@@ -77,6 +82,33 @@ def split_dataset(manifest, split: str, source: str):
     with warnings.catch_warnings():  # MLflow registers its local-file source twice and warns that it cannot choose
         warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
         return mlflow.data.from_pandas(rows, source=Path(source).resolve().as_uri(), name=split, digest=digest)
+
+
+def _racing(write, what: str, attempts: int = 5):
+    """write(), tried again when another process made the same row at the same moment. MLflow's stores
+    get-or-create some rows (an experiment, its tags, a dataset) without a lock, so two runs that write the
+    same one at once (queued experiments, several workers) can lose the race with a unique-key error from
+    the server's database; the second try finds the row the winner wrote."""
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(attempts):
+        try:
+            return write()
+        except MlflowException as exc:
+            raced = any(word in str(exc).lower() for word in ("unique", "duplicate", "already exists"))
+            if attempt == attempts - 1 or not raced:
+                raise
+            log.info("%s was being written by another run; trying again", what)
+            time.sleep(0.2 * (attempt + 1))
+
+
+def log_split_inputs(manifest, source: str) -> None:
+    """Log the train, val and test splits as the active run's input datasets."""
+    import mlflow
+
+    for split, context in (("train", "training"), ("val", "validation"), ("test", "testing")):
+        dataset = split_dataset(manifest, split, source)
+        _racing(lambda: mlflow.log_input(dataset, context=context), f"dataset {split}")  # noqa: B023
 
 
 def git_commit(repo: Path) -> str:

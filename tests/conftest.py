@@ -13,6 +13,33 @@ from tests.helpers import (copy_project, dvc, served_folder, start_browser, stoc
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
+# Tests that share an expensive fixture run in one pytest-xdist worker (`make test` runs `-n 2 --dist
+# loadgroup`), so it is built once: the toy pipeline's full run, and the scale-out module's MLflow server.
+SHARED = {"full_run": "full_run", "mlflow_server": "scale_out"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups off the markers
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        groups = {group for fixture, group in SHARED.items() if fixture in getattr(item, "fixturenames", ())}
+        if len(groups) > 1:
+            raise pytest.UsageError(f"{item.nodeid} uses fixtures of two xdist groups: {sorted(groups)}")
+        if groups:
+            item.add_marker(pytest.mark.xdist_group(groups.pop()))
+    # The groups are the longest units of work: handed out first, so that the other worker takes the rest.
+    items.sort(key=lambda item: not item.get_closest_marker("xdist_group"))
+
+
+def pytest_collection_finish(session):
+    """In an xdist worker with --dist loadgroup, every grouped test's id must carry its group (`...@full_run`);
+    where a pytest and pytest-xdist pair fails to tag them, the groups would be split and each worker
+    would build the shared fixtures again, silently doubling the run's time."""
+    if getattr(session.config.option, "loadgroup", False):
+        untagged = [i.nodeid for i in session.items if i.get_closest_marker("xdist_group") and "@" not in i.nodeid]
+        if untagged:
+            raise pytest.UsageError(f"pytest-xdist did not tag {len(untagged)} grouped tests (e.g. {untagged[0]}): "
+                                    "this pytest and pytest-xdist do not work together; see pyproject.toml's pins")
+
 
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:

@@ -22,9 +22,11 @@ pytestmark = pytest.mark.slow
 HEADLINE = {"mae", "max_f", "iou", "boundary_f"}
 
 
-def test_repro_through_augment_on_the_sample(project):
-    run = dvc(project, "repro", "augment")
+def test_repro_through_augment_on_the_sample(full_run, tmp_path):
+    source, run = full_run
     assert run.returncode == 0, run.stdout + run.stderr
+    project = tmp_path / "project"  # a copy: the re-runs below must not touch what other tests inspect
+    shutil.copytree(source, project, symlinks=True)
     report = json.loads((project / "reports" / "validation.json").read_text())
     assert report["success"] and report["pairs"] == 18
     assert (project / "reports" / "data_docs" / "index.html").exists()
@@ -65,7 +67,7 @@ def test_repro_stops_on_bad_user_data_naming_the_files(project, tmp_path, browse
     assert run.returncode != 0
     assert not (project / "data" / "augmented").exists()  # stopped before any training data
     assert "item1_2.png" in run.stderr and "every image decodes" in run.stderr
-    assert "item2_0.png" in run.stderr and "same width" in run.stderr
+    assert "item2_0.png" in run.stderr and "same aspect ratio" in run.stderr
     assert "Traceback" not in run.stderr
     report = json.loads((project / "reports" / "validation.json").read_text())
     failed = {u["name"] for f in report["failures"] for u in f.get("unexpected", [])}
@@ -169,7 +171,8 @@ def experiments(full_run, tmp_path_factory):
     mlflow_run = subprocess.run([sys.executable, "-m", "mlflow", "run", ".", "--env-manager", "local",
                                  "--experiment-name", "from-mlflow-run", "-P", "train.patience=4"],
                                 cwd=project, env=project_env(), capture_output=True, text=True, timeout=900)
-    exp_run = dvc(project, "exp", "run", "-n", "patience-5", "-S", "train.patience=5")
+    # A second experiment that changes the gate only: register re-runs, nothing before it.
+    exp_run = dvc(project, "exp", "run", "-n", "gate-0.01", "-S", "register.min_delta=0.01")
     return project, mlflow_run, exp_run
 
 
@@ -183,7 +186,7 @@ def test_mlflow_run_runs_the_pipeline_and_its_stages_log_under_its_run(experimen
     children = client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{owner.info.run_id}'")
     train = [c for c in children if c.data.tags.get("stage") == "train"]
     assert len(train) == 1 and train[0].data.params["train.patience"] == "4"  # -P reached params.yaml
-    assert yaml.safe_load((project / "params.yaml").read_text())["train"]["patience"] == 5  # the later exp's
+    assert yaml.safe_load((project / "params.yaml").read_text())["register"]["min_delta"] == 0.01  # the later exp's
     # The model changed, the test data did not: the stock baseline was not scored again.
     assert "Stage 'baseline' didn't change, skipping" in run.stdout + run.stderr
 
@@ -191,7 +194,7 @@ def test_mlflow_run_runs_the_pipeline_and_its_stages_log_under_its_run(experimen
 def test_dvc_experiments_compare_on_their_headline_metrics(experiments):
     project, _, exp_run = experiments
     assert exp_run.returncode == 0, exp_run.stdout + exp_run.stderr
-    assert "Stage 'baseline' didn't change, skipping" in exp_run.stdout
+    assert "Stage 'evaluate' didn't change, skipping" in exp_run.stdout and "Running stage 'register'" in exp_run.stdout
     shown = json.loads(dvc(project, "exp", "show", "--json").stdout)
     rows = {}
     for commit in shown:
@@ -200,19 +203,20 @@ def test_dvc_experiments_compare_on_their_headline_metrics(experiments):
             for rev in exp["revs"]:
                 rows[rev.get("name") or rev["rev"]] = rev
     named = [name for name in rows if name not in ("workspace",) and len(name) < 40]
-    assert "patience-5" in named and len(rows) >= 4  # workspace, the baseline commit and two experiments
+    assert "gate-0.01" in named and len(rows) >= 4  # workspace, the baseline commit and two experiments
+    (retrained,) = [name for name in named if name != "gate-0.01"]  # the one `mlflow run` made
     for name, row in rows.items():
         data = row["data"]["metrics"]
         metrics = data[next(k for k in data if k.endswith("metrics.json"))]["data"]
         baseline = data[next(k for k in data if k.endswith("baseline.json"))]["data"]
         assert HEADLINE <= set(metrics) and {"size", "ms_per_image"} <= set(metrics), name
         assert {"max_f", "iou"} <= set(baseline), name
-    diff = dvc(project, "metrics", "diff", "HEAD", "patience-5", "--json")
+    diff = dvc(project, "metrics", "diff", "HEAD", retrained, "--json")
     assert diff.returncode == 0 and "metrics.json" in diff.stdout
-    plots = dvc(project, "plots", "diff", "HEAD", "patience-5", "--json")
+    plots = dvc(project, "plots", "diff", "HEAD", retrained, "--json")
     assert plots.returncode == 0, plots.stderr
     shown = json.loads(plots.stdout)["data"]
     images = {Path(k).name: v for k, v in shown.items() if any(p.get("type") == "image" for p in v)}
     assert {"train_predictions.png", "eval_worst.png", "cutouts.png"} <= set(images)
-    assert {r for p in images["cutouts.png"] for r in p["revisions"]} == {"HEAD", "patience-5"}  # side by side
+    assert {r for p in images["cutouts.png"] for r in p["revisions"]} == {"HEAD", retrained}  # side by side
     assert "precision_recall" in shown and len(shown) == len({Path(k).name for k in shown})  # each plot once

@@ -22,13 +22,13 @@ def photos():
 
 @pytest.mark.slow
 def test_int8_is_smaller_and_close_to_float32_once_outlier_channels_stay_float(photos, tmp_path):
-    # Stock U²-NetP at 320, calibrated on 18 crops. Plain int8: the palace photo's mask agreed with
+    # Stock U²-NetP at 320, calibrated on 8 crops. Plain int8: the palace photo's mask agreed with
     # float32 on only 93 % of pixels. Stage2d's last conv is fed a channel ~18x the median channel's
     # range; kept float32 (with its Concat), int8 follows float32 closely.
     from bgremoval.model.u2netp import conv_names_in_forward_order
     from bgremoval.weights import find_u2netp_onnx
 
-    crops = [p[y:y + 200, x:x + 260] for p in photos for y in (0, 100, 200) for x in (0, 180, 360)]
+    crops = [p[y:y + 200, x:x + 260] for p in photos for y in (0, 200) for x in (0, 360)]
     f32 = stock_onnx_export(tmp_path / "f32.onnx")
     plain, none_kept = quantize_int8(f32, tmp_path / "plain.onnx", crops, 320, outlier_ratio=float("inf"))
     int8, kept = quantize_int8(f32, tmp_path / "int8.onnx", crops, 320, outlier_ratio=10.0)

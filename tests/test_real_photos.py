@@ -1,8 +1,8 @@
 """Tried as a new user would, on real photo/mask pairs: validation names the images stored rotated 90
 degrees, and the served model cuts real photos out.
 
-Uses frames of ../shared/data/davis_train (real video frames with hand-drawn masks) copied into a
-temporary folder; the data is never part of the project.
+Uses DAVIS frames (real video frames with hand-drawn masks) from the data folder beside the project
+(tests.helpers.SHARED_DATA), copied into a temporary folder; the data is never part of the project.
 """
 
 from __future__ import annotations

@@ -309,11 +309,11 @@ def assert_consistent_aliases(client, records: list[dict], scores: list[float]) 
 
 
 @pytest.mark.slow
-def test_concurrent_registrations_keep_the_aliases_consistent(tmp_path, toy_served):
+def test_concurrent_registrations_keep_the_aliases_consistent(tmp_path, onnx_served):
     scores = [0.70, 0.90, 0.80, 0.85]
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     with tracking_store(uri):
-        records = register_concurrently(uri, tmp_path, toy_served, scores)
+        records = register_concurrently(uri, tmp_path, onnx_served, scores)
         assert_consistent_aliases(MlflowClient(), records, scores)
 
 

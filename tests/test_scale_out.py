@@ -5,9 +5,11 @@ whose backend store is PostgreSQL too. Skips (with the reason) only where no Pos
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -59,11 +61,11 @@ def _env(**extra) -> dict:
                 TF_CPP_MIN_LOG_LEVEL="2", **extra)
 
 
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory):
+@contextlib.contextmanager
+def shared_mlflow_server(artifacts: Path):
     """`mlflow server` with a PostgreSQL backend store and a local artifact root, on a free loopback port."""
     db = _temp_database("bgremoval_mlflow")
-    port, artifacts = free_port(), tmp_path_factory.mktemp("artifacts")
+    port = free_port()
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"{PG}/{db}",
            "--artifacts-destination", str(artifacts), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     try:
@@ -71,6 +73,12 @@ def mlflow_server(tmp_path_factory):
             yield f"http://127.0.0.1:{port}"
     finally:
         _drop(db)
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    with shared_mlflow_server(tmp_path_factory.mktemp("server") / "artifacts") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -160,59 +168,68 @@ def test_the_shared_mlflow_server_holds_every_trials_nested_run(workers_run):
     assert len(children) == N_TRIALS + 1  # and the killed trial's run, left as it was when the worker died
 
 
-def test_queued_experiments_run_in_parallel_against_shared_engines(project, mlflow_server, tmp_path):
+def test_queued_experiments_run_in_parallel_against_shared_engines(full_run, tmp_path):
     """`dvc exp run --queue` + `dvc queue start -j 2`: each experiment runs in its own workspace, so the
-    tracking and the study go to shared engines (MLflow server, PostgreSQL), never to one SQLite file."""
+    tracking and the study go to shared engines (MLflow server, PostgreSQL), never to one SQLite file.
+    The project is the toy pipeline after its first run, committed: the queued experiments change a
+    training knob, so tuning (the study) and everything after it run again, and the data stages do not."""
+    source, run = full_run
+    assert run.returncode == 0, run.stdout + run.stderr
+    project = tmp_path / "project"
+    shutil.copytree(source, project, symlinks=True)
     db = _temp_database("bgremoval_queue")
     try:
-        git = ["git", "-c", "user.name=t", "-c", "user.email=t@localhost"]
-        subprocess.run([*git, "add", "-A"], cwd=project, check=True)
-        subprocess.run([*git, "commit", "-qm", "toy project"], cwd=project, check=True)
-        env = {"MLFLOW_TRACKING_URI": mlflow_server, "BGREMOVAL_TUNE_STORAGE": f"{PG}/{db}"}
-        for weight in ("0.5", "1.5"):
-            queued = dvc(project, "exp", "run", "--queue", "-n", f"side-{weight}", "-S", f"train.side_weight={weight}", env=env)
-            assert queued.returncode == 0, queued.stdout + queued.stderr
-        started = dvc(project, "queue", "start", "-j", "2", env=env)
-        assert started.returncode == 0, started.stdout + started.stderr
-        deadline = time.time() + 900
-        while time.time() < deadline:
-            status = dvc(project, "queue", "status", env=env).stdout
-            if "Queued" not in status and "Running" not in status:
-                break
-            time.sleep(5)
-        logs = {name: dvc(project, "queue", "logs", name, env=env).stdout[-3000:] for name in ("side-0.5", "side-1.5")}
-        assert status.count("Success") == 2, f"{status}\n{logs}"
-        shown = dvc(project, "exp", "show", "--csv", env=env).stdout
-        assert "side-0.5" in shown and "side-1.5" in shown
-        client = mlflow.MlflowClient(tracking_uri=mlflow_server)
-        train_runs = client.search_runs([client.get_experiment_by_name("bgremoval").experiment_id],
-                                        "tags.stage = 'train'")
-        assert sorted(r.data.params["train.side_weight"] for r in train_runs) == ["0.5", "1.5"]
-        versions = client.search_model_versions("name = 'bgremoval'")
-        assert len(versions) == 2 and client.get_model_version_by_alias("bgremoval", "champion")
-        studies = optuna.study.get_all_study_summaries(f"{PG}/{db}")
-        assert studies and all(s.n_trials >= 2 for s in studies)
-        # The champion serves from the shared registry, from a folder that is not the project.
-        port, image = free_port(), disc_image(40, 56)[0]
-        cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/bgremoval@champion", "--env-manager", "local",
-               "-h", "127.0.0.1", "-p", str(port), "-w", "1"]
-        elsewhere = tmp_path / "elsewhere"
-        elsewhere.mkdir()
-        with running_server(cmd, f"http://127.0.0.1:{port}/ping", elsewhere / "serve.log",
-                            _env(MLFLOW_TRACKING_URI=mlflow_server), cwd=elsewhere):
-            body = {"dataframe_split": {"columns": ["image"], "data": [[base64.b64encode(png_bytes(Image.fromarray(image))).decode()]]},
-                    "params": {"output": "mask"}}
-            req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", json.dumps(body).encode(),
-                                         {"Content-Type": "application/json"})
-            with urllib.request.urlopen(req, timeout=120) as resp:
-                row = json.loads(resp.read())["predictions"][0]
-        mask = Image.open(io.BytesIO(base64.b64decode(row["png"])))
-        assert mask.size == (56, 40)
+        with shared_mlflow_server(tmp_path / "artifacts") as mlflow_server:
+            git = ["git", "-c", "user.name=t", "-c", "user.email=t@localhost"]
+            subprocess.run([*git, "add", "-A"], cwd=project, check=True)
+            subprocess.run([*git, "commit", "-qm", "toy project and its first run"], cwd=project, check=True)
+            env = {"MLFLOW_TRACKING_URI": mlflow_server, "BGREMOVAL_TUNE_STORAGE": f"{PG}/{db}"}
+            for weight in ("0.5", "1.5"):
+                queued = dvc(project, "exp", "run", "--queue", "-n", f"side-{weight}", "-S", f"train.side_weight={weight}", env=env)
+                assert queued.returncode == 0, queued.stdout + queued.stderr
+            started = dvc(project, "queue", "start", "-j", "2", env=env)
+            assert started.returncode == 0, started.stdout + started.stderr
+            deadline = time.time() + 900
+            while time.time() < deadline:
+                for name in ("side-0.5", "side-1.5"):  # wait on each running task's log (no polling while it runs)
+                    dvc(project, "queue", "logs", "--follow", name, env=env, timeout=900)
+                status = dvc(project, "queue", "status", env=env).stdout
+                if "Queued" not in status and "Running" not in status:
+                    break
+                time.sleep(10)
+            logs = {name: dvc(project, "queue", "logs", name, env=env).stdout[-3000:] for name in ("side-0.5", "side-1.5")}
+            assert status.count("Success") == 2, f"{status}\n{logs}"
+            shown = dvc(project, "exp", "show", "--csv", env=env).stdout
+            assert "side-0.5" in shown and "side-1.5" in shown
+            client = mlflow.MlflowClient(tracking_uri=mlflow_server)
+            train_runs = client.search_runs([client.get_experiment_by_name("bgremoval").experiment_id],
+                                            "tags.stage = 'train'")
+            assert sorted(r.data.params["train.side_weight"] for r in train_runs) == ["0.5", "1.5"]
+            versions = client.search_model_versions("name = 'bgremoval'")
+            assert len(versions) == 2 and client.get_model_version_by_alias("bgremoval", "champion")
+            studies = optuna.study.get_all_study_summaries(f"{PG}/{db}")
+            assert studies and all(s.n_trials >= 2 for s in studies)
+            # The champion serves from the shared registry, from a folder that is not the project.
+            port, image = free_port(), disc_image(40, 56)[0]
+            cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/bgremoval@champion", "--env-manager", "local",
+                   "-h", "127.0.0.1", "-p", str(port), "-w", "1"]
+            elsewhere = tmp_path / "elsewhere"
+            elsewhere.mkdir()
+            with running_server(cmd, f"http://127.0.0.1:{port}/ping", elsewhere / "serve.log",
+                                _env(MLFLOW_TRACKING_URI=mlflow_server), cwd=elsewhere):
+                body = {"dataframe_split": {"columns": ["image"], "data": [[base64.b64encode(png_bytes(Image.fromarray(image))).decode()]]},
+                        "params": {"output": "mask"}}
+                req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", json.dumps(body).encode(),
+                                             {"Content-Type": "application/json"})
+                with urllib.request.urlopen(req, timeout=120) as resp:
+                    row = json.loads(resp.read())["predictions"][0]
+            mask = Image.open(io.BytesIO(base64.b64decode(row["png"])))
+            assert mask.size == (56, 40)
     finally:
         _drop(db)
 
 
-def test_concurrent_registrations_on_a_postgresql_registry(tmp_path, toy_model):
+def test_concurrent_registrations_on_a_postgresql_registry(tmp_path, onnx_served):
     """Four processes register at once into a PostgreSQL-backed registry: the advisory lock decides them
     one at a time, so the best is champion and every alias agrees with its version's recorded decision."""
     from mlflow.tracking import MlflowClient
@@ -223,7 +240,7 @@ def test_concurrent_registrations_on_a_postgresql_registry(tmp_path, toy_model):
     try:
         uri = f"{PG}/{db}"
         scores = [0.85, 0.70, 0.90, 0.80]
-        records = register_concurrently(uri, tmp_path, toy_model, scores)
+        records = register_concurrently(uri, tmp_path, onnx_served, scores)
         mlflow.set_tracking_uri(uri)
         assert_consistent_aliases(MlflowClient(), records, scores)
     finally:

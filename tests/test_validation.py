@@ -125,7 +125,7 @@ def test_duplicate_content_across_splits_is_leakage(data_dir):
     i_train = _first_train(df)
     i_test = df.index[df["split"] == "test"][0]
     df.loc[i_test, "content_hash"] = df.loc[i_train, "content_hash"]
-    names = failed_guards(validate(df))["no image content appears in two splits (leakage)"]
+    names = failed_guards(validate(df))["no image content appears in two splits, the reference and unlabelled photos among them (leakage)"]
     assert names == {df.loc[i_train, "name"], df.loc[i_test, "name"]}
 
 

@@ -16,6 +16,7 @@ import mlflow
 import pandas as pd
 from mlflow.exceptions import MlflowException
 
+from bgremoval import tracking
 from bgremoval.images import sha256_file
 from bgremoval.locks import named_lock
 from bgremoval.registry.gate import CHALLENGER, CHAMPION, PREVIOUS, Decision, Reference, decide
@@ -149,7 +150,7 @@ def register_served(client, name: str, run_id: str, served_dir: Path, metrics: d
                                reference_dataset)
         decision, champ, champ_score = _decide_and_apply(client, name, mv, run_id, metrics, baseline, test,
                                                          test_dataset, gate, max_pixels)
-    with mlflow.start_run(run_id=run_id):
+    with tracking.run(run_id=run_id):
         mlflow.set_tags({"registry.name": name, "registry.version": str(mv.version), "registry.alias": decision.alias})
     return Registered(
         name=name, version=str(mv.version), alias=decision.alias, run_id=run_id,
@@ -169,7 +170,7 @@ def _register_version(client, name: str, run_id: str, served_dir: Path, config: 
     if mv is not None:
         log.info("run %s is already %s version %s; deciding its alias again", run_id, name, mv.version)
         return mv
-    with mlflow.start_run(run_id=run_id):
+    with tracking.run(run_id=run_id):
         info = log_model(Path(served_dir) / config.model_file, config, example, name="model")
         mlflow.log_metrics({f"test/{k}": float(v) for k, v in metrics.items() if k != "reference"},
                            model_id=info.model_id, dataset=test_dataset)

@@ -55,8 +55,7 @@ def train_tracked(model_cfg: ModelConfig, train_cfg: TrainConfig, shards: Path, 
             mlflow.log_params({f"train.{k}": v for k, v in asdict(train_cfg).items()})
             mlflow.log_params({"base.seed": seed, "pos_weight": pos_weight, "steps_per_epoch": steps,
                                "n_train": count_records(shards, "train")})
-            for split, context in (("train", "training"), ("val", "validation"), ("test", "testing")):
-                mlflow.log_input(tracking.split_dataset(manifest, split, manifest_path), context=context)
+            tracking.log_split_inputs(manifest, manifest_path)
         rename = lambda logs: clean_logs(network, logs)  # noqa: E731
         progress = Progress(train_cfg.epochs, steps, rename, done_epochs=resumed)
         history = fit(network, train_ds, val_ds, train_cfg, pos_weight, steps, checkpoints,
