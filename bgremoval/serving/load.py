@@ -21,7 +21,9 @@ def load(uri: str) -> Served:
                                 "models/served, an MLflow model folder, models:/NAME@ALIAS or runs:/RUN_ID/model)")
     import mlflow.pyfunc
 
-    inner = mlflow.pyfunc.load_model(uri).unwrap_python_model()
+    # suppress_warnings: MLflow would compare every logged requirement with the installed packages (about
+    # 1 s of scanning package metadata) only to warn; the server (`mlflow models serve`) still does.
+    inner = mlflow.pyfunc.load_model(uri, suppress_warnings=True).unwrap_python_model()
     served = getattr(inner, "served", None)
     if not isinstance(served, Served) and type(served).__name__ != "Served":
         raise ValueError(f"{uri}: is an MLflow model but not a bgremoval one ({type(inner).__name__})")
