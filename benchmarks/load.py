@@ -5,11 +5,13 @@ Run in the project after `dvc repro` (it serves models:/bgremoval@champion with 
 
     python benchmarks/load.py [--model models:/bgremoval@champion] [--project DIR] [--out FILE]
 
-- burst: --burst requests (default 200) sent at once, images of mixed sizes; all must answer 200 with a
-  cut-out of the input's size; latency percentiles;
+- burst: --burst requests (default 200) sent at once, images of mixed sizes and every output and
+  background in turn (colour, blur, image; matting); all must answer 200 with a picture of the
+  input's size; latency percentiles;
 - memory: --requests (default 1,000) requests, --concurrency at a time; the RSS of the server's whole
   process tree, measured every 100 requests (bounded = no trend after warm-up);
-- malformed: 100 bad requests of 8 kinds; every one must get a 4xx, and a good request after them a 200.
+- malformed: 100 bad requests of 10 kinds (a bad background image and colour among them); every one
+  must get a 4xx, and a good request after them a 200.
 """
 
 from __future__ import annotations
@@ -64,10 +66,21 @@ def post(port: int, data: bytes, content_type: str = "application/json") -> tupl
         return exc.code, exc.read(), time.perf_counter() - t
 
 
+def request_params(i: int) -> dict:
+    """Every output and background in turn: the served defaults (a cut-out), a mask, composites onto a
+    colour, a blur and a background image, and a matted cut-out without the main-object refinement."""
+    return [{}, {"output": "mask", "threshold": 0.5},
+            {"output": "composite", "background": "color", "bg_color": "#00ff00"},
+            {"output": "composite", "background": "blur"},
+            {"output": "composite", "background": "image", "bg_image": base64.b64encode(photo(300, 400, 99)).decode()},
+            {"output": "cutout", "matting": True, "main_object": False}][i % 6]
+
+
 def good_body(i: int) -> tuple[bytes, tuple[int, int]]:
     h, w = SIZES[i % len(SIZES)]
     b64 = base64.b64encode(photo(h, w, i)).decode()
-    return json.dumps({"dataframe_split": {"columns": ["image"], "data": [[b64]]}}).encode(), (w, h)
+    body = {"dataframe_split": {"columns": ["image"], "data": [[b64]]}, "params": request_params(i)}
+    return json.dumps(body).encode(), (w, h)
 
 
 def check(answer: tuple[int, bytes, float], want: tuple[int, int]) -> bool:
@@ -92,6 +105,10 @@ MALFORMED = [
     (b"image\nabc", "text/plain"),
     (json.dumps({"dataframe_split": {"columns": ["image"], "data": [[base64.b64encode(photo(64, 64, 0)).decode()]]},
                  "params": {"output": "sparkles"}}).encode(), "application/json"),
+    (json.dumps({"dataframe_split": {"columns": ["image"], "data": [[base64.b64encode(photo(64, 64, 0)).decode()]]},
+                 "params": {"output": "composite", "background": "image", "bg_image": "not an image"}}).encode(), "application/json"),
+    (json.dumps({"dataframe_split": {"columns": ["image"], "data": [[base64.b64encode(photo(64, 64, 0)).decode()]]},
+                 "params": {"output": "composite", "bg_color": "#12345"}}).encode(), "application/json"),
 ]
 
 
