@@ -22,7 +22,6 @@ import io
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 import urllib.error
@@ -66,20 +65,19 @@ def post(port: int, data: bytes, content_type: str = "application/json") -> tupl
         return exc.code, exc.read(), time.perf_counter() - t
 
 
-def request_params(i: int) -> dict:
-    """Every output and background in turn: the served defaults (a cut-out), a mask, composites onto a
-    colour, a blur and a background image, and a matted cut-out without the main-object refinement."""
-    return [{}, {"output": "mask", "threshold": 0.5},
-            {"output": "composite", "background": "color", "bg_color": "#00ff00"},
-            {"output": "composite", "background": "blur"},
-            {"output": "composite", "background": "image", "bg_image": base64.b64encode(photo(300, 400, 99)).decode()},
-            {"output": "cutout", "matting": True, "main_object": False}][i % 6]
+# Every output and background in turn: the served defaults (a cut-out), a mask, composites onto a colour,
+# a blur and a background image, and a matted cut-out without the main-object refinement.
+REQUEST_PARAMS = [{}, {"output": "mask", "threshold": 0.5},
+                  {"output": "composite", "background": "color", "bg_color": "#00ff00"},
+                  {"output": "composite", "background": "blur"},
+                  {"output": "composite", "background": "image", "bg_image": base64.b64encode(photo(300, 400, 99)).decode()},
+                  {"output": "cutout", "matting": True, "main_object": False}]
 
 
 def good_body(i: int) -> tuple[bytes, tuple[int, int]]:
     h, w = SIZES[i % len(SIZES)]
     b64 = base64.b64encode(photo(h, w, i)).decode()
-    body = {"dataframe_split": {"columns": ["image"], "data": [[b64]]}, "params": request_params(i)}
+    body = {"dataframe_split": {"columns": ["image"], "data": [[b64]]}, "params": REQUEST_PARAMS[i % len(REQUEST_PARAMS)]}
     return json.dumps(body).encode(), (w, h)
 
 

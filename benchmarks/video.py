@@ -6,7 +6,7 @@
 
 Stock U²-NetP (rembg's weights, onnxruntime at --size, unrefined) predicts every frame of each sequence once;
 smoothing (bgremoval.video.TemporalSmoother) is then applied to those masks, off and at each strength with
-each motion reach (bgremoval.video.MOTION_REACH, a fraction of the frame's shorter side):
+each motion reach (TemporalSmoother.reach, a fraction of the frame's shorter side; default MOTION_REACH):
 
 - flicker: mean |alpha_t - alpha_(t-1)| over the pixels whose ground truth did not change between the two
   frames (lower: steadier). Soft alpha, what a cut-out shows.
@@ -92,12 +92,11 @@ class Scores:
 
 def smoothed(images: list[np.ndarray], probs: list[np.ndarray], strength: float,
              reach: float) -> tuple[list[np.ndarray], float]:
-    """The masks through a TemporalSmoother with MOTION_REACH `reach`, and its seconds in all."""
-    import bgremoval.video
+    """The masks through a TemporalSmoother with motion reach `reach`, and its seconds in all."""
     from bgremoval.video import TemporalSmoother
 
-    bgremoval.video.MOTION_REACH = reach
     smoother = TemporalSmoother(strength)
+    smoother.reach = reach
     start = time.perf_counter()
     out = [smoother(image, prob) for image, prob in zip(images, probs)]
     return out, time.perf_counter() - start
@@ -149,12 +148,10 @@ def main() -> int:
     parser.add_argument("--out", type=Path, help="also write the results as JSON here")
     args = parser.parse_args()
 
-    import bgremoval.video
     from bgremoval.serving.render import warm_up
     from bgremoval.serving.runtime import OnnxSegmenter
     from bgremoval.weights import find_u2netp_onnx
 
-    chosen_reach = bgremoval.video.MOTION_REACH
     network = OnnxSegmenter(find_u2netp_onnx(), args.size)
     network(np.zeros((64, 64, 3), np.uint8))  # onnxruntime's first run allocates
     settings = [(0.0, 0.0)] + [(float(s), float(r)) for s in args.strengths.split(",") for r in args.reaches.split(",")]
@@ -178,7 +175,6 @@ def main() -> int:
         print(f"{sequence}: {len(images)} frames; strength/reach: " + ", ".join(
             f"{k}: flicker {r['flicker']:.4f} moving IoU {r['moving_iou']:.3f}" for k, r in per_sequence[sequence].items()),
             flush=True)
-    bgremoval.video.MOTION_REACH = chosen_reach
 
     e2e_strength = args.e2e_strength
     if e2e_strength is None:

@@ -117,14 +117,15 @@ def _smoothing(args: argparse.Namespace) -> float:
 
 
 def _read(src: Path, max_pixels: int):
-    """An input image: a file, or `-`, the bytes on stdin."""
-    from bgremoval.images import ImageReadError, open_image
+    """An input image as (H, W, 3) uint8 RGB: a file, or `-`, the bytes on stdin."""
+    from bgremoval.images import ImageReadError, load_rgb
+    from bgremoval.serving.options import MAX_PIXELS_NAME
 
     if str(src) != STDIO:
-        return open_image(src, max_pixels)
+        return load_rgb(src, max_pixels, limit_name=MAX_PIXELS_NAME)
     if sys.stdin is None or sys.stdin.isatty():
         raise ImageReadError("stdin: is a terminal, not an image; pipe one in (bgremoval predict - out.png < photo.jpg)")
-    return open_image(sys.stdin.buffer.read(), max_pixels, label="stdin", limit_name="serve.max_pixels")
+    return load_rgb(sys.stdin.buffer.read(), max_pixels, label="stdin", limit_name=MAX_PIXELS_NAME)
 
 
 def _predict_video(args: argparse.Namespace, src: Path, served, opts, smoothing: float) -> int:
@@ -147,10 +148,9 @@ def _predict_video(args: argparse.Namespace, src: Path, served, opts, smoothing:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    import numpy as np
     from tqdm import tqdm
 
-    from bgremoval.images import IMAGE_EXTENSIONS, ImageReadError, open_image
+    from bgremoval.images import IMAGE_EXTENSIONS, ImageReadError
     from bgremoval.serving.options import KINDS, options_from
     from bgremoval.serving.render import png_bytes, render
     from bgremoval.video import is_video
@@ -170,8 +170,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     request = {name: getattr(args, name) for name in KINDS}  # the flags are the request options, by name
     try:
         if args.bg_image:
-            request["bg_image"] = np.asarray(open_image(Path(args.bg_image), served.max_pixels, label=args.bg_image,
-                                                        limit_name="serve.max_pixels").convert("RGB"), dtype=np.uint8)
+            request["bg_image"] = _read(Path(args.bg_image), served.max_pixels)
         opts = options_from(request, served.config.defaults, served.max_pixels)
     except (ImageReadError, ValueError) as exc:
         sys.exit(f"bgremoval predict: {'--bg-image ' if isinstance(exc, ImageReadError) else ''}{exc}")
@@ -181,7 +180,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     failed = []
     for src, dst in tqdm(pairs, desc="predict", unit="image", disable=len(pairs) < 2 or args.quiet or to_stdout):
         try:
-            image = np.asarray(_read(src, served.max_pixels).convert("RGB"), dtype=np.uint8)
+            image = _read(src, served.max_pixels)
         except ImageReadError as exc:
             failed.append(str(exc))
             continue

@@ -17,10 +17,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 
-from bgremoval.images import ImageReadError, open_image
-from bgremoval.serving.options import BACKGROUNDS, KINDS, MAX_PIXELS_ENV, OUTPUTS, options_from
+from bgremoval.images import ImageReadError, load_rgb
+from bgremoval.serving.options import BACKGROUNDS, KINDS, MAX_PIXELS_NAME, OUTPUTS, options_from
 from bgremoval.serving.render import render, warm_up
 from bgremoval.serving.served import Served
 
@@ -29,7 +28,6 @@ if TYPE_CHECKING:
 
 CHOICES = {"output": OUTPUTS, "background": BACKGROUNDS}  # the string options with a fixed set of values
 UNSET = "default"  # a null switch (main_object): the model's own refinement, as options_from reads it
-LIMIT = f"serve.max_pixels / {MAX_PIXELS_ENV}"
 # Gradio's copies of the pictures it served: every half hour, those older than an hour are deleted.
 CACHE_CLEANUP = (1800, 3600)
 MIN_WIDTH = 280  # px of each option's control: a wide window shows four in a row
@@ -61,11 +59,10 @@ def predict_fn(served: Served, results: Path) -> Callable[..., tuple[str, str]]:
         wants_image = request["output"] == "composite" and request["background"] == "image"
         background = request.pop("bg_image")
         try:
-            image = np.asarray(open_image(Path(photo), served.max_pixels, label=Path(photo).name, limit_name=LIMIT)
-                               .convert("RGB"), dtype=np.uint8)
+            image = load_rgb(Path(photo), served.max_pixels, label=Path(photo).name, limit_name=MAX_PIXELS_NAME)
             if background and wants_image:  # otherwise the upload waits, unused, for background 'image'
-                request["bg_image"] = np.asarray(open_image(Path(background), served.max_pixels, label="bg_image",
-                                                            limit_name=LIMIT).convert("RGB"), dtype=np.uint8)
+                request["bg_image"] = load_rgb(Path(background), served.max_pixels, label="bg_image",
+                                               limit_name=MAX_PIXELS_NAME)
             opts = options_from(request, served.config.defaults, served.max_pixels)
         except (ImageReadError, ValueError) as exc:
             raise gr.Error(str(exc)) from None

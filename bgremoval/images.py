@@ -73,6 +73,6 @@ def open_image(source: Path | bytes, max_pixels: int, label: str | None = None,
         raise ImageReadError(f"{label}: cannot be decoded as an image ({exc})") from exc
 
 
-def load_rgb(path: Path, max_pixels: int) -> np.ndarray:
-    """Decode an image file into (H, W, 3) uint8 RGB."""
-    return np.asarray(open_image(path, max_pixels).convert("RGB"), dtype=np.uint8)
+def load_rgb(source: Path | bytes, max_pixels: int, **labels: str) -> np.ndarray:
+    """Decode an image file (or its bytes) into (H, W, 3) uint8 RGB; `labels` as open_image takes them."""
+    return np.asarray(open_image(source, max_pixels, **labels).convert("RGB"), dtype=np.uint8)

@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 # The experiment is one of training runs (MLflow 3's UI otherwise may open it on its GenAI pages).
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 _owner: str | None = None  # the run `mlflow run` made for this process tree, if any
+_experiment: str | None = None  # the experiment configure() chose for this process
 
 
 def configure(default_uri: str, experiment: str) -> str:
@@ -28,7 +29,7 @@ def configure(default_uri: str, experiment: str) -> str:
     to: the one of the run `mlflow run` owns, else `experiment`."""
     import mlflow
 
-    global _owner
+    global _owner, _experiment
     uri = os.environ.get("MLFLOW_TRACKING_URI") or default_uri
     mlflow.set_tracking_uri(uri)
     # MLflow would resume the owner run for any start_run() without a run id: take it out of the environment.
@@ -38,6 +39,7 @@ def configure(default_uri: str, experiment: str) -> str:
         exp = mlflow.set_experiment(experiment_id=mlflow.get_run(_owner).info.experiment_id)
     else:
         exp = _racing(lambda: mlflow.set_experiment(experiment), f"experiment {experiment}")
+    _experiment = exp.experiment_id
     if exp.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:
         _racing(lambda: mlflow.MlflowClient().set_experiment_tag(exp.experiment_id, *EXPERIMENT_KIND),
                 f"experiment tag {EXPERIMENT_KIND[0]}")
@@ -52,9 +54,15 @@ def run(name: str | None = None, run_id: str | None = None) -> Iterator:
     import mlflow
 
     if run_id:
-        mlflow.set_experiment(experiment_id=mlflow.get_run(run_id).info.experiment_id)
-        with mlflow.start_run(run_id=run_id) as active:
-            yield active
+        home = mlflow.get_run(run_id).info.experiment_id
+        if home != _experiment:
+            mlflow.set_experiment(experiment_id=home)
+        try:
+            with mlflow.start_run(run_id=run_id) as active:
+                yield active
+        finally:  # later runs of this process go where configure() sent them
+            if _experiment and home != _experiment:
+                mlflow.set_experiment(experiment_id=_experiment)
     else:
         with mlflow.start_run(run_name=name, parent_run_id=_owner) as active:
             yield active

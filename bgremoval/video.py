@@ -58,26 +58,27 @@ class TemporalSmoother:
             raise ValueError(f"smoothing strength {strength!r} is outside [0, 1) (0: off; 0.5: the past weighs as "
                              "much as the new frame where the picture did not change)")
         self.strength = float(strength)
+        self.reach = MOTION_REACH  # how far from a pixel a change counts as motion there (see still())
         self.frame: np.ndarray | None = None
         self.prob: np.ndarray | None = None
 
     def __call__(self, frame: np.ndarray, prob: np.ndarray) -> np.ndarray:
         prob = np.asarray(prob, np.float32)
         if self.strength > 0 and self.frame is not None and self.frame.shape == frame.shape:
-            keep = self.strength * still(self.frame, frame)
+            keep = self.strength * still(self.frame, frame, self.reach)
             prob = keep * self.prob + (1 - keep) * prob
         self.frame, self.prob = frame, prob
         return prob
 
 
-def still(before: np.ndarray, after: np.ndarray) -> np.ndarray:
+def still(before: np.ndarray, after: np.ndarray, reach: float) -> np.ndarray:
     """(H, W) in [0, 1]: 1 where two frames (H, W, 3) uint8 are the same near the pixel, falling towards 0 as
-    their largest colour change within MOTION_REACH of it grows past CHANGE_SCALE."""
+    their largest colour change within `reach` of it (a fraction of the shorter side) grows past CHANGE_SCALE."""
     change = np.abs(after.astype(np.int16) - before.astype(np.int16)).max(axis=2).astype(np.float32) / 255
     change = ndimage.uniform_filter(change, 3)  # one noisy pixel is not motion
-    reach = round(MOTION_REACH * min(change.shape))
-    if reach:
-        change = ndimage.maximum_filter(change, 2 * reach + 1)
+    pixels = round(reach * min(change.shape))
+    if pixels:
+        change = ndimage.maximum_filter(change, 2 * pixels + 1)
     return np.exp(-np.square(change / CHANGE_SCALE))
 
 

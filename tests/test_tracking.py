@@ -66,5 +66,11 @@ def test_a_later_stage_reopens_a_run_of_another_experiment(mlflow_uri):
         tracking.configure(uri, "reopened-elsewhere")
         with tracking.run(run_id=trained.info.run_id):
             mlflow.log_metric("test/max_f", 0.9)
-        reopened = mlflow.MlflowClient().get_run(trained.info.run_id)
+        with tracking.run("later") as later:  # a new run after it goes where configure() said
+            pass
+        client = mlflow.MlflowClient()
+        reopened = client.get_run(trained.info.run_id)
+        elsewhere = client.get_experiment_by_name("reopened-elsewhere").experiment_id
+        assert client.get_run(later.info.run_id).info.experiment_id == elsewhere
     assert reopened.data.metrics["test/max_f"] == 0.9 and reopened.info.status == "FINISHED"
+    assert reopened.info.experiment_id != elsewhere

@@ -12,8 +12,8 @@ import pytest
 from scipy import ndimage
 
 from bgremoval.cli import main as cli
-from bgremoval.video import (TemporalSmoother, decoder_for, is_video, on_grid, output_path, still, time_base,
-                             video_encoder)
+from bgremoval.video import (MOTION_REACH, TemporalSmoother, decoder_for, is_video, on_grid, output_path, still,
+                             time_base, video_encoder)
 from tests.helpers import PARAMS
 
 W, H, RATE, FRAMES, SAMPLE_RATE = 96, 64, 12, 8, 16000
@@ -136,7 +136,7 @@ def test_the_gate_is_open_where_frames_agree_and_shut_where_they_differ():
     a = np.full((20, 20, 3), 100, np.uint8)
     b = a.copy()
     b[:, 10:] = 200
-    gate = still(a, b)
+    gate = still(a, b, MOTION_REACH)
     assert gate[:, :8].min() > 0.99 and gate[:, 12:].max() < 0.01
     assert (TemporalSmoother(0)(a, np.ones((20, 20))) == 1).all()
     for bad in (-0.1, 1.0, 2):

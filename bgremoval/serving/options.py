@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import ImageColor
 
-from bgremoval.images import ImageReadError, open_image
+from bgremoval.images import ImageReadError, load_rgb
 
 if TYPE_CHECKING:
     from bgremoval.serving.refine import Refine
@@ -25,6 +25,7 @@ OUTPUTS = ("mask", "cutout", "composite")
 BACKGROUNDS = ("color", "blur", "image")
 MAX_BLUR = 25.0  # % of the shorter side: beyond it the background is one flat colour anyway
 MAX_PIXELS_ENV = "BGREMOVAL_MAX_PIXELS"  # where the model is served: overrides serve.max_pixels
+MAX_PIXELS_NAME = f"serve.max_pixels / {MAX_PIXELS_ENV}"  # what an image over the served cap is told to change
 # Every option, by name, with the MLflow type of its param. A null (unset) value of main_object or sharpen
 # means "the served model's own refinement", which export chose on val (ServingConfig.refine).
 KINDS = {
@@ -101,10 +102,9 @@ def decode_base64_image(text, max_pixels: int, label: str) -> np.ndarray:
     except (binascii.Error, ValueError):
         raise RequestError(f"{label}: is not valid base64 (encode the file's bytes, e.g. `base64 -w0 photo.jpg`)") from None
     try:
-        img = open_image(raw, max_pixels, label=label, limit_name=f"serve.max_pixels / {MAX_PIXELS_ENV}")
+        return load_rgb(raw, max_pixels, label=label, limit_name=MAX_PIXELS_NAME)
     except ImageReadError as exc:
         raise RequestError(str(exc)) from None
-    return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
 def _number(name: str, value: Any, meaning: str) -> float:
