@@ -14,6 +14,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@# numba compiles pymatting's kernels (about a minute on 2 cores) into pymatting's own cache, once, here:
+	@# not in whichever test, stage or server first cuts out an image, nor in several of them at once.
+	$(BIN)/python -c 'import pymatting'
 	touch $@
 
 install: $(VENV)/.installed
@@ -30,7 +33,7 @@ browser:
 # Every test (what CI runs), on two workers, printing the slowest; then the fast tier alone: unit tests
 # on tiny inputs, no servers, no pipeline runs.
 test: install browser
-	$(BIN)/python -m pytest -n 2 --dist loadgroup --durations=15
+	$(BIN)/python -m pytest -n 3 --dist loadgroup --durations=15
 
 test-fast: install
 	$(BIN)/python -m pytest -n 2 -m "not slow"

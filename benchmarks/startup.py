@@ -3,7 +3,8 @@
 Run in a project after `dvc repro` (or pass --project): it times, each as a fresh process and the
 median of --repeat runs, `python -c "import mlflow"`, `python -c "import tensorflow"`, and
 `bgremoval predict` on one photo with the served folder (models/served: onnxruntime and PIL only) and
-with the registry's champion (models:/NAME@champion: MLflow on top). It prints a table and writes JSON.
+with the registry's champion (models:/NAME@champion: MLflow on top), each writing a mask and then the
+served default (a cut-out, whose edges load pymatting's compiled code). It prints a table and writes JSON.
 
     python benchmarks/startup.py --project . --out /tmp/startup.json
 """
@@ -47,22 +48,22 @@ def main() -> int:
     bgremoval = str(Path(sys.executable).parent / "bgremoval")
     out_dir = Path(tempfile.mkdtemp())
     os.environ.setdefault("MLFLOW_TRACKING_URI", params["mlflow"]["tracking_uri"])
-    rows = [
-        ("python -c 'import mlflow'", [sys.executable, "-c", "import mlflow"]),
-        ("python -c 'import tensorflow'", [sys.executable, "-c", "import tensorflow"]),
-        ("bgremoval predict --model models/served (first mask)",
-         [bgremoval, "predict", "--quiet", "--model", "models/served", str(photo), str(out_dir / "a.png")]),
-        (f"bgremoval predict --model models:/{params['register']['model_name']}@champion (first mask)",
-         [bgremoval, "predict", "--quiet", str(photo), str(out_dir / "b.png")]),
-    ]
+    name = params["register"]["model_name"]
+    rows = [("python -c 'import mlflow'", [sys.executable, "-c", "import mlflow"]),
+            ("python -c 'import tensorflow'", [sys.executable, "-c", "import tensorflow"])]
+    for model, label in (("models/served", "models/served"), (None, f"models:/{name}@champion")):
+        for output in ("mask", None):  # the first mask; then the served default (a cut-out: pymatting's edges)
+            cmd = [bgremoval, "predict", "--quiet", *(["--model", model] if model else []),
+                   *(["--output", output] if output else []), str(photo), str(out_dir / "out.png")]
+            rows.append((f"bgremoval predict --model {label} --output {output or 'default'}", cmd))
     results = {label: timed(cmd, project, args.repeat) for label, cmd in rows}
     width = max(map(len, results))
     print(f"{'command':<{width}}  seconds (median of {args.repeat})")
     for label, seconds in results.items():
         print(f"{label:<{width}}  {seconds:6.2f}")
     mlflow_s = results[rows[0][0]]
-    registry_s = results[rows[3][0]]
-    print(f"registry predict minus `import mlflow`: {registry_s - mlflow_s:.2f} s")
+    for label, _ in rows[4:]:
+        print(f"{label} minus `import mlflow`: {results[label] - mlflow_s:.2f} s")
     args.out.write_text(json.dumps(results, indent=2))
     return 0
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from bgremoval.data.validation import (Thresholds, add_derived_columns, failure_message, mask_lines, mask_summary,
-                                      run_suite, summarise)
+                                      result_page, run_suite, summarise)
 from stages.common import run, start
 
 log = logging.getLogger("stages.validate")
@@ -37,8 +37,7 @@ def main() -> int:
     report["masks"] = mask_summary(manifest)
     for line in mask_lines(report["masks"]):
         log.info("%s", line)
-    # The index page needs JavaScript from CDNs (empty offline); this run's result page is plain HTML.
-    page = next((docs / "validations").rglob("*.html"), None)
+    page = result_page(docs)
     report["data_docs"] = str(page) if page else None
 
     reports.mkdir(parents=True, exist_ok=True)

@@ -26,8 +26,9 @@ def pytest_collection_modifyitems(config, items):
             raise pytest.UsageError(f"{item.nodeid} uses fixtures of two xdist groups: {sorted(groups)}")
         if groups:
             item.add_marker(pytest.mark.xdist_group(groups.pop()))
-    # The groups are the longest units of work: handed out first, so that the other worker takes the rest.
-    items.sort(key=lambda item: not item.get_closest_marker("xdist_group"))
+    # Longest first, so that the workers finish together: the groups, then the other slow tests (servers,
+    # pipelines), then the fast tier, which fills the gaps at the end.
+    items.sort(key=lambda item: (not item.get_closest_marker("xdist_group"), not item.get_closest_marker("slow")))
 
 
 def pytest_collection_finish(session):

@@ -9,7 +9,6 @@ import contextlib
 import io
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -25,7 +24,7 @@ import yaml
 from PIL import Image
 
 from bgremoval.serving.render import png_bytes
-from tests.helpers import ROOT, disc_image, dvc, free_port, running_server, toy_shards
+from tests.helpers import ROOT, copy_project, disc_image, dvc, free_port, running_server, toy_shards
 PG = os.environ.get("BGREMOVAL_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
 N_TRIALS = 6
 pytestmark = pytest.mark.slow
@@ -112,7 +111,9 @@ def workers_run(tmp_path_factory, mlflow_server):
             running = load().get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
         except (ValueError, KeyError):  # not created yet
             continue
-        mine = [t for t in running if t.user_attrs.get("worker", "").endswith(f":{victim.pid}")]
+        # Inside the trial and its MLflow run (which the test below expects to find, left running).
+        mine = [t for t in running if t.user_attrs.get("worker", "").endswith(f":{victim.pid}")
+                and "mlflow_run_id" in t.user_attrs]
         if mine:
             time.sleep(1.0)  # well inside the trial: it has sent heartbeats
             victim.send_signal(signal.SIGKILL)
@@ -168,21 +169,22 @@ def test_the_shared_mlflow_server_holds_every_trials_nested_run(workers_run):
     assert len(children) == N_TRIALS + 1  # and the killed trial's run, left as it was when the worker died
 
 
-def test_queued_experiments_run_in_parallel_against_shared_engines(full_run, tmp_path):
+def test_queued_experiments_run_in_parallel_against_shared_engines(tmp_path):
     """`dvc exp run --queue` + `dvc queue start -j 2`: each experiment runs in its own workspace, so the
     tracking and the study go to shared engines (MLflow server, PostgreSQL), never to one SQLite file.
-    The project is the toy pipeline after its first run, committed: the queued experiments change a
-    training knob, so tuning (the study) and everything after it run again, and the data stages do not."""
-    source, run = full_run
-    assert run.returncode == 0, run.stdout + run.stderr
-    project = tmp_path / "project"
-    shutil.copytree(source, project, symlinks=True)
+    The project is the toy pipeline with its data stages and the stock baseline run, committed: the queued
+    experiments change a training knob, so tuning (the study) and everything after it run, in each
+    experiment's workspace, and the data stages do not run again."""
+    project = copy_project(tmp_path / "project")
+    for stage in ("augment", "baseline"):
+        ran = dvc(project, "repro", stage)
+        assert ran.returncode == 0, ran.stdout + ran.stderr
     db = _temp_database("bgremoval_queue")
     try:
         with shared_mlflow_server(tmp_path / "artifacts") as mlflow_server:
             git = ["git", "-c", "user.name=t", "-c", "user.email=t@localhost"]
             subprocess.run([*git, "add", "-A"], cwd=project, check=True)
-            subprocess.run([*git, "commit", "-qm", "toy project and its first run"], cwd=project, check=True)
+            subprocess.run([*git, "commit", "-qm", "toy project and its data"], cwd=project, check=True)
             env = {"MLFLOW_TRACKING_URI": mlflow_server, "BGREMOVAL_TUNE_STORAGE": f"{PG}/{db}"}
             for weight in ("0.5", "1.5"):
                 queued = dvc(project, "exp", "run", "--queue", "-n", f"side-{weight}", "-S", f"train.side_weight={weight}", env=env)
@@ -198,8 +200,11 @@ def test_queued_experiments_run_in_parallel_against_shared_engines(full_run, tmp
                 if "Queued" not in status and "Running" not in status:
                     break
                 time.sleep(10)
-            logs = {name: dvc(project, "queue", "logs", name, env=env).stdout[-3000:] for name in ("side-0.5", "side-1.5")}
-            assert status.count("Success") == 2, f"{status}\n{logs}"
+            logs = {name: dvc(project, "queue", "logs", name, env=env).stdout for name in ("side-0.5", "side-1.5")}
+            assert status.count("Success") == 2, f"{status}\n" + "\n".join(log[-3000:] for log in logs.values())
+            for log in logs.values():  # tuning and training ran in the experiment; the data stages were reused
+                assert "Running stage 'tune'" in log and "Running stage 'train'" in log, log[-3000:]
+                assert "Running stage 'augment'" not in log and "Running stage 'baseline'" not in log, log[-3000:]
             shown = dvc(project, "exp", "show", "--csv", env=env).stdout
             assert "side-0.5" in shown and "side-1.5" in shown
             client = mlflow.MlflowClient(tracking_uri=mlflow_server)

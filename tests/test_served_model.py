@@ -294,6 +294,38 @@ def test_a_logged_onnxruntime_model_serves_from_its_own_code_without_tensorflow(
     assert "SIZE 50 30" in run.stdout and "TF []" in run.stdout, run.stdout
 
 
+REGISTRY_PROBE = """
+import sys
+from bgremoval.serving.load import load
+served = load(sys.argv[1])
+print("RUNTIME", served.config.runtime, served.config.size)
+print("IMPORTED", sorted(m for m in ("tensorflow", "keras", "pymatting") if m in sys.modules))
+"""
+
+
+@pytest.mark.slow
+def test_the_cli_opens_a_registered_onnxruntime_model_without_tensorflow_or_pymatting(registered, tmp_path):
+    """What `bgremoval predict models:/...` loads: the served file and its logged config; the cut-out's
+    pymatting waits until a cut-out needs it."""
+    run = subprocess.run([sys.executable, "-c", REGISTRY_PROBE, f"models:/{ONNX_NAME}/1"], cwd=tmp_path,
+                         env=project_env(MLFLOW_TRACKING_URI=registered["uri"]), capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "RUNTIME onnxruntime 64" in run.stdout and "IMPORTED []" in run.stdout, run.stdout
+
+
+def test_load_refuses_an_mlflow_model_that_is_not_ours(tmp_path):
+    import mlflow
+
+    class Echo(mlflow.pyfunc.PythonModel):
+        def predict(self, context, model_input, params=None):
+            return model_input
+
+    mlflow.pyfunc.save_model(tmp_path / "echo", python_model=Echo(), pip_requirements=["mlflow"])
+    with pytest.raises(ValueError, match="echo: is an MLflow model but not a bgremoval one"):
+        load(str(tmp_path / "echo"))
+
+
 @pytest.mark.slow
 def test_pyfunc_cuts_out_the_toy_foreground_at_the_input_size(registered):
     import mlflow

@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from bgremoval.data.validation import Thresholds, add_derived_columns, failure_message, run_suite, summarise
+from bgremoval.data.validation import (RESULT_PAGE, Thresholds, add_derived_columns, failure_message, result_page,
+                                      run_suite, summarise)
 from tests.helpers import SPLITS, manifest_for, write_pair
 
 THRESHOLDS = Thresholds(min_size=16, fg_min=0.01, fg_max=0.95, split_tolerance=0.15, split_fractions=SPLITS)
@@ -27,6 +28,13 @@ def test_clean_data_passes_and_builds_data_docs(data_dir, tmp_path):
     assert report["success"], report["failures"]
     assert report["evaluated"] == 16
     assert (tmp_path / "docs" / "index.html").exists()
+    # Its result page under a name that does not change from run to run (validation.json names it).
+    stable = result_page(tmp_path / "docs")
+    assert stable == tmp_path / "docs" / RESULT_PAGE
+    target = stable.read_text().split("url=")[1].split('"')[0]
+    assert target.startswith("validations/") and (stable.parent / target).is_file()
+    assert "Evaluated Expectations" in (stable.parent / target).read_text()
+    assert result_page(tmp_path / "nothing") is None
 
 
 def _first_train(df):

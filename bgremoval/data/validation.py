@@ -123,6 +123,26 @@ def run_suite(df: pd.DataFrame, t: Thresholds, docs_dir: Path | None) -> list[di
     return outcomes
 
 
+RESULT_PAGE = "validation.html"  # in the Data Docs folder: a stable name for this run's result page
+
+
+def result_page(docs_dir: Path) -> Path | None:
+    """A stable page that opens this run's Data Docs result page, or None where none was built.
+
+    GX names the result page by the run's time, so validation.json naming it directly would change on
+    every run, and DVC would re-run every stage after validate (augment first) though the data and the
+    verdict did not change. The index page is no use offline (its JavaScript comes from CDNs); the
+    result page is plain HTML."""
+    page = next((Path(docs_dir) / "validations").rglob("*.html"), None)
+    if page is None:
+        return None
+    target = page.relative_to(docs_dir).as_posix()
+    stable = Path(docs_dir) / RESULT_PAGE
+    stable.write_text(f'<!doctype html><meta charset="utf-8"><meta http-equiv="refresh" content="0; url={target}">'
+                      f'<title>Data Docs: validation result</title><a href="{target}">the validation result</a>\n')
+    return stable
+
+
 def _outcome(r, df: pd.DataFrame) -> dict:
     """A JSON-able result: which expectation, what it guards, and the offending pairs by file."""
     cfg = r.expectation_config

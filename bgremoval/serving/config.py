@@ -16,6 +16,8 @@ from bgremoval.serving.options import RequestError, options_from
 from bgremoval.serving.refine import Refine
 
 CONFIG_FILE = "serving.json"
+# The registered model's code file ("models from code", serving/served_model.py): how a bgremoval model is known.
+SERVED_MODEL_CODE = "served_model.py"
 RUNTIMES = ("onnxruntime", "keras")
 
 

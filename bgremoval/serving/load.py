@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bgremoval.serving.config import CONFIG_FILE
+from bgremoval.serving.config import CONFIG_FILE, SERVED_MODEL_CODE, ServingConfig
 from bgremoval.serving.served import Served
 
 
@@ -19,12 +19,22 @@ def load(uri: str) -> Served:
     if "://" not in uri and ":" not in uri.split("/")[0] and not (path / "MLmodel").is_file():
         raise FileNotFoundError(f"{uri}: not a served model (expected a folder with {CONFIG_FILE}, such as "
                                 "models/served, an MLflow model folder, models:/NAME@ALIAS or runs:/RUN_ID/model)")
-    import mlflow.pyfunc
+    return _from_mlflow(uri)
 
-    # suppress_warnings: MLflow would compare every logged requirement with the installed packages (about
-    # 1 s of scanning package metadata) only to warn; the server (`mlflow models serve`) still does.
-    inner = mlflow.pyfunc.load_model(uri, suppress_warnings=True).unwrap_python_model()
-    served = getattr(inner, "served", None)
-    if not isinstance(served, Served) and type(served).__name__ != "Served":
-        raise ValueError(f"{uri}: is an MLflow model but not a bgremoval one ({type(inner).__name__})")
-    return served
+
+def _from_mlflow(uri: str) -> Served:
+    """An MLflow model of ours, opened from its files: the served file and the serving configuration it was
+    logged with. pyfunc's own loader would run the same code after MLflow's environment checks, and then
+    pymatting's warm-up, which only the server needs (a cut-out loads pymatting when it first needs it)."""
+    import mlflow.artifacts
+    from mlflow.models import Model
+
+    folder = Path(uri) if Path(uri, "MLmodel").is_file() else Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+    flavor = Model.load(folder).flavors.get("python_function", {})
+    model = flavor.get("artifacts", {}).get("model", {}).get("path")
+    config = flavor.get("config")
+    code = Path(flavor.get("model_code_path") or "").name  # "models from code": the file that names the pyfunc
+    if code != SERVED_MODEL_CODE or not model or not isinstance(config, dict):
+        raise ValueError(f"{uri}: is an MLflow model but not a bgremoval one (its python_function flavor loads "
+                         f"{code or flavor.get('loader_module') or 'nothing'}, not {SERVED_MODEL_CODE})")
+    return Served.open(folder / model, ServingConfig.from_dict(config))

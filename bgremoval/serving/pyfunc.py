@@ -13,7 +13,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import BAD_REQUEST
 
-from bgremoval.serving.config import ServingConfig
+from bgremoval.serving.config import SERVED_MODEL_CODE, ServingConfig
 from bgremoval.serving.options import KINDS, check_defaults
 from bgremoval.serving.render import warm_up
 from bgremoval.serving.request import INPUT_COLUMN, RequestError, RequestTooLarge, cut_out
@@ -101,7 +101,7 @@ def log_model(model_file: Path, config: ServingConfig, example: bytes, name: str
                 shutil.copy(src, code / item)
         return mlflow.pyfunc.log_model(
             name=name,
-            python_model=str(PACKAGE / "serving" / "served_model.py"),
+            python_model=str(Path(__file__).with_name(SERVED_MODEL_CODE)),
             artifacts={"model": str(model_file)},
             code_paths=[str(code)],
             model_config=config.to_dict(),
