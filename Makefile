@@ -30,10 +30,10 @@ browser:
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
-# Every test (what CI runs), on two workers, printing the slowest; then the fast tier alone: unit tests
-# on tiny inputs, no servers, no pipeline runs.
+# Every test (what CI runs), on two workers (a third only adds contention on 2 cores), printing the
+# slowest; then the fast tier alone: unit tests on tiny inputs, no servers, no pipeline runs.
 test: install browser
-	$(BIN)/python -m pytest -n 3 --dist loadgroup --durations=15
+	$(BIN)/python -m pytest -n 2 --dist loadgroup --durations=15
 
 test-fast: install
 	$(BIN)/python -m pytest -n 2 -m "not slow"
