@@ -14,9 +14,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	@# numba compiles pymatting's kernels (about a minute on 2 cores) into pymatting's own cache, once, here:
-	@# not in whichever test, stage or server first cuts out an image, nor in several of them at once.
-	$(BIN)/python -c 'import pymatting'
+	@# numba compiles the pymatting kernels the cut-outs' edges use (about 15 s) into pymatting's own cache,
+	@# once, here: not in whichever test, stage or server first cuts out an image, nor in several at once.
+	$(BIN)/python -c 'from bgremoval.serving.render import warm_up; warm_up()'
 	touch $@
 
 install: $(VENV)/.installed

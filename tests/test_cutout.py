@@ -3,12 +3,15 @@ soft alpha, closed-form matting of the edge band, a background image fitted to c
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
 from bgremoval.serving.options import options_from
-from bgremoval.serving.render import (EDGE_GROW, band_blocks, blurred, closed_form, cover_box, edge_band,
-                                      estimate_foreground, fit_cover, matte, render, trimap)
+from bgremoval.serving.render import (EDGE_GROW, PYMATTING_MODULES, band_blocks, blurred, closed_form, cover_box,
+                                      edge_band, estimate_foreground, fit_cover, matte, render, trimap)
 from tests.helpers import PARAMS
 
 DEFAULTS = dict(PARAMS["serve"]["defaults"])
@@ -171,3 +174,19 @@ def test_portrait_blur_softens_the_background_without_a_halo_of_the_subject():
     assert back[30, 20, 0] < 10 and back[10, 10, 0] < 10  # around the subject: blue, not the subject's red
     comp = np.asarray(render(photo, alpha, opts(output="composite", background="blur", bg_blur=5)))
     assert (comp[alpha == 1] == [255, 0, 0]).all() and (comp[alpha == 0] == np.round(back)[alpha == 0]).all()
+
+
+EDGES_ONLY = """
+import sys
+from bgremoval.serving.render import warm_up
+warm_up()
+print(sorted(m for m in sys.modules if m.split(".")[0] == "pymatting"))
+"""
+
+
+def test_the_edges_load_only_the_pymatting_modules_they_use_not_the_package():
+    """`import pymatting` compiles every kernel of the package; foreground estimation and matting load their
+    four modules alone (and the package, imported later, would reuse them)."""
+    run = subprocess.run([sys.executable, "-c", EDGES_ONLY], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == str(sorted(f"pymatting.{m}" for m in PYMATTING_MODULES))

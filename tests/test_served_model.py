@@ -299,7 +299,7 @@ import sys
 from bgremoval.serving.load import load
 served = load(sys.argv[1])
 print("RUNTIME", served.config.runtime, served.config.size)
-print("IMPORTED", sorted(m for m in ("tensorflow", "keras", "pymatting") if m in sys.modules))
+print("IMPORTED", sorted({m.split(".")[0] for m in sys.modules} & {"tensorflow", "keras", "pymatting"}))
 """
 
 

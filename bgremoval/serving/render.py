@@ -10,10 +10,14 @@ block by block, so time and memory follow the band, not the image.
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import math
+import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 from PIL import Image
@@ -36,6 +40,34 @@ MATTE_CG_ITERATIONS = 1000
 # numba's default threading layer aborts on parallel kernels launched from two threads at once (the scoring
 # server runs requests in threads): one pymatting call at a time.
 _PYMATTING = threading.Lock()
+# The pymatting modules the edges use, each needing only numpy, scipy and numba. `import pymatting` would
+# compile every kernel of the package (about 30, over a minute on 2 cores for each new install); loaded one
+# by one, numba compiles (and caches, beside each module) only these.
+PYMATTING_MODULES = ("foreground.estimate_foreground_ml", "laplacian.cf_laplacian", "preconditioner.ichol",
+                     "solver.cg")
+
+
+def pymatting_module(name: str) -> ModuleType:
+    """pymatting's module `name` (one of PYMATTING_MODULES), loaded from its file without the package's
+    __init__, under its own name (so numba's cache of it is the one `import pymatting` would use)."""
+    full = f"pymatting.{name}"
+    if full in sys.modules:
+        return sys.modules[full]
+    package = importlib.util.find_spec("pymatting")
+    if package is None or not package.submodule_search_locations:
+        raise ImportError("pymatting is not installed (pip install pymatting): cut-outs estimate edge colours with it")
+    path = Path(package.submodule_search_locations[0], *name.split(".")).with_suffix(".py")
+    spec = importlib.util.spec_from_file_location(full, path)
+    if spec is None or not path.is_file():
+        raise ImportError(f"this pymatting has no {path.name}: bgremoval needs pymatting>=1.1.12,<2")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[full] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[full]
+        raise
+    return module
 
 
 def edge_band(alpha: np.ndarray, grow: int) -> np.ndarray:
@@ -74,8 +106,7 @@ def estimate_foreground(image: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     out = image.copy()
     if not band.any():
         return out
-    from pymatting import estimate_foreground_ml
-
+    estimate_foreground_ml = pymatting_module("foreground.estimate_foreground_ml").estimate_foreground_ml
     for outer, inner, core in band_blocks(band, FG_BLOCK, FG_MARGIN):
         with _PYMATTING:
             fg = estimate_foreground_ml(image[outer].astype(np.float32) / 255, alpha[outer].astype(np.float32))
@@ -98,8 +129,11 @@ def trimap(alpha: np.ndarray) -> np.ndarray:
 def closed_form(image: np.ndarray, tri: np.ndarray, prior: np.ndarray) -> np.ndarray:
     """Closed-form matting of one block (image (h, w, 3) in [0, 1], trimap, the network's alpha): the
     unknown pixels' alpha minimising a' L a + MATTE_PRIOR |a - prior|^2 given the known ones."""
-    from pymatting import cf_laplacian, cg, ichol
     from scipy import sparse
+
+    cf_laplacian = pymatting_module("laplacian.cf_laplacian").cf_laplacian
+    ichol = pymatting_module("preconditioner.ichol").ichol
+    cg = pymatting_module("solver.cg").cg
 
     unknown = (tri == 0.5).ravel()
     laplacian = cf_laplacian(image, epsilon=MATTE_EPSILON, radius=1, is_known=tri != 0.5).tocsr()[unknown]
@@ -187,7 +221,8 @@ def render(image: np.ndarray, prob: np.ndarray, opts: Options) -> Image.Image:
 
 
 def warm_up() -> None:
-    """Load pymatting's compiled code now (seconds), not in the first request that estimates edges."""
+    """Load pymatting's compiled code now (seconds; compiled the first time), not in the first request that
+    estimates edges."""
     image = np.zeros((24, 24, 3), np.uint8)
     image[:, 12:] = 255
     alpha = np.clip(np.linspace(-1, 2, 24, dtype=np.float32), 0, 1)[None].repeat(24, 0)
