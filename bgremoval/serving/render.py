@@ -40,6 +40,7 @@ MATTE_CG_ITERATIONS = 1000
 # numba's default threading layer aborts on parallel kernels launched from two threads at once (the scoring
 # server runs requests in threads): one pymatting call at a time.
 _PYMATTING = threading.Lock()
+_LOADING = threading.Lock()
 # The pymatting modules the edges use, each needing only numpy, scipy and numba. `import pymatting` would
 # compile every kernel of the package (about 30, over a minute on 2 cores for each new install); loaded one
 # by one, numba compiles (and caches, beside each module) only these.
@@ -50,9 +51,12 @@ PYMATTING_MODULES = ("foreground.estimate_foreground_ml", "laplacian.cf_laplacia
 def pymatting_module(name: str) -> ModuleType:
     """pymatting's module `name` (one of PYMATTING_MODULES), loaded from its file without the package's
     __init__, under its own name (so numba's cache of it is the one `import pymatting` would use)."""
+    with _LOADING:  # the server's threads: none may see a module another is still executing
+        return sys.modules.get(f"pymatting.{name}") or _load_pymatting_module(name)
+
+
+def _load_pymatting_module(name: str) -> ModuleType:
     full = f"pymatting.{name}"
-    if full in sys.modules:
-        return sys.modules[full]
     package = importlib.util.find_spec("pymatting")
     if package is None or not package.submodule_search_locations:
         raise ImportError("pymatting is not installed (pip install pymatting): cut-outs estimate edge colours with it")
