@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	@# Bytecode for every installed module, compiled on all cores (pip would use one): without it the first
 	@# process that imports TensorFlow compiles it, and with PYTHONDONTWRITEBYTECODE set every such process does.
 	$(BIN)/python -m pip install --quiet --no-compile -e '.[dev]'
-	$(BIN)/python -c 'import compileall, sys, sysconfig; compileall.compile_dir(sysconfig.get_paths()["purelib"], quiet=2, workers=0)'
+	$(BIN)/python -c 'import compileall, sysconfig; compileall.compile_dir(sysconfig.get_paths()["purelib"], quiet=2, workers=0)'
 	@# numba compiles the pymatting kernels the cut-outs' edges use (about 15 s) into pymatting's own cache,
 	@# once, here: not in whichever test, stage or server first cuts out an image, nor in several at once.
 	$(BIN)/python -c 'from bgremoval.serving.render import warm_up; warm_up()'

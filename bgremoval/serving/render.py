@@ -61,9 +61,9 @@ def _load_pymatting_module(name: str) -> ModuleType:
     if package is None or not package.submodule_search_locations:
         raise ImportError("pymatting is not installed (pip install pymatting): cut-outs estimate edge colours with it")
     path = Path(package.submodule_search_locations[0], *name.split(".")).with_suffix(".py")
-    spec = importlib.util.spec_from_file_location(full, path)
-    if spec is None or not path.is_file():
+    if not path.is_file():
         raise ImportError(f"this pymatting has no {path.name}: bgremoval needs pymatting>=1.1.12,<2")
+    spec = importlib.util.spec_from_file_location(full, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[full] = module
     try:
