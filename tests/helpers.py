@@ -187,7 +187,7 @@ TOY_PARAMS = {"prepare.sample.n_scenes": 6, "prepare.sample.frames_per_scene": 3
               "augment.size": 32, "augment.copies": 1,
               "model.family": "unet", "model.unet_filters": [4, 8, 16],
               "train.size": 32, "train.epochs": 2, "train.steps_per_epoch": 2, "train.batch_size": 4,
-              "train.freeze_epochs": 1,
+              "train.freeze_epochs": 1, "train.run_eagerly": True,
               "tune.n_trials": 2, "tune.epochs": 1, "tune.steps_per_epoch": 2, "tune.size": 32,
               "tune.space": {"train.learning_rate": {"type": "float", "low": 0.0001, "high": 0.01, "log": True},
                              "train.batch_size": {"type": "categorical", "choices": [2, 4]}},

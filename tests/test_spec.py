@@ -7,8 +7,12 @@ import ast
 import dataclasses
 import importlib
 import inspect
+import os
 import pkgutil
 import re
+import shutil
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -270,6 +274,44 @@ def test_readme_has_the_two_commands_and_ci_runs_the_test_one():
     commands = re.findall(r"^make \w+", quick, flags=re.M)
     assert commands == ["make pipeline", "make test"]
     assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_each_stage_reads_exactly_the_params_dvc_shows_for_it():
+    """stages.common reads the stage's params itself (loading DVC's repo costs each stage seconds): what it
+    reads must be what `dvc params` says the stage depends on, key for key."""
+    from dvc.repo import Repo
+
+    from stages.common import declared_params
+
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    with Repo(str(ROOT)) as repo:
+        for stage in stages:
+            shown = repo.params.show(stages=[stage])[""]["data"]["params.yaml"]["data"]
+            assert declared_params(stage, ROOT) == shown, stage
+    with pytest.raises(KeyError):
+        declared_params("train", ROOT)["register"]  # not declared by train: not there to read
+
+
+def test_a_stage_program_exits_with_its_status(tmp_path):
+    """Stage programs end without the interpreter's teardown, with the status a normal exit has: 0 when done,
+    1 on bad input (its message) and 1 when the stage died of an uncaught exception (its traceback)."""
+    def prepare() -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "stages.prepare"], cwd=tmp_path, capture_output=True, text=True,
+                              env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=120)
+
+    shutil.copy(ROOT / "dvc.yaml", tmp_path)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["prepare"]["sample"] |= {"n_scenes": 3, "frames_per_scene": 1, "min_size": 32, "max_size": 40}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    done = prepare()
+    assert done.returncode == 0 and (tmp_path / params["paths"]["manifest"]).exists(), done.stderr
+    params["prepare"]["source"] = str(tmp_path / "nowhere")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    bad = prepare()
+    assert bad.returncode == 1 and "nowhere/images is not a folder" in bad.stderr and "Traceback" not in bad.stderr
+    (tmp_path / "params.yaml").unlink()
+    died = prepare()
+    assert died.returncode == 1 and "Traceback" in died.stderr and "params.yaml" in died.stderr
 
 
 def test_a_stage_ends_bad_input_with_its_message_not_a_traceback(capsys, monkeypatch):

@@ -38,6 +38,9 @@ class TrainConfig:
     # Share of the fine-tuned weights in the saved network, the rest the pretrained ones (WiSE-FT); with
     # several, each is scored on val and the best val IoU is kept. (1.0,) = the fine-tuned weights alone.
     blend: tuple[float, ...]
+    # Keras runs each step eagerly instead of tracing a graph first: quicker for a few steps of a tiny network
+    # (a smoke test of the pipeline), many times slower for real training.
+    run_eagerly: bool
 
     def __post_init__(self):
         shares = self.blend if isinstance(self.blend, (list, tuple)) else (self.blend,)
@@ -158,6 +161,7 @@ def compile_network(network: keras.Model, cfg: TrainConfig, pos_weight: float, s
         loss_weights=_targets(network, cfg.side_weight) if n > 1 else None,
         metrics=[metrics] + [[]] * (n - 1) if n > 1 else metrics,
         jit_compile=False,  # XLA measured 2-4x slower than graph mode on this CPU
+        run_eagerly=cfg.run_eagerly,
     )
 
 
