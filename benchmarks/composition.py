@@ -4,10 +4,10 @@
 
 Each sample is a photo F with a known soft alpha: a hand-drawn mask from each --data folder (images/ and
 masks/ with the same names; default: ccp_dev and davis_train in the data folder beside the project, where they exist), with the photo
-scaled to 1 MP and the mask feathered at its edge (Gaussian, --feather px); with no such folder, scikit-learn's
-two sample photos with a synthetic alpha. Nothing of the data is written out.
+scaled to 1 MP and the mask feathered at its edge (Gaussian, --feather px); with no such folder, the two photos
+of `make photos` (scikit-learn's sample images) with a synthetic alpha. Nothing of the data is written out.
 
-F is composited onto background A (scikit-learn's flower photo, fitted to cover): I = aF + (1 - a)A. I is cut
+F is composited onto background A (the flower photo, fitted to cover): I = aF + (1 - a)A. I is cut
 out with a predicted alpha -- the true one degraded as a network's soft edge is (down to --size x --size and
 back up, bilinear), or with --model a served model's own prediction -- and composited by the served code
 (`render`) onto background B (the china photo) with each edge method. The truth is aF + (1 - a)B. Inside the
@@ -73,13 +73,19 @@ def from_folder(folder: Path, n: int, feather: float):
         yield f"{folder.name}/{path.stem}", photo, feathered(hard, feather)
 
 
-def synthetic(feather: float):
-    """scikit-learn's sample photos, each with an alpha of a wavy ellipse and a few fine strands at its edge."""
-    from sklearn.datasets import load_sample_image
+def photo(name: str) -> np.ndarray:
+    """One of the two real photos (china.jpg, flower.jpg) that `make photos` takes out of scikit-learn's wheel."""
+    path = Path(sys.prefix) / "share" / "bgremoval" / "photos" / name
+    if not path.is_file():
+        sys.exit(f"{path} is missing: run `make photos`")
+    return np.asarray(Image.open(path).convert("RGB"))
 
+
+def synthetic(feather: float):
+    """The two photos of `make photos`, each with an alpha of a wavy ellipse and a few fine strands at its edge."""
     for name in ("china.jpg", "flower.jpg"):
-        photo = Image.fromarray(load_sample_image(name)).rotate(180)
-        size = to_megapixel(photo)
+        photo_ = Image.fromarray(photo(name)).rotate(180)
+        size = to_megapixel(photo_)
         w, h = size
         yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
         angle = np.arctan2(yy - h / 2, xx - w / 2)
@@ -87,7 +93,7 @@ def synthetic(feather: float):
         inside = radius <= 1 + 0.08 * np.sin(7 * angle)
         strands = (np.abs(np.sin(60 * angle)) < 0.08) & (radius <= 1.15)
         hard = Image.fromarray(((inside | strands) * 255).astype(np.uint8))
-        yield f"sklearn/{name}", np.asarray(photo.resize(size, Image.Resampling.BICUBIC)), feathered(hard, feather)
+        yield f"photos/{name}", np.asarray(photo_.resize(size, Image.Resampling.BICUBIC)), feathered(hard, feather)
 
 
 def degraded(alpha: np.ndarray, size: int) -> np.ndarray:
@@ -122,9 +128,7 @@ def main() -> None:
 
         served = load(args.model)
     defaults = yaml.safe_load((ROOT / "params.yaml").read_text())["serve"]["defaults"]
-    from sklearn.datasets import load_sample_image
-
-    bg_a, bg_b = load_sample_image("flower.jpg"), load_sample_image("china.jpg")
+    bg_a, bg_b = photo("flower.jpg"), photo("china.jpg")
     warm_up()
 
     rows = []
@@ -160,7 +164,7 @@ def main() -> None:
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()} {platform.release()}",
         "command": " ".join(["python", "benchmarks/composition.py", *sys.argv[1:]]),
         "samples": len(rows),
-        "sources": [os.path.relpath(f, ROOT) for f in folders] or ["scikit-learn sample photos (synthetic alpha)"],
+        "sources": [os.path.relpath(f, ROOT) for f in folders] or ["the photos of `make photos` (synthetic alpha)"],
         "predicted_alpha": f"served model {args.model}" if args.model else f"true alpha degraded to {args.size}px",
         "feather_px": args.feather, "band": f"alpha in ({EDGE[0]}, {EDGE[1]}), grown {EDGE_GROW} px",
         "summary": summary, "rows": rows,

@@ -25,9 +25,18 @@ SPLITS = {"train": 0.5, "val": 0.25, "test": 0.25}
 ARTIFACTS = Path(os.environ.get("BGREMOVAL_TEST_ARTIFACTS", ROOT / "test-artifacts"))
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
+PHOTOS = Path(sys.prefix) / "share" / "bgremoval" / "photos"  # `make photos`
 
 
 # --- data ----------------------------------------------------------------------------------------
+
+def sample_photo(name: str) -> np.ndarray:
+    """One of the two real photos `make photos` puts in the venv (china.jpg, flower.jpg), as RGB."""
+    path = PHOTOS / name
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: `make photos` takes it out of scikit-learn's wheel")
+    return np.asarray(Image.open(path).convert("RGB"))
+
 
 def write_pair(folder: Path, name: str, size=(32, 24), fg=0.3, ext=".png", seed=0) -> tuple[Path, Path]:
     """One image/mask pair: a random RGB image and a mask whose top rows are foreground."""

@@ -20,7 +20,7 @@ from bgremoval.demo import UNSET, build, option_help, predict_fn
 from bgremoval.serving.options import KINDS, options_from
 from bgremoval.serving.render import render
 from bgremoval.serving.served import Served
-from tests.helpers import PARAMS, disc_image, free_port, project_env, running_server, serving_config
+from tests.helpers import PARAMS, disc_image, free_port, project_env, running_server, sample_photo, serving_config
 
 DEFAULTS = dict(PARAMS["serve"]["defaults"])
 
@@ -125,10 +125,9 @@ def test_a_photo_dropped_on_the_page_comes_back_cut_out_at_its_size(onnx_served,
     import psutil
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
-    from sklearn.datasets import load_sample_image
 
     photo = tmp_path / "flower.jpg"  # a real photo with one clear subject
-    Image.fromarray(load_sample_image("flower.jpg")).save(photo, quality=95)
+    Image.fromarray(sample_photo("flower.jpg")).save(photo, quality=95)
     size = Image.open(photo).size
     port = free_port()
     cmd = [str(Path(sys.executable).parent / "bgremoval"), "demo", "--model", str(onnx_served), "--port", str(port)]

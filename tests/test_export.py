@@ -13,7 +13,7 @@ from bgremoval.export import onnx as export_onnx
 from bgremoval.export.onnx import HARD_MAX, ExportError, compare, export_checked, export_u2netp
 from bgremoval.model.network import build_network, inference_model
 from bgremoval.serving.runtime import OnnxSegmenter
-from tests.helpers import PARAMS, disc_image, model_config, serving_config
+from tests.helpers import PARAMS, disc_image, model_config, sample_photo, serving_config
 
 TOLERANCE = float(PARAMS["export"]["onnx_tolerance"])
 
@@ -36,9 +36,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def images():
-    from sklearn.datasets import load_sample_images
-
-    return [disc_image(90, 120)[0], *load_sample_images().images]
+    return [disc_image(90, 120)[0], *(sample_photo(name) for name in ("china.jpg", "flower.jpg"))]
 
 
 @pytest.fixture(scope="module")

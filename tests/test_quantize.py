@@ -10,14 +10,12 @@ import pytest
 
 from bgremoval.export.quantize import outlier_nodes, quantize_int8
 from bgremoval.serving.runtime import OnnxSegmenter, preprocess
-from tests.helpers import stock_onnx_export
+from tests.helpers import sample_photo, stock_onnx_export
 
 
 @pytest.fixture(scope="module")
 def photos():
-    from sklearn.datasets import load_sample_images
-
-    return list(load_sample_images().images)
+    return [sample_photo(name) for name in ("china.jpg", "flower.jpg")]
 
 
 @pytest.mark.slow

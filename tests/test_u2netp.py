@@ -6,7 +6,7 @@ onnxruntime and pillow) or, without it, the file named by $BGREMOVAL_U2NETP_ONNX
 
     BGREMOVAL_U2NETP_ONNX=/path/to/rembg/u2netp.onnx pytest tests/test_u2netp.py
 
-and are skipped when neither is there. The photos ship inside scikit-learn.
+and are skipped when neither is there. The photos come from `make photos`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
-from sklearn.datasets import load_sample_image
 
 from bgremoval import weights
 from bgremoval.images import sha256_file
@@ -32,6 +31,7 @@ from bgremoval.model.u2netp import ResizeLike, build_u2netp, load_onnx_weights
 from bgremoval.scoring.stock import REMBG_SIZE, RembgModel, preprocess_like_rembg
 from bgremoval.serving.runtime import MEAN, STD, preprocess, squash
 from bgremoval.weights import U2NETP, WeightsError, find_u2netp_onnx
+from tests.helpers import sample_photo
 
 HAVE_ONNX = bool(os.environ.get(U2NETP.env)) or importlib.util.find_spec("rembg") is not None
 needs_onnx = pytest.mark.skipif(
@@ -49,8 +49,8 @@ def ort_session(model: onnx.ModelProto) -> ort.InferenceSession:
 
 
 def photo(name: str) -> Image.Image:
-    """One of scikit-learn's sample photographs."""
-    return Image.fromarray(load_sample_image(name))
+    """One of the two real photos of `make photos`."""
+    return Image.fromarray(sample_photo(name))
 
 
 def normalised(image: Image.Image, height: int, width: int) -> np.ndarray:
