@@ -196,22 +196,35 @@ def test_int8_is_served_only_within_the_allowed_loss(stock, discs, tmp_path, max
     _check_stock_export(cfg, config, report, tmp_path / "served", discs[0], int8=int8)
 
 
-def test_a_network_without_onnx_export_is_served_with_keras(toy_model, discs, tmp_path):
-    """The toy U-Net: its .keras file beside a serving.json naming the Keras runtime, size and refinement chosen
-    on val as for ONNX, and nothing quantised."""
+def test_the_toy_unet_is_served_as_onnx_and_as_keras_when_asked(toy_model, discs, tmp_path, monkeypatch):
+    """The toy U-Net: by default its own ONNX graph (checked against Keras, int8 weighed on val as for U²-NetP);
+    with export.runtime keras, its .keras file. Either way beside a serving.json, size and refinement chosen on val."""
     from bgremoval.model.network import load_model
 
     val, calibration = discs
-    cfg = _export_config()  # runtime onnxruntime and quantize int8 asked for: neither applies to a U-Net
-    config, report = export_served(load_model(toy_model), toy_model, val, calibration, cfg, SERVE, tmp_path / "served",
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")  # the working directory is left as it was
+    cfg = _export_config()  # runtime onnxruntime, quantize int8
+    config, report = export_served(load_model(toy_model), toy_model, val, calibration, cfg, SERVE, tmp_path / "onnx",
                                    None, MAX_PIXELS)
+    assert sorted(p.name for p in (tmp_path / "onnx").iterdir()) == ["model.onnx", "serving.json"]
+    assert config.runtime == "onnxruntime" and all(c["max_abs"] <= 1e-3 for c in report["onnx_vs_keras"])
+    assert config.int8 == report["int8"]["kept"]
+    _check_report_names_the_choices(config, report, cfg)
+    assert not list((tmp_path / "cwd").iterdir())  # no temporary files of the int8 tools
+    served_as = report["int8"]["val_int8" if config.int8 else "val_float32"]  # val, refined as served
+    assert _served_score(tmp_path / "onnx", val) == pytest.approx(served_as, abs=1e-6)
+
+    keras_cfg = _export_config(runtime="keras")
+    config, report = export_served(load_model(toy_model), toy_model, val, calibration, keras_cfg, SERVE,
+                                   tmp_path / "served", None, MAX_PIXELS)
     folder = tmp_path / "served"
     assert sorted(p.name for p in folder.iterdir()) == ["model.keras", "serving.json"]
     assert (folder / "model.keras").read_bytes() == toy_model.read_bytes()
     assert ServingConfig.read(folder) == config
     assert (config.runtime, config.model_file, config.int8) == ("keras", "model.keras", False)
     assert "onnx_vs_keras" not in report and "int8" not in report
-    _check_report_names_the_choices(config, report, cfg)
+    _check_report_names_the_choices(config, report, keras_cfg)
     assert _served_score(folder, val) == pytest.approx(report["val_by_refine"][config.refine.name], abs=1e-6)
     assert report["val_by_size"][str(config.size)]["iou"] > 0.5  # the toy model finds the discs
 
@@ -222,9 +235,10 @@ def test_export_served_replaces_what_the_folder_held(toy_model, discs, tmp_path)
     folder = tmp_path / "served"
     folder.mkdir()
     (folder / "model.onnx").write_bytes(b"an earlier export")
-    cfg = _export_config(sizes=[32], refine={"flip": [False], "main_object": [False], "sharpen": [1.0], "tolerance": 0.0})
+    cfg = _export_config(sizes=[32], refine={"flip": [False], "main_object": [False], "sharpen": [1.0], "tolerance": 0.0},
+                         runtime="keras")
     config, report = export_served(load_model(toy_model), toy_model, discs[0], discs[1], cfg, SERVE, folder, None,
                                    MAX_PIXELS)
-    assert sorted(p.name for p in folder.iterdir()) == ["model.keras", "serving.json"]
+    assert sorted(p.name for p in folder.iterdir()) == ["model.keras", "serving.json"]  # the earlier file is gone
     assert (config.size, config.refine) == (32, NONE)
     assert report["val_by_size"] == {} and report["val_by_refine"] == {}  # one choice each: val not scored

@@ -111,7 +111,7 @@ def test_full_repro_tracks_everything_and_registers_what_evaluate_scored(full_ru
     # export chose the serving set-up on val; the served folder is what evaluate scored and register logged.
     serving = json.loads((project / "models" / "served" / "serving.json").read_text())
     exported = json.loads((project / "reports" / "export.json").read_text())
-    assert serving["size"] == exported["size"] in (32, 48) and serving["runtime"] == "keras"  # a unet: Keras
+    assert serving["size"] == exported["size"] in (32, 48) and serving["runtime"] == "onnxruntime"  # a unet too
     assert set(exported["val_by_size"]) == {"32", "48"} and exported["refine"] in exported["val_by_refine"]
     metrics = json.loads((project / "reports" / "metrics.json").read_text())
     baseline = json.loads((project / "reports" / "baseline.json").read_text())

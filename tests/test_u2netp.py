@@ -26,7 +26,7 @@ from PIL import Image
 from bgremoval import weights
 from bgremoval.images import sha256_file
 from bgremoval.model import u2netp
-from bgremoval.model.network import RembgNormalize
+from bgremoval.serving.keras_layers import RembgNormalize
 from bgremoval.model.u2netp import ResizeLike, build_u2netp, load_onnx_weights
 from bgremoval.scoring.stock import REMBG_SIZE, RembgModel, preprocess_like_rembg
 from bgremoval.serving.runtime import MEAN, STD, preprocess, squash

@@ -15,10 +15,9 @@ import numpy as np
 import pandas as pd
 
 from bgremoval.data.masks import load_mask
-from bgremoval.export.onnx import export_checked
+from bgremoval.export.onnx import export_checked, has_onnx_export
 from bgremoval.export.quantize import quantize_int8
 from bgremoval.images import load_rgb
-from bgremoval.model.network import u2netp_core
 from bgremoval.scoring.metrics import HIGHER_IS_BETTER, ImageScores, score_image, summarise
 from bgremoval.scoring.score import score
 from bgremoval.serving.config import ServingConfig
@@ -50,7 +49,7 @@ class RefineChoices:
 class ExportConfig:
     """params.yaml export:."""
 
-    runtime: str                 # onnxruntime (U²-NetP) | keras
+    runtime: str                 # onnxruntime | keras
     sizes: list[int]             # serving sizes val chooses from
     size_tolerance: float
     refine: RefineChoices
@@ -134,9 +133,11 @@ def export_served(model, model_file: Path, val: pd.DataFrame, calibration: pd.Da
     out_dir.mkdir(parents=True)
     report: dict[str, Any] = {}
     images = lambda rows, n: [load_rgb(Path(p), max_pixels) for p in rows["image_path"].head(n)]  # noqa: E731
-    onnx = cfg.runtime == "onnxruntime" and u2netp_core(model) is not None
+    if cfg.runtime not in ("onnxruntime", "keras"):
+        raise ValueError(f"export.runtime {cfg.runtime!r} is not one of onnxruntime, keras")
+    onnx = cfg.runtime == "onnxruntime" and has_onnx_export(model)
     if cfg.runtime == "onnxruntime" and not onnx:
-        log.info("model %s has no ONNX export (U²-NetP only): it is served with Keras", model.name)
+        log.info("model %s has no ONNX export (a network of build_network has): it is served with Keras", model.name)
     with tempfile.TemporaryDirectory() as tmp:
         if onnx:
             f32 = Path(tmp) / "model_f32.onnx"

@@ -1,10 +1,11 @@
-"""ONNX export of a fine-tuned U²-NetP into rembg's own graph, checked against Keras.
+"""ONNX export of a trained network, checked against Keras.
 
-The Keras U²-NetP was built from rembg's ONNX graph (model/u2netp.py), conv by conv, so the export is
+The Keras U²-NetP was built from rembg's ONNX graph (model/u2netp.py), conv by conv, so its export is
 the exact inverse: the fine-tuned kernels and biases are written back into a copy of that graph. The
 served graph is then the one stock u2netp runs in rembg, with new weights: same operators, same speed,
-and rembg itself can load it (`u2net_custom`). Its height and width are symbolic: any size the network
-allows, the serving size and rembg's 320 alike.
+and rembg itself can load it (`u2net_custom`). The U-Net's graph is written layer by layer, each batch
+norm folded into its convolution. Both take what serving.runtime.preprocess gives (rembg's normalisation
+is outside the graph, as in rembg), and their height and width are symbolic: any size the network allows.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bgremoval.model.network import u2netp_core
+from bgremoval.model.network import u2netp_core, unet_core
 from bgremoval.model.u2netp import conv_names_in_forward_order
-from bgremoval.serving.runtime import OnnxSegmenter, preprocess, squash
+from bgremoval.serving.runtime import KerasSegmenter, OnnxSegmenter, preprocess, squash
 from bgremoval.weights import find_u2netp_onnx
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,86 @@ def export_u2netp(model, out: Path, template: Path | None) -> Path:
     return out
 
 
+def export_unet(model, out: Path) -> Path:
+    """Write the U-Net inside `model` (model/unet.py's layers, by name) as an ONNX graph: input 1 x 3 x height x
+    width (preprocess's), output 1 x 1 x height x width, the foreground probability."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    core = unet_core(model)
+    if core is None:
+        raise ExportError(f"model {model.name!r} has no U-Net of build_network inside")
+    nodes, weights = [], []
+
+    def node(op: str, inputs: list[str], name: str, **attrs) -> str:
+        nodes.append(helper.make_node(op, inputs, [name], name=name, **attrs))
+        return name
+
+    def const(name: str, value: np.ndarray) -> str:
+        weights.append(numpy_helper.from_array(np.ascontiguousarray(value, np.float32), name))
+        return name
+
+    def conv_bn_relu(x: str, block: str, i: int) -> str:
+        name, conv, bn = f"{block}_conv{i}", core.get_layer(f"{block}_conv{i}"), core.get_layer(f"{block}_bn{i}")
+        gamma, beta, mean, var = bn.get_weights()
+        scale = gamma / np.sqrt(var + bn.epsilon)  # the batch norm, folded into the convolution before it
+        kernel = conv.get_weights()
+        if len(kernel) == 2:  # separable: depthwise 3x3 (one filter per channel), then pointwise 1x1
+            depthwise, pointwise = kernel
+            x = node("Conv", [x, const(f"{name}.depthwise_weight", np.transpose(depthwise, (2, 3, 0, 1)))], f"{name}.depthwise",
+                     group=depthwise.shape[2], kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+            w, shape, pads = pointwise, [1, 1], [0, 0, 0, 0]
+        else:
+            (w,), shape, pads = kernel, [3, 3], [1, 1, 1, 1]
+        w = np.transpose(w, (3, 2, 0, 1)) * scale[:, None, None, None]  # HWIO -> OIHW
+        x = node("Conv", [x, const(f"{name}.weight", w), const(f"{name}.bias", beta - mean * scale)], f"{name}.conv",
+                 kernel_shape=shape, pads=pads)
+        return node("Relu", [x], f"{name}.relu")
+
+    def block(x: str, name: str) -> str:  # model/unet.py's _conv_block
+        return conv_bn_relu(conv_bn_relu(x, name, 0), name, 1)
+
+    levels = sum(layer.name.startswith("pool") for layer in core.layers)
+    x, skips = "image", []
+    for level in range(levels):
+        x = block(x, f"enc{level}")
+        skips.append(x)
+        x = node("MaxPool", [x], f"pool{level}", kernel_shape=[2, 2], strides=[2, 2])
+    x = block(x, "bottleneck")
+    scales = const("up.scales", np.array([1, 1, 2, 2], np.float32))
+    for level in reversed(range(levels)):
+        # Keras' bilinear UpSampling2D samples at half-pixel centres, clamped at the border: ONNX's half_pixel.
+        x = node("Resize", [x, "", scales], f"up{level}", mode="linear", coordinate_transformation_mode="half_pixel")
+        x = node("Concat", [x, skips[level]], f"skip{level}", axis=1)
+        x = block(x, f"dec{level}")
+    kernel, bias = core.get_layer("mask").get_weights()
+    x = node("Conv", [x, const("mask.weight", np.transpose(kernel, (3, 2, 0, 1))), const("mask.bias", bias)], "mask.conv",
+             kernel_shape=[1, 1])
+    node("Sigmoid", [x], "mask")
+    graph = helper.make_graph(nodes, "bgremoval_unet", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, "height", "width"])],
+                              [helper.make_tensor_value_info("mask", TensorProto.FLOAT, [1, 1, "height", "width"])], weights)
+    graph_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], producer_name="bgremoval",
+                                    ir_version=7)  # opset 13: the one int8 quantisation works in
+    onnx.checker.check_model(graph_model)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(graph_model, str(out))
+    return out
+
+
+def export_onnx(model, out: Path, template: Path | None) -> Path:
+    """The network's ONNX graph: U²-NetP into rembg's graph (template), a U-Net written layer by layer."""
+    if u2netp_core(model) is not None:
+        return export_u2netp(model, out, template)
+    if unet_core(model) is not None:
+        return export_unet(model, out)
+    raise ExportError(f"model {model.name!r} is neither U²-NetP nor a U-Net of build_network: it has no ONNX export")
+
+
+def has_onnx_export(model) -> bool:
+    return u2netp_core(model) is not None or unet_core(model) is not None
+
+
 @dataclass(frozen=True)
 class ExportCheck:
     """How far onnxruntime's fused probabilities are from Keras' on the same images, at one size."""
@@ -86,10 +167,10 @@ class ExportCheck:
 
 def compare(model, onnx_path: Path, size: int, images: list[np.ndarray], tolerance: float) -> ExportCheck:
     """Keras against onnxruntime on the images at `size`."""
-    seg = OnnxSegmenter(onnx_path, size)
+    seg, keras_seg = OnnxSegmenter(onnx_path, size), KerasSegmenter(model, size)
     diffs = []
     for image in images:
-        keras_prob = np.asarray(model.predict_on_batch(squash(image, size)[None]))[0, ..., 0]
+        keras_prob = np.asarray(keras_seg.forward(squash(image, size)[None]))[0, ..., 0]
         diffs.append(np.abs(keras_prob.astype(np.float64) - seg.probability(preprocess(image, size))).ravel())
     d = np.concatenate(diffs)
     return ExportCheck(size, float(d.max()), float(d.mean()), float((d > tolerance).mean()))
@@ -98,7 +179,7 @@ def compare(model, onnx_path: Path, size: int, images: list[np.ndarray], toleran
 def export_checked(model, out: Path, sizes: list[int], images: list[np.ndarray], tolerance: float,
                    template: Path | None) -> list[ExportCheck]:
     """Export, and check the one file against Keras at every size it may be served at; else ExportError."""
-    export_u2netp(model, out, template)
+    export_onnx(model, out, template)
     checks = [compare(model, out, size, images, tolerance) for size in sizes]
     for check in checks:
         if not check.passes():

@@ -74,7 +74,10 @@ def quantize_int8(f32: Path, out: Path, calibration: list[np.ndarray], size: int
         v13 = Path(tmp) / "opset13.onnx"  # per-channel DequantizeLinear needs opset 13; rembg's graph is 11
         onnx.save(version_converter.convert_version(onnx.load(str(f32)), 13), str(v13))
         pre = Path(tmp) / "pre.onnx"
-        quant_pre_process(str(v13), str(pre))
+        # onnxruntime's symbolic shape inference cannot follow the U-Net's Resize by scales (and, failing, leaves
+        # temporary files in the working directory): ONNX's own shape inference does for the graph export writes.
+        ours = onnx.load(str(v13), load_external_data=False).producer_name == "bgremoval"
+        quant_pre_process(str(v13), str(pre), skip_symbolic_shape=ours)
         name = onnx.load(str(pre)).graph.input[0].name
         batches = [preprocess(image, size) for image in calibration]
         keep = outlier_nodes(pre, batches, outlier_ratio) if np.isfinite(outlier_ratio) else []

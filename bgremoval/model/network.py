@@ -6,11 +6,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import keras
-from keras import layers, ops
 
 from bgremoval.model.u2netp import ENCODER_STAGES, pretrained_u2netp
 from bgremoval.model.unet import build_unet
-from bgremoval.serving.runtime import MEAN, STD
+from bgremoval.serving.keras_layers import RembgNormalize
 
 FAMILIES = ("u2netp", "unet")
 
@@ -25,25 +24,17 @@ class ModelConfig:
     onnx_path: str | None       # u2netp.onnx; None = the one inside the installed rembg wheel
 
 
-@keras.saving.register_keras_serializable(package="bgremoval")
-class RembgNormalize(layers.Layer):
-    """serving.runtime.preprocess inside the graph: divide by the image's max, then ImageNet mean/std."""
-
-    def call(self, x):
-        peak = ops.maximum(ops.max(x, axis=(1, 2, 3), keepdims=True), 1e-6)
-        return (x / peak - ops.convert_to_tensor(MEAN)) / ops.convert_to_tensor(STD)
-
-
 def build_network(cfg: ModelConfig) -> keras.Model:
-    """The network for [0, 1] RGB input of any size; U²-NetP returns [fused, side1..side6], the U-Net one mask."""
+    """The network for [0, 1] RGB input of any size; U²-NetP returns [fused, side1..side6], the U-Net one mask.
+    Both normalise their input as rembg does (RembgNormalize), so both serve from ONNX graphs that take
+    serving.runtime.preprocess's input."""
+    if cfg.family not in FAMILIES:
+        raise ValueError(f"model.family must be one of {FAMILIES}; got {cfg.family!r}")
+    inputs = keras.Input((None, None, 3), name="image")
+    normalized = RembgNormalize(name="rembg_normalize")(inputs)
     if cfg.family == "unet":
-        return build_unet(cfg.unet_filters, cfg.unet_separable)
-    if cfg.family == "u2netp":
-        net = pretrained_u2netp(cfg.onnx_path)
-        inputs = keras.Input((None, None, 3), name="image")
-        outputs = net(RembgNormalize(name="rembg_normalize")(inputs))
-        return keras.Model(inputs, list(outputs), name="u2netp_finetune")
-    raise ValueError(f"model.family must be one of {FAMILIES}; got {cfg.family!r}")
+        return keras.Model(inputs, build_unet(cfg.unet_filters, cfg.unet_separable)(normalized), name="unet_from_scratch")
+    return keras.Model(inputs, list(pretrained_u2netp(cfg.onnx_path)(normalized)), name="u2netp_finetune")
 
 
 def inference_model(network: keras.Model) -> keras.Model:
@@ -58,7 +49,8 @@ def encoder_layers(network: keras.Model) -> list[keras.layers.Layer]:
         # Layers are named after the PyTorch modules (stage3.rebnconv1, ...); decoder stages end in "d".
         stages = {name for name, _, _ in ENCODER_STAGES}
         return [l for l in network.get_layer("u2netp").layers if l.name.split(".")[0] in stages]
-    return [l for l in network.layers if l.name.startswith(("enc", "bottleneck"))]
+    body = unet_core(network) or network
+    return [l for l in body.layers if l.name.startswith(("enc", "bottleneck"))]
 
 
 def load_model(path: Path) -> keras.Model:
@@ -66,9 +58,16 @@ def load_model(path: Path) -> keras.Model:
     return keras.models.load_model(Path(path), compile=False)
 
 
+def _inner(model: keras.Model, name: str) -> keras.Model | None:
+    return next((layer for layer in getattr(model, "layers", []) if layer.name == name), None)
+
+
 def u2netp_core(model: keras.Model) -> keras.Model | None:
     """The U²-NetP sub-model inside a saved inference model (or the model itself); None for other networks."""
-    for layer in getattr(model, "layers", []):
-        if layer.name == "u2netp":
-            return layer
-    return model if model.name == "u2netp" else None
+    return _inner(model, "u2netp") or (model if model.name == "u2netp" else None)
+
+
+def unet_core(model: keras.Model) -> keras.Model | None:
+    """The U-Net inside a network build_network made (behind RembgNormalize); None for other networks, a bare
+    build_unet model included (its input is not normalised as ONNX serving feeds it)."""
+    return _inner(model, "unet")

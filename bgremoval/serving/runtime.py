@@ -1,7 +1,7 @@
 """How a network turns an image into a mask: preprocessing and the two runtimes a served model can use.
 
-onnxruntime serves U²-NetP (rembg's own graph with this project's weights); a network without an
-ONNX export (the from-scratch U-Net) runs in Keras, imported only then. Both take (H, W, 3) uint8
+onnxruntime serves the exported graphs (U²-NetP in rembg's own graph with this project's weights, the
+U-Net in its own); a .keras file (export.runtime: keras) runs in Keras, imported only then. Both take (H, W, 3) uint8
 and return the (H, W) foreground probability at the image's own size.
 """
 
@@ -102,6 +102,8 @@ class KerasSegmenter:
 
         import_tensorflow_quietly()
         import keras
+
+        import bgremoval.serving.keras_layers  # noqa: F401 - registers the layers the file may contain
 
         return cls(keras.models.load_model(Path(path), compile=False), size)
 
