@@ -26,6 +26,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from bgremoval.serving.keras_layers import ResizeLike
 from bgremoval.weights import WeightsError, find_u2netp_onnx
 
 log = logging.getLogger(__name__)
@@ -50,28 +51,8 @@ N_SIDES = len(ENCODER_STAGES)
 
 
 # --------------------------------------------------------------------------------------------
-# Model
+# Model (its one custom layer, ResizeLike, lives with serving's Keras runtime)
 # --------------------------------------------------------------------------------------------
-
-
-@keras.saving.register_keras_serializable(package="bgremoval")  # so saved .keras models load by name
-class ResizeLike(keras.layers.Layer):
-    """Bilinearly resize `x` to the spatial size of `reference` (PyTorch `_upsample_like`)."""
-
-    def call(self, x, reference):
-        # The ONNX graph uses Resize(mode=linear, coordinate_transformation_mode=pytorch_half_pixel)
-        # to a target *size*: src = (dst + 0.5) * in/out - 0.5, clamped at the border, no antialias.
-        # tf.image.resize(bilinear, antialias=False) is the same half-pixel-centre formula (with
-        # the same clamping), so non-integer ratios such as 3 -> 5 from ceil-mode pooling match too.
-        # tf.image.resize takes the size as a tensor: keras.ops.image.resize wants Python ints and
-        # fails when a traced predict function meets a second input size (dynamic shapes).
-        import tensorflow as tf
-
-        return tf.image.resize(x, tf.shape(reference)[1:3], method="bilinear", antialias=False)
-
-    def compute_output_shape(self, x_shape, reference_shape):
-        return (x_shape[0], reference_shape[1], reference_shape[2], x_shape[3])
-
 
 def _conv_relu(x: keras.KerasTensor, filters: int, dilation: int, name: str) -> keras.KerasTensor:
     """3x3 conv (BatchNorm already folded in) + ReLU, the REBNCONV unit."""
