@@ -33,7 +33,9 @@ def declared_params(stage: str, root: Path = Path(".")) -> dict[str, Any]:
     `dvc.api.params_show(stages=stage)` returns (tests/test_spec.py compares them), read without loading
     the whole DVC repo, which costs a stage about 3 s on 2 cores. Only the declared keys come back, so an
     undeclared read fails, and DVC re-runs the stage whenever one of them changes."""
-    load = lambda name: yaml.load((root / name).read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: E731
+    def load(name: str) -> dict:
+        return yaml.load((root / name).read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+
     declared = load("dvc.yaml")["stages"][stage].get("params", [])
     params, picked = load("params.yaml"), {}
     for key in declared:
@@ -65,5 +67,5 @@ def run(main: Callable[[], int]) -> None:
             raise
         print(f"{stage}: {exc}\n(BGREMOVAL_LOG_LEVEL=DEBUG shows the traceback)", file=sys.stderr)
         code = 1
-    stages.exit_status = code  # what the stage program exits with, past the interpreter's teardown
+    stages.exit_status = int(code or 0)  # what the stage program exits with, past the interpreter's teardown
     sys.exit(code)

@@ -137,7 +137,7 @@ def export_served(model, model_file: Path, val: pd.DataFrame, calibration: pd.Da
         raise ValueError(f"export.runtime {cfg.runtime!r} is not one of onnxruntime, keras")
     onnx = cfg.runtime == "onnxruntime" and has_onnx_export(model)
     if cfg.runtime == "onnxruntime" and not onnx:
-        log.info("model %s has no ONNX export (a network of build_network has): it is served with Keras", model.name)
+        log.info("model %s has no ONNX export (only networks build_network made have one): it is served with Keras", model.name)
     with tempfile.TemporaryDirectory() as tmp:
         if onnx:
             f32 = Path(tmp) / "model_f32.onnx"

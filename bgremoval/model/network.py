@@ -49,8 +49,8 @@ def encoder_layers(network: keras.Model) -> list[keras.layers.Layer]:
         # Layers are named after the PyTorch modules (stage3.rebnconv1, ...); decoder stages end in "d".
         stages = {name for name, _, _ in ENCODER_STAGES}
         return [l for l in network.get_layer("u2netp").layers if l.name.split(".")[0] in stages]
-    body = unet_core(network) or network
-    return [l for l in body.layers if l.name.startswith(("enc", "bottleneck"))]
+    body = unet_core(network)
+    return [l for l in (network if body is None else body).layers if l.name.startswith(("enc", "bottleneck"))]
 
 
 def load_model(path: Path) -> keras.Model:
@@ -64,7 +64,8 @@ def _inner(model: keras.Model, name: str) -> keras.Model | None:
 
 def u2netp_core(model: keras.Model) -> keras.Model | None:
     """The U²-NetP sub-model inside a saved inference model (or the model itself); None for other networks."""
-    return _inner(model, "u2netp") or (model if model.name == "u2netp" else None)
+    inner = _inner(model, "u2netp")
+    return inner if inner is not None else (model if model.name == "u2netp" else None)
 
 
 def unet_core(model: keras.Model) -> keras.Model | None:

@@ -1,8 +1,8 @@
 """How a network turns an image into a mask: preprocessing and the two runtimes a served model can use.
 
 onnxruntime serves the exported graphs (U²-NetP in rembg's own graph with this project's weights, the
-U-Net in its own); a .keras file (export.runtime: keras) runs in Keras, imported only then. Both take (H, W, 3) uint8
-and return the (H, W) foreground probability at the image's own size.
+U-Net in its own); a .keras file (export.runtime: keras) runs in Keras, imported only then. Both take
+(H, W, 3) uint8 and return the (H, W) foreground probability at the image's own size.
 """
 
 from __future__ import annotations
