@@ -7,6 +7,7 @@ import importlib.util
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -145,3 +146,25 @@ def test_speed_ratio_is_the_median_of_the_paired_rounds_not_a_ratio_of_medians(m
     a_ms, b_ms, ratio = speed.timed_pair(side, side, repeat=5, warmup=1)
     assert a_ms == pytest.approx(2.0) and b_ms == pytest.approx(2.0)  # medians of each side alone
     assert ratio == pytest.approx(2.0)  # round ratios 2, 2, 2, 0.5, 0.5; the ratio of the medians would be 1
+
+
+def test_edge_errors_measure_the_boundarys_distance_in_tolerances_of_boundary_f(monkeypatch):
+    edges = _script("edge_errors", monkeypatch)
+    from bgremoval.scoring.metrics import boundary_f
+
+    # A disc of radius 20, away from the photo's border (which counts as boundary); the diagonal is 141 px, so
+    # boundary F's tolerance is ceil(1.13) = 2 px. Predictions: discs 1, 3 and 9 px wider.
+    yy, xx = np.mgrid[:100, :100]
+    radius = np.hypot(yy - 50, xx - 50)
+    truth = radius <= 20
+    for grown, band in ((1, "within"), (3, "1-2x"), (9, "2x+")):
+        pred = radius <= 20 + grown
+        shares = edges.band_shares(edges.boundary_distances(pred, truth))
+        assert shares[band] == pytest.approx(1.0), (grown, shares)
+        # What boundary F counts as matched is exactly the "within" band.
+        assert (boundary_f(pred.astype(float), truth.astype(float)) > 0.9999) == (band == "within")
+    # A predicted mask that adds a far blob: its boundary pixels land in the far band, in proportion.
+    pred = truth.copy()
+    pred[5:15, 80:95] = True
+    shares = edges.band_shares(edges.boundary_distances(pred, truth))
+    assert 0 < shares["2x+"] < 0.5 and shares["within"] > 0.5 and sum(shares.values()) == pytest.approx(1.0)

@@ -320,7 +320,7 @@ def test_a_stage_ends_bad_input_with_its_message_not_a_traceback(capsys, monkeyp
     def main() -> int:
         from bgremoval.training.losses import make_loss
 
-        make_loss("nope", 1.0)  # a bad setting: the library says which and what the choices are
+        make_loss("nope", 1.0, 0.0, 3)  # a bad setting: the library says which and what the choices are
         return 0
 
     main.__module__ = "stages.train"

@@ -17,7 +17,7 @@ from bgremoval.training.fit import (
     Dice, IoU, ResumableEarlyStopping, checkpoint_epoch, clean_logs, compile_network, datasets, evaluate_val, fit,
     positive_weight, run_key, steps_per_epoch,
 )
-from bgremoval.training.losses import dice_loss, iou_loss, make_loss, weighted_bce
+from bgremoval.training.losses import dice_loss, edge_band, iou_loss, make_loss, weighted_bce
 from tests.helpers import model_config, skip_without_u2netp_weights, toy_shards, tracking_store, train_config
 
 Y_TRUE = np.array([1.0, 0.0], np.float32).reshape(1, 1, 2, 1)
@@ -26,8 +26,32 @@ Y_PRED = np.array([0.8, 0.4], np.float32).reshape(1, 1, 2, 1)
 
 def test_weighted_bce_by_hand():
     # pixels: -2*ln(0.8) = 0.4463, -ln(0.6) = 0.5108; mean 0.4786; mean weight (2 + 1) / 2 = 1.5
-    got = float(weighted_bce(2.0)(Y_TRUE, Y_PRED)[0])
+    got = float(weighted_bce(2.0, 0.0, 1)(Y_TRUE, Y_PRED)[0])
     assert got == pytest.approx((-2 * np.log(0.8) - np.log(0.6)) / 2 / 1.5, rel=1e-5)
+
+
+def test_edge_band_marks_the_pixels_near_the_true_edge():
+    mask = np.zeros((1, 9, 9, 1), np.float32)
+    mask[0, :, 4:] = 1.0  # a vertical edge between columns 3 and 4
+    band = np.asarray(edge_band(mask, 1))[0, :, :, 0]
+    assert (band[:, 3:5] == 1).all() and (band[:, :3] == 0).all() and (band[:, 5:] == 0).all()
+    assert (np.asarray(edge_band(mask, 2))[0, 0, :, 0] == [0, 0, 1, 1, 1, 1, 0, 0, 0]).all()
+    soft = mask * 0.5  # a soft mask's band counts its step
+    assert np.asarray(edge_band(soft, 1))[0, 0, 3, 0] == pytest.approx(0.5)
+
+
+def test_edge_weight_puts_the_loss_on_the_edges_errors():
+    # Two errors of the same size, one on the true edge, one far inside the background.
+    truth = np.zeros((1, 9, 9, 1), np.float32)
+    truth[0, :, 4:] = 1.0
+    at_edge, far = truth.copy(), truth.copy()
+    at_edge[0, 4, 3] = 1.0  # background pixel next to the edge predicted foreground
+    far[0, 4, 0] = 1.0  # background pixel three columns away predicted foreground
+    plain, edged = weighted_bce(1.0, 0.0, 1), weighted_bce(1.0, 4.0, 1)
+    assert float(plain(truth, at_edge)[0]) == pytest.approx(float(plain(truth, far)[0]), rel=1e-6)
+    assert float(edged(truth, at_edge)[0]) > 2 * float(edged(truth, far)[0])
+    # Perfect predictions cost nothing either way: the weights rescale errors, not add a floor.
+    assert float(edged(truth, truth)[0]) < 1e-4
 
 
 def test_dice_and_iou_losses_by_hand():
@@ -36,10 +60,15 @@ def test_dice_and_iou_losses_by_hand():
 
 
 def test_sum_loss_is_bce_plus_dice():
-    both = float(make_loss("bce_dice", 2.0)(Y_TRUE, Y_PRED)[0])
-    assert both == pytest.approx(float(weighted_bce(2.0)(Y_TRUE, Y_PRED)[0]) + float(dice_loss(Y_TRUE, Y_PRED)[0]), rel=1e-6)
+    both = float(make_loss("bce_dice", 2.0, 0.0, 3)(Y_TRUE, Y_PRED)[0])
+    assert both == pytest.approx(float(weighted_bce(2.0, 0.0, 3)(Y_TRUE, Y_PRED)[0]) + float(dice_loss(Y_TRUE, Y_PRED)[0]),
+                                 rel=1e-6)
     with pytest.raises(ValueError, match="train.loss"):
-        make_loss("focal", 1.0)
+        make_loss("focal", 1.0, 0.0, 3)
+    with pytest.raises(ValueError, match="train.edge_weight"):
+        make_loss("bce", 1.0, -1.0, 3)
+    with pytest.raises(ValueError, match="train.edge_band"):
+        make_loss("bce", 1.0, 2.0, 0)
 
 
 def test_iou_and_dice_metrics_by_hand():

@@ -35,6 +35,8 @@ class TrainConfig:
     patience: int  # early stopping on val IoU
     side_weight: float  # U²-NetP deep supervision: weight of each side output's loss
     pos_weight: float | str  # BCE weight of foreground pixels: a number, or "auto" (augment's bg/fg ratio)
+    edge_weight: float  # extra BCE weight of the pixels within edge_band of the true mask's edge (0: none)
+    edge_band: int  # in pixels at the training size
     # Share of the fine-tuned weights in the saved network, the rest the pretrained ones (WiSE-FT); with
     # several, each is scored on val and the best val IoU is kept. (1.0,) = the fine-tuned weights alone.
     blend: tuple[float, ...]
@@ -152,7 +154,7 @@ def compile_network(network: keras.Model, cfg: TrainConfig, pos_weight: float, s
         lr = cfg.learning_rate
     else:
         raise ValueError(f"train.schedule must be constant or cosine; got {cfg.schedule!r}")
-    loss = make_loss(cfg.loss, pos_weight)
+    loss = make_loss(cfg.loss, pos_weight, cfg.edge_weight, cfg.edge_band)
     n = len(network.outputs)
     metrics = [IoU(), keras.metrics.MeanAbsoluteError(name="mae"), Dice()]
     network.compile(
