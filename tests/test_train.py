@@ -69,6 +69,9 @@ def test_sum_loss_is_bce_plus_dice():
         make_loss("bce", 1.0, -1.0, 3)
     with pytest.raises(ValueError, match="train.edge_band"):
         make_loss("bce", 1.0, 2.0, 0)
+    with pytest.raises(ValueError, match="train.edge_weight weighs BCE"):
+        make_loss("iou", 1.0, 2.0, 3)
+    assert make_loss("iou", 1.0, 0.0, 3) is iou_loss  # without the edge weight, any loss
 
 
 def test_iou_and_dice_metrics_by_hand():

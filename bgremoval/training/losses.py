@@ -62,6 +62,9 @@ def make_loss(name: str, pos_weight: float, edge_weight: float, edge_band_px: in
         raise ValueError(f"train.edge_weight must be 0 or more; got {edge_weight!r}")
     if edge_weight > 0 and (isinstance(edge_band_px, bool) or int(edge_band_px) != edge_band_px or edge_band_px < 1):
         raise ValueError(f"train.edge_band must be a whole number of pixels, 1 or more; got {edge_band_px!r}")
+    if edge_weight > 0 and name not in ("bce", "bce_dice"):
+        raise ValueError(f"train.edge_weight weighs BCE's pixels; train.loss {name!r} has no BCE term: use bce or "
+                         "bce_dice, or set train.edge_weight to 0")
     bce = weighted_bce(pos_weight, edge_weight, int(edge_band_px))
     table = {
         "bce": bce,
