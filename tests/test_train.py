@@ -28,6 +28,10 @@ def test_weighted_bce_by_hand():
     # pixels: -2*ln(0.8) = 0.4463, -ln(0.6) = 0.5108; mean 0.4786; mean weight (2 + 1) / 2 = 1.5
     got = float(weighted_bce(2.0, 0.0, 1)(Y_TRUE, Y_PRED)[0])
     assert got == pytest.approx((-2 * np.log(0.8) - np.log(0.6)) / 2 / 1.5, rel=1e-5)
+    # A soft target (a resized edge): pos_weight weighs its foreground term alone, -(2 * 0.5 ln 0.8 + 0.5 ln 0.2).
+    half, pred = np.full((1, 1, 1, 1), 0.5, np.float32), np.full((1, 1, 1, 1), 0.8, np.float32)
+    soft = float(weighted_bce(2.0, 0.0, 1)(half, pred)[0])
+    assert soft == pytest.approx(-(np.log(0.8) + 0.5 * np.log(0.2)) / 1.5, rel=1e-5)
 
 
 def test_edge_band_marks_the_pixels_near_the_true_edge():

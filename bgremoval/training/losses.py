@@ -26,10 +26,11 @@ def weighted_bce(pos_weight: float, edge_weight: float, band: int) -> Callable:
 
     def loss(y_true, y_pred):
         p = ops.clip(y_pred, _EPS, 1 - _EPS)
+        per_pixel = -(pos_weight * y_true * ops.log(p) + (1 - y_true) * ops.log(1 - p))
         weight = pos_weight * y_true + (1 - y_true)
         if edge_weight > 0:
-            weight = weight * (1 + edge_weight * edge_band(y_true, band))
-        per_pixel = -weight * (y_true * ops.log(p) + (1 - y_true) * ops.log(1 - p))
+            near_edge = 1 + edge_weight * edge_band(y_true, band)
+            per_pixel, weight = per_pixel * near_edge, weight * near_edge
         # Normalise by the mean weight so the weights change the balance, not the loss scale.
         return ops.mean(per_pixel, axis=(1, 2, 3)) / ops.mean(weight, axis=(1, 2, 3))
 
