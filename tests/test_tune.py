@@ -4,7 +4,9 @@ worker's trial is retried, and a two-objective study trades val quality against 
 from __future__ import annotations
 
 import copy
+import json
 import time
+import warnings
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,8 +22,8 @@ from bgremoval.training import tune, tune_job
 from bgremoval.training.callbacks import EpochLogger
 from bgremoval.training.fit import clean_logs, datasets, evaluate_val, fit
 from bgremoval.training.tune import (
-    DONE, PruneOnMetric, StudyConfig, apply_overrides, best_params, count, log_study, make_pruner, open_study, optimise,
-    pareto_front, pick, queue_each_choice, suggest, tuned_section, write_plots,
+    DONE, PruneOnMetric, StudyConfig, apply_overrides, best_params, count, declared, log_study, make_pruner, open_study,
+    optimise, pareto_front, pick, queue_each_choice, suggest, tuned_section, write_plots,
 )
 from bgremoval.training.tune_job import STORAGE_ENV, TuneJob
 from tests.helpers import PARAMS, model_config, skip_without_u2netp_weights, toy_shards, tracking_store, train_config
@@ -103,6 +105,12 @@ def test_suggest_reads_the_declared_space():
     assert values["train.freeze_epochs"] in (0, 1, 2)
     with pytest.raises(ValueError, match="tune.space.train.x: type must be"):
         suggest(study.ask(), {"train.x": {"type": "uniform"}})
+    # List choices (a U-Net's filters) come back as lists, with no warning from Optuna about their type.
+    filters = {"model.unet_filters": {"type": "categorical", "choices": [[8, 16], [16, 32, 64]]}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        drawn = [suggest(study.ask(), filters)["model.unet_filters"] for _ in range(6)]
+    assert all(d in ([8, 16], [16, 32, 64]) for d in drawn)
     with pytest.raises(ValueError, match="no such setting"):
         apply_overrides("train", TRAIN, {"train.learning_rte": 1.0})
     # Only what training decides is searched: the serving set-up is chosen by export, on val.
@@ -504,16 +512,21 @@ def test_a_two_objective_study_times_each_trials_network_and_logs_its_front(tmp_
     tracking.configure(mlflow_db, "tune-pareto")
     with tracking.run(run_id=job.parent_run_id(study)) as parent:
         optimise(study, job.cfg, space, job.train_one, progress=False)
-        best = best_params(study, 1.0)  # any loss allowed: the fastest front trial
+        best = best_params(study, 1.0, space)  # any loss allowed: the fastest front trial
         log_study(study, best, job.cfg.metric, tmp_path / "plots")
     trials = study.get_trials(states=DONE)
     assert len(trials) == 3 and len(study.directions) == 2
-    assert [t.params["model.unet_filters"] for t in trials[:2]] == [SMALL, LARGE]  # each size tried
+    # The study stores each network size as its JSON text; best_params gives them back as params.yaml has them.
+    assert [t.params["model.unet_filters"] for t in trials[:2]] == [json.dumps(SMALL), json.dumps(LARGE)]
+    assert [declared(space, t.params)["model.unet_filters"] for t in trials[:2]] == [SMALL, LARGE]  # each size tried
+    assert best["params"]["model.unet_filters"] in (SMALL, LARGE)
+    assert all(t["params"]["model.unet_filters"] in (SMALL, LARGE) for t in best["pareto_front"])
 
     # Each trial's own network was timed, at the largest of export.sizes, and that time is its second objective.
     n_params = {len(f): inference_model(build_network(model_config(family="unet", unet_filters=f))).count_params()
                 for f in (SMALL, LARGE)}
-    assert [(p, s) for p, s, _ in timed] == [(n_params[len(t.params["model.unet_filters"])], 48) for t in trials]
+    assert [(p, s) for p, s, _ in timed] == [(n_params[len(declared(space, t.params)["model.unet_filters"])], 48)
+                                             for t in trials]
     assert [t.values[1] for t in trials] == [ms for _, _, ms in timed]
     assert timed[1][2] > timed[0][2]  # about 100 x the multiply-adds
 
@@ -525,7 +538,9 @@ def test_a_two_objective_study_times_each_trials_network_and_logs_its_front(tmp_
         assert metrics["objective"] == pytest.approx(t.values[0])
         assert len(mlflow.MlflowClient().get_metric_history(runs[t.number].info.run_id, "val/iou")) == 1
     assert best["latency_ms"] == min(t["latency_ms"] for t in best["pareto_front"])
-    assert {p.name for p in (tmp_path / "plots").iterdir()} == {"optimization_history.html", "pareto_front.html"}
+    # Stored as text, the network size can be ranked too: all three plots.
+    assert {p.name for p in (tmp_path / "plots").iterdir()} == {"optimization_history.html", "param_importances.html",
+                                                                "pareto_front.html"}
     assert {"pareto_front.json", "pareto_front.html"} <= {
         a.path for a in mlflow.MlflowClient().list_artifacts(parent.info.run_id)}
     assert mlflow.get_run(parent.info.run_id).data.metrics["best/ms_per_image"] == best["latency_ms"]

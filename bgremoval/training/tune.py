@@ -50,6 +50,21 @@ class StudyConfig:
 SEARCHABLE = ("model.", "train.")
 
 
+def _stored(choice: Any) -> Any:
+    """A categorical choice as the study stores it: None, bools, numbers and strings as they are, anything else
+    (a list, such as a U-Net's filters) as its JSON text, which every Optuna storage keeps and compares."""
+    return choice if choice is None or isinstance(choice, (bool, int, float, str)) else json.dumps(choice)
+
+
+def declared(space: dict[str, dict[str, Any]], params: dict[str, Any]) -> dict[str, Any]:
+    """A trial's params with each categorical value back as the choice params.yaml declares (a list again)."""
+    values = dict(params)
+    for key, spec in space.items():
+        if spec.get("type") == "categorical" and key in values:
+            values[key] = next((c for c in spec["choices"] if _stored(c) == values[key]), values[key])
+    return values
+
+
 def suggest(trial: optuna.Trial, space: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Draw one value per dotted key of the declared space (float / int / categorical)."""
     values = {}
@@ -64,7 +79,8 @@ def suggest(trial: optuna.Trial, space: dict[str, dict[str, Any]]) -> dict[str, 
         elif kind == "int":
             values[key] = trial.suggest_int(key, int(spec["low"]), int(spec["high"]), log=bool(spec.get("log", False)))
         elif kind == "categorical":
-            values[key] = trial.suggest_categorical(key, list(spec["choices"]))
+            drawn = trial.suggest_categorical(key, [_stored(c) for c in spec["choices"]])
+            values[key] = declared({key: spec}, {key: drawn})[key]
         else:
             raise ValueError(f"tune.space.{key}: type must be float, int or categorical; got {kind!r}")
     return values
@@ -197,7 +213,7 @@ def queue_each_choice(study: optuna.Study, space: dict[str, dict[str, Any]], key
             return 0
         n = min(max(len(space[key]["choices"]) for key in keys), n_trials)
         for i in range(n):
-            study.enqueue_trial({key: space[key]["choices"][i % len(space[key]["choices"])] for key in keys})
+            study.enqueue_trial({key: _stored(space[key]["choices"][i % len(space[key]["choices"])]) for key in keys})
     log.info("study %s: the first %d trials try each choice of %s", study.study_name, n, ", ".join(keys))
     return n
 
@@ -355,20 +371,24 @@ def pick(front: list[optuna.trial.FrozenTrial], max_metric_loss: float) -> optun
     return min(good, key=lambda t: (t.values[1], -t.values[0], t.number))
 
 
-def best_params(study: optuna.Study, max_metric_loss: float = 0.0) -> dict[str, Any]:
-    """The chosen complete trial's values, number and metric (and, with two objectives, its latency and the front)."""
+def best_params(study: optuna.Study, max_metric_loss: float = 0.0,
+                space: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The chosen complete trial's values, number and metric (and, with two objectives, its latency and the front);
+    with the search space, its categorical values as declared there."""
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if not complete:
         raise RuntimeError(f"study {study.study_name} has no complete trial; see its failed trials' errors in MLflow")
+    as_declared = lambda t: declared(space or {}, t.params)  # noqa: E731
     if len(study.directions) == 1:
         best = study.best_trial
-        return {"params": best.params, "value": best.value, "trial": best.number, "study": study.study_name}
+        return {"params": as_declared(best), "value": best.value, "trial": best.number, "study": study.study_name}
     front = pareto_front(study)
     best = pick(front, max_metric_loss)
     return {
-        "params": best.params, "value": best.values[0], "latency_ms": best.values[1], "trial": best.number,
+        "params": as_declared(best), "value": best.values[0], "latency_ms": best.values[1], "trial": best.number,
         "study": study.study_name, "max_metric_loss": max_metric_loss,
-        "pareto_front": [{"trial": t.number, "value": t.values[0], "latency_ms": t.values[1], "params": t.params} for t in front],
+        "pareto_front": [{"trial": t.number, "value": t.values[0], "latency_ms": t.values[1], "params": as_declared(t)}
+                         for t in front],
     }
 
 
@@ -407,8 +427,8 @@ def write_plots(study: optuna.Study, out_dir: Path, metric: str = "metric") -> l
                 figure = plot(study)
             figure.write_html(str(path), include_plotlyjs=True)  # self-contained: opens offline
             written.append(path)
-        # TypeError: Optuna's importance evaluators hash each distribution, and a list-valued choice
-        # (model.unet_filters: [[16, 32, 64], ...]) is unhashable.
+        # TypeError: Optuna's importance evaluators hash each distribution, and a choice stored as a list (in a
+        # study whose trials were not drawn by suggest, which stores lists as their JSON text) is unhashable.
         except (ValueError, RuntimeError, TypeError) as exc:
             log.warning("no %s plot: %s", name, exc)
     return written
