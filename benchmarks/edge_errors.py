@@ -17,7 +17,6 @@ and stock U²-Net (`make u2net`), on the first --limit held-out photos (all by d
 from __future__ import annotations
 
 import argparse
-import inspect
 import os
 import sys
 from pathlib import Path
@@ -28,26 +27,21 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-
 import yaml  # noqa: E402
 
-from bgremoval.scoring.metrics import HEADLINE, boundary_f  # noqa: E402
+from bgremoval.scoring.metrics import HEADLINE, boundary_pixels, boundary_radius  # noqa: E402
 
-BANDS = (("within", 0.0, 1.0), ("1-2x", 1.0, 2.0), ("2x+", 2.0, np.inf))
-TOLERANCE = inspect.signature(boundary_f).parameters["tolerance"].default  # a share of the diagonal
+BANDS = (("within", 1.0), ("1-2x", 2.0), ("2x+", np.inf))  # each band's upper end, in tolerances
 
 
 def boundary_distances(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
     """Each predicted boundary pixel's distance to the true boundary, in tolerances (both masks boolean)."""
     from scipy import ndimage
 
-    from bgremoval.scoring.metrics import _boundary
-
-    p, t = _boundary(pred), _boundary(truth)
+    p, t = boundary_pixels(pred), boundary_pixels(truth)
     if not p.any() or not t.any():
         return np.zeros(0)
-    tolerance = max(1, int(np.ceil(TOLERANCE * np.hypot(*truth.shape))))
-    return ndimage.distance_transform_edt(~t)[p] / tolerance
+    return ndimage.distance_transform_edt(~t)[p] / boundary_radius(truth.shape)
 
 
 def band_shares(distances: np.ndarray) -> dict[str, float]:
@@ -55,7 +49,7 @@ def band_shares(distances: np.ndarray) -> dict[str, float]:
     it, as boundary F's disk includes its radius)."""
     n = max(1, len(distances))
     shares, lower = {}, -1.0
-    for name, _, upper in BANDS:
+    for name, upper in BANDS:
         shares[name] = float(((distances > lower) & (distances <= upper)).sum() / n)
         lower = upper
     return shares

@@ -33,7 +33,7 @@ def main() -> int:
     tracking.configure(params["mlflow"]["tracking_uri"], params["mlflow"]["experiment"])
     with tracking.run(run_id=job.parent_run_id(study)):  # a resumed or shared study logs into one parent
         optimise(study, job.cfg, tune["space"], job.train_one)
-        best = best_params(study, float(tune["max_metric_loss"]), tune["space"])
+        best = best_params(study, tune["space"], float(tune["max_metric_loss"]))
         log_study(study, best, job.cfg.metric, Path(paths["reports"]) / "tune")
 
     best["apply"] = {k: v for k, v in best["params"].items() if k in tune["apply"]}

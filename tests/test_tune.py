@@ -160,7 +160,7 @@ def test_study_logs_nested_runs_and_prunes(tmp_path, mlflow_db):
         assert {"train.learning_rate", "train.loss"} <= set(run.data.params)
         assert len(client.get_metric_history(run.info.run_id, "val/iou")) == 2  # pruned after its second epoch
     with pytest.raises(RuntimeError, match="no complete trial"):
-        best_params(study)
+        best_params(study, SPACE)
 
 
 def test_a_missing_metric_fails_the_trial_with_the_names_there_are():
@@ -217,7 +217,7 @@ def test_interrupted_study_continues_without_rerunning_finished_trials(tmp_path,
     assert count(study, DONE) == 3
     assert {t.number: t.params for t in study.get_trials(states=DONE)}[0] == finished[0]  # kept, not re-run
     assert 0 not in calls[2:]  # the second run did not call trial 0 again
-    best = best_params(study)
+    best = best_params(study, SPACE)
     top = max(study.get_trials(states=DONE), key=lambda t: t.value)
     assert best["study"] == "resume" and best["trial"] == top.number and best["value"] == top.value
     assert best["params"] == top.params
@@ -291,7 +291,7 @@ def test_the_trade_off_is_the_fastest_front_trial_within_the_allowed_metric_loss
     assert pick(front, 0.06).number == 2
     with pytest.raises(ValueError, match="empty"):
         pick([], 0.0)
-    best = best_params(study, 0.01)
+    best = best_params(study, {}, 0.01)
     assert best["trial"] == 1 and best["latency_ms"] == 150.0 and best["value"] == 0.895
     assert best["params"] == {"train.batch_size": 3}
     assert [t["trial"] for t in best["pareto_front"]] == [2, 1, 0]
@@ -303,7 +303,7 @@ def test_the_trade_off_is_the_fastest_front_trial_within_the_allowed_metric_loss
 
 def test_log_study_records_the_chosen_trial_the_counts_the_front_and_the_plots(tmp_path, mlflow_db):
     study = _two_objective_study([(0.90, 240.0), (0.895, 150.0), (0.85, 90.0), (0.88, 200.0)])
-    best = best_params(study, 0.01)
+    best = best_params(study, {}, 0.01)
     tracking.configure(mlflow_db, "tune-log")
     with mlflow.start_run() as run:
         log_study(study, best, "val/iou", tmp_path / "plots")
@@ -512,7 +512,7 @@ def test_a_two_objective_study_times_each_trials_network_and_logs_its_front(tmp_
     tracking.configure(mlflow_db, "tune-pareto")
     with tracking.run(run_id=job.parent_run_id(study)) as parent:
         optimise(study, job.cfg, space, job.train_one, progress=False)
-        best = best_params(study, 1.0, space)  # any loss allowed: the fastest front trial
+        best = best_params(study, space, 1.0)  # any loss allowed: the fastest front trial
         log_study(study, best, job.cfg.metric, tmp_path / "plots")
     trials = study.get_trials(states=DONE)
     assert len(trials) == 3 and len(study.directions) == 2

@@ -59,19 +59,28 @@ def iou_dice(pred: np.ndarray, gt: np.ndarray, threshold: float = 0.5) -> tuple[
     return float(inter / union), float(2 * inter / total)
 
 
-def _boundary(mask: np.ndarray) -> np.ndarray:
+BOUNDARY_TOLERANCE = 0.008  # boundary F's match distance, as a share of the image's diagonal
+
+
+def boundary_pixels(mask: np.ndarray) -> np.ndarray:
     """Pixels of the mask that touch the background (4-neighbourhood)."""
     return mask & ~ndimage.binary_erosion(mask, border_value=0)
 
 
-def boundary_f(pred: np.ndarray, gt: np.ndarray, tolerance: float = 0.008, threshold: float = 0.5) -> float:
+def boundary_radius(shape: tuple[int, ...], tolerance: float = BOUNDARY_TOLERANCE) -> int:
+    """Boundary F's match distance in pixels for an image of this shape: tolerance x its diagonal, at least 1."""
+    return max(1, int(np.ceil(tolerance * np.hypot(*shape[:2]))))
+
+
+def boundary_f(pred: np.ndarray, gt: np.ndarray, tolerance: float = BOUNDARY_TOLERANCE,
+               threshold: float = 0.5) -> float:
     """F-score of boundary pixels matched within tolerance x image diagonal (the DAVIS F measure)."""
-    p, t = _boundary(np.asarray(pred) >= threshold), _boundary(_binary(gt))
+    p, t = boundary_pixels(np.asarray(pred) >= threshold), boundary_pixels(_binary(gt))
     if not p.any() and not t.any():
         return 1.0
     if not p.any() or not t.any():
         return 0.0
-    radius = max(1, int(np.ceil(tolerance * np.hypot(*p.shape))))
+    radius = boundary_radius(p.shape, tolerance)
     disk = np.hypot(*np.mgrid[-radius : radius + 1, -radius : radius + 1]) <= radius
     precision = (p & ndimage.binary_dilation(t, disk)).sum() / p.sum()
     recall = (t & ndimage.binary_dilation(p, disk)).sum() / t.sum()

@@ -371,14 +371,13 @@ def pick(front: list[optuna.trial.FrozenTrial], max_metric_loss: float) -> optun
     return min(good, key=lambda t: (t.values[1], -t.values[0], t.number))
 
 
-def best_params(study: optuna.Study, max_metric_loss: float = 0.0,
-                space: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
-    """The chosen complete trial's values, number and metric (and, with two objectives, its latency and the front);
-    with the search space, its categorical values as declared there."""
+def best_params(study: optuna.Study, space: dict[str, dict[str, Any]], max_metric_loss: float = 0.0) -> dict[str, Any]:
+    """The chosen complete trial's values (categorical ones as the space declares them), number and metric (and,
+    with two objectives, its latency and the front)."""
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if not complete:
         raise RuntimeError(f"study {study.study_name} has no complete trial; see its failed trials' errors in MLflow")
-    as_declared = lambda t: declared(space or {}, t.params)  # noqa: E731
+    as_declared = lambda t: declared(space, t.params)  # noqa: E731
     if len(study.directions) == 1:
         best = study.best_trial
         return {"params": as_declared(best), "value": best.value, "trial": best.number, "study": study.study_name}
