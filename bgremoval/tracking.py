@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 _owner: str | None = None  # the run `mlflow run` made for this process tree, if any
 _experiment: str | None = None  # the experiment configure() chose for this process
+_store: str | None = None  # the tracking URI configure() chose it in
 
 
 def configure(default_uri: str, experiment: str) -> str:
@@ -29,7 +30,7 @@ def configure(default_uri: str, experiment: str) -> str:
     to: the one of the run `mlflow run` owns, else `experiment`."""
     import mlflow
 
-    global _owner, _experiment
+    global _owner, _experiment, _store
     uri = os.environ.get("MLFLOW_TRACKING_URI") or default_uri
     mlflow.set_tracking_uri(uri)
     # MLflow would resume the owner run for any start_run() without a run id: take it out of the environment.
@@ -39,7 +40,7 @@ def configure(default_uri: str, experiment: str) -> str:
         exp = mlflow.set_experiment(experiment_id=mlflow.get_run(_owner).info.experiment_id)
     else:
         exp = _racing(lambda: mlflow.set_experiment(experiment), f"experiment {experiment}")
-    _experiment = exp.experiment_id
+    _experiment, _store = exp.experiment_id, mlflow.get_tracking_uri()
     if exp.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:
         _racing(lambda: mlflow.MlflowClient().set_experiment_tag(exp.experiment_id, *EXPERIMENT_KIND),
                 f"experiment tag {EXPERIMENT_KIND[0]}")
@@ -55,14 +56,16 @@ def run(name: str | None = None, run_id: str | None = None) -> Iterator:
 
     if run_id:
         home = mlflow.get_run(run_id).info.experiment_id
-        if home != _experiment:
+        # configure()'s experiment, unless MLflow was pointed at another store since: its ids are not this one's.
+        back = _experiment if _store == mlflow.get_tracking_uri() else None
+        if home != back:
             mlflow.set_experiment(experiment_id=home)
         try:
             with mlflow.start_run(run_id=run_id) as active:
                 yield active
         finally:  # later runs of this process go where configure() sent them
-            if _experiment and home != _experiment:
-                mlflow.set_experiment(experiment_id=_experiment)
+            if back and home != back:
+                mlflow.set_experiment(experiment_id=back)
     else:
         with mlflow.start_run(run_name=name, parent_run_id=_owner) as active:
             yield active

@@ -74,3 +74,17 @@ def test_a_later_stage_reopens_a_run_of_another_experiment(mlflow_uri):
         assert client.get_run(later.info.run_id).info.experiment_id == elsewhere
     assert reopened.data.metrics["test/max_f"] == 0.9 and reopened.info.status == "FINISHED"
     assert reopened.info.experiment_id != elsewhere
+
+
+def test_a_run_is_reopened_in_a_store_other_than_the_one_configured(mlflow_uri, tmp_path):
+    """configure() chose an experiment in one store; MLflow now points at another (a library caller's own):
+    reopening a run there must not send later runs to an experiment id of the first store."""
+    with tracking_store(mlflow_uri) as uri:
+        tracking.configure(uri, "configured-first")
+    with tracking_store(f"sqlite:///{tmp_path / 'other.db'}"):
+        mlflow.set_experiment("a-callers-own")
+        with mlflow.start_run() as made:
+            pass
+        with tracking.run(run_id=made.info.run_id):
+            mlflow.log_metric("test/max_f", 0.8)
+        assert mlflow.MlflowClient().get_run(made.info.run_id).data.metrics["test/max_f"] == 0.8
