@@ -87,4 +87,7 @@ def test_a_run_is_reopened_in_a_store_other_than_the_one_configured(mlflow_uri, 
             pass
         with tracking.run(run_id=made.info.run_id):
             mlflow.log_metric("test/max_f", 0.8)
+        with mlflow.start_run() as later:  # the caller's next run stays in the caller's experiment
+            pass
         assert mlflow.MlflowClient().get_run(made.info.run_id).data.metrics["test/max_f"] == 0.8
+        assert later.info.experiment_id == made.info.experiment_id

@@ -553,7 +553,7 @@ def test_a_u2netp_trial_scores_the_blend_train_would_save(tmp_path, shards, mlfl
     params = _job_params(tmp_path, shards, n_trials=1, space={"train.learning_rate": SPACE["train.learning_rate"]},
                          steps_per_epoch=1)
     params["model"]["family"] = "u2netp"
-    # Eagerly: tracing U²-NetP's graph for two steps costs most of a minute and is not what is tested here
+    # Eagerly: tracing U²-NetP's graph for its one step costs most of a minute and is not what is tested here
     # (tests/test_train.py trains it in graph mode).
     params["train"] |= {"batch_size": 4, "blend": [0.0, 1.0], "run_eagerly": True}
     job = TuneJob.from_params(params)
