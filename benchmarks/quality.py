@@ -4,7 +4,7 @@ Photos of a folder are held out, the whole pipeline runs on the rest, and then t
 against stock U²-NetP and U²-Net on the held-out photos.
 
     python benchmarks/quality.py FOLDER --holdout 150 [--group-pattern REGEX] [--seed 0] [--workdir DIR]
-                                 [--set KEY=VALUE ...] [--score-only] [--require-beats u2net]
+                                 [--set KEY=VALUE ...] [--fit-holdout] [--score-only] [--require-beats u2net]
 
 1. Held out: --holdout photos of FOLDER (images/ and masks/, paired by base name), drawn with --seed. With
    --group-pattern (a regex whose first capture group names a file's group, e.g. '^(.*)_\\d+$' for the
@@ -23,6 +23,11 @@ against stock U²-NetP and U²-Net on the held-out photos.
                     champion's lead over this row is what fine-tuning added to what serving alone gives
    One table (MAE, max F, IoU, boundary F, file size, median ms per image on this machine), the same as
    WORKDIR/quality.json, and a few held-out cut-outs in WORKDIR/quality_cutouts.png.
+
+--fit-holdout measures a ceiling, not a result: the held-out photos go into the pipeline's train split as well
+(WORKDIR/splits.csv as prepare.split_file; its other pairs are split as usual, val and test never hold a held-out
+photo), so the champion is scored on photos it was trained on. What it reaches there bounds what more labelled
+photos of the kind, or a better teacher's masks of them, could give the same network in the same training budget.
 
 --score-only scores an existing WORKDIR again (no pipeline). --require-beats NAME exits 1 unless the champion
 beats that row on every headline metric, naming each where it does not.
@@ -52,6 +57,7 @@ from bgremoval.scoring.metrics import HEADLINE, HIGHER_IS_BETTER  # noqa: E402
 
 PROFILE = ROOT / "benchmarks" / "real_data_profile.yaml"
 HOLDOUT = "holdout.csv"
+SPLITS = "splits.csv"  # --fit-holdout's prepare.split_file
 REPORT = "quality.json"
 PICTURE = "quality_cutouts.png"
 ROWS = {
@@ -108,10 +114,13 @@ def complete_pairs(folder: Path) -> tuple[pd.DataFrame, list[Path]]:
 
 
 def split_folder(folder: Path, workdir: Path, n: int, seed: int, group_pattern: str | None,
-                 labelled: int | None = None, rest_unlabelled: bool = False) -> pd.DataFrame:
+                 labelled: int | None = None, rest_unlabelled: bool = False,
+                 fit_holdout: dict[str, float] | None = None) -> pd.DataFrame:
     """Write WORKDIR/holdout.csv and copy every other file into WORKDIR/data/images|masks; the held-out rows.
     With `labelled`, only that many of the pipeline's pairs (drawn with the seed) keep their masks; the photos
-    of the others go to WORKDIR/unlabelled/images with `rest_unlabelled`, else nowhere."""
+    of the others go to WORKDIR/unlabelled/images with `rest_unlabelled`, else nowhere. With `fit_holdout`
+    (the pipeline's split fractions), the held-out pairs are copied too and WORKDIR/splits.csv puts them in
+    train, the others split by those fractions."""
     pairs, orphans = complete_pairs(folder)
     names = held_out(pairs["name"].tolist(), n, seed, group_pattern)
     holdout = pairs[pairs["name"].isin(names)].reset_index(drop=True)
@@ -128,12 +137,30 @@ def split_folder(folder: Path, workdir: Path, n: int, seed: int, group_pattern: 
                 shutil.copy2(path, workdir / "unlabelled" / "images" / path.name)
         print(f"{len(rest)} labelled pairs; {len(unlabelled)} more photos "
               + ("given without masks (prepare.unlabelled)" if rest_unlabelled else "left out"))
-    for path in [*map(Path, rest["image_path"]), *map(Path, rest["mask_path"]), *orphans]:
+    given = pd.concat([rest, holdout]) if fit_holdout is not None else rest
+    for path in [*map(Path, given["image_path"]), *map(Path, given["mask_path"]), *orphans]:
         shutil.copy2(path, data / path.parent.name / path.name)  # orphans too: validate reports them as it would
     holdout.to_csv(workdir / HOLDOUT, index=False)
     how = f"whole groups of {group_pattern!r}" if group_pattern else "photos"
+    if fit_holdout is not None:
+        fit_splits(rest, holdout, fit_holdout, seed, group_pattern).to_csv(workdir / SPLITS, index=False)
+        print(f"held out {len(holdout)} of {len(pairs)} pairs ({how}, seed {seed}) and given to the pipeline's train "
+              f"split as well (--fit-holdout: a ceiling); the pipeline gets {len(given)}")
+        return holdout
     print(f"held out {len(holdout)} of {len(pairs)} pairs ({how}, seed {seed}); the pipeline gets the other {len(rest)}")
     return holdout
+
+
+def fit_splits(rest: pd.DataFrame, holdout: pd.DataFrame, fractions: dict[str, float], seed: int,
+               group_pattern: str | None) -> pd.DataFrame:
+    """name,split for --fit-holdout: the held-out names in train, the pipeline's other pairs split by the
+    fractions (whole groups with a pattern), so val and test hold no held-out photo."""
+    from bgremoval.data.split import assign_groups, split_groups
+
+    names = rest["name"].reset_index(drop=True)
+    groups = assign_groups(names, group_pattern) if group_pattern else names
+    table = pd.DataFrame({"name": names, "split": split_groups(groups, fractions, seed)})
+    return pd.concat([table, pd.DataFrame({"name": holdout["name"], "split": "train"})], ignore_index=True)
 
 
 # --- 2. the pipeline ---------------------------------------------------------------------------------------
@@ -334,6 +361,8 @@ def main() -> None:
                         help="with --labelled: give the other photos to the pipeline without masks (prepare.unlabelled)")
     parser.add_argument("--reference", type=Path, default=None, metavar="FOLDER",
                         help="photos of other kinds with masks (prepare.reference): the gate's guard against forgetting")
+    parser.add_argument("--fit-holdout", action="store_true",
+                        help="a ceiling: the held-out photos go into the pipeline's train split too")
     parser.add_argument("--score-only", action="store_true", help="score an existing --workdir again")
     parser.add_argument("--require-beats", choices=[r for r in ROWS if r != "champion"], default=None,
                         help="exit 1 unless the champion beats this row on every headline metric")
@@ -362,9 +391,18 @@ def main() -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         if args.group_pattern and "prepare.group_pattern" not in overrides:
             overrides["prepare.group_pattern"] = args.group_pattern  # the pipeline's own splits keep groups whole too
+        fractions = None
+        if args.fit_holdout:
+            if args.labelled is not None:
+                parser.error("--fit-holdout measures a ceiling with every label; leave out --labelled")
+            fractions = (overrides.get("prepare.splits")
+                         or yaml.safe_load((ROOT / "params.yaml").read_text())["prepare"]["splits"])
+            overrides["prepare.split_file"] = str(workdir / SPLITS)
+            # train holds the held-out photos on top of its share: the split check of validate would refuse it
+            overrides.setdefault("validate.split_tolerance", 1.0)
         try:
             holdout = split_folder(args.folder.resolve(), workdir, args.holdout, args.seed, args.group_pattern,
-                                   args.labelled, args.rest_unlabelled)
+                                   args.labelled, args.rest_unlabelled, fractions)
         except ValueError as exc:
             parser.error(str(exc))
         if args.rest_unlabelled:
@@ -379,8 +417,9 @@ def main() -> None:
     rows = score_all(models, holdout, max_pixels)
     cutouts(models, holdout, max_pixels, workdir / PICTURE)
 
-    print(f"\n{len(holdout)} held-out photos, never seen by the pipeline, each scored at its own resolution; "
-          f"{os.cpu_count()} CPU cores")
+    fitted = (workdir / SPLITS).is_file()  # --fit-holdout: the held-out photos were in train too
+    seen = "in the pipeline's train split too (--fit-holdout: a ceiling)" if fitted else "never seen by the pipeline"
+    print(f"\n{len(holdout)} held-out photos, {seen}, each scored at its own resolution; {os.cpu_count()} CPU cores")
     print(f"champion: {about['from']}, {about['runtime']}{' int8' if about['int8'] else ''} at {about['size']}², "
           f"refinement {about['refine']}"
           + (f"; registered as version {about['registered']['version']} @{about['registered']['alias']}"
@@ -392,7 +431,8 @@ def main() -> None:
         print(note)
     if seconds is not None:
         print(f"pipeline (dvc exp run, prepare to register): {seconds / 60:.1f} min")
-    report = {"n_holdout": len(holdout), "holdout": str(workdir / HOLDOUT), "champion": about, "models": rows,
+    report = {"n_holdout": len(holdout), "holdout": str(workdir / HOLDOUT), "fit_holdout": fitted,
+              "champion": about, "models": rows,
               "legend": {k: v for k, v in ROWS.items() if k in rows}, "notes": notes, "pipeline_seconds": seconds,
               "profile": yaml.safe_load(PROFILE.read_text())["set"], "overrides": overrides,
               "machine": f"{os.cpu_count()} CPU cores"}

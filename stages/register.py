@@ -38,7 +38,7 @@ def main() -> int:
 
     (reports / "registered.json").write_text(json.dumps(record.to_dict(), indent=2))
     log.info("%s version %s -> @%s: %s", record.name, record.version, record.alias, record.reason)
-    log.info("serve it: mlflow models serve -m models:/%s@champion --env-manager local -p 5001", record.name)
+    log.info("%s", record.serve_hint())
     return 0
 
 

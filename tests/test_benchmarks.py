@@ -124,6 +124,26 @@ def test_the_held_out_pairs_are_not_copied_into_the_pipelines_data(quality, tmp_
     assert list(pd.read_csv(workdir / quality.HOLDOUT)["name"]) == list(holdout["name"])
 
 
+def test_fit_holdout_gives_the_held_out_pairs_to_train_and_never_to_val_or_test(quality, tmp_path):
+    import pandas as pd
+    from PIL import Image
+
+    folder = tmp_path / "photos"
+    for kind in ("images", "masks"):
+        (folder / kind).mkdir(parents=True)
+    for name in NAMES[:40]:
+        Image.new("RGB", (8, 8)).save(folder / "images" / f"{name}.jpg")
+        Image.new("L", (8, 8)).save(folder / "masks" / f"{name}.png")
+    workdir = tmp_path / "work"
+    fractions = {"train": 0.5, "val": 0.25, "test": 0.25}
+    holdout = quality.split_folder(folder, workdir, 8, 3, None, fit_holdout=fractions)
+    splits = pd.read_csv(workdir / quality.SPLITS)
+    assert {p.stem for p in (workdir / "data" / "images").iterdir()} == set(NAMES[:40]) == set(splits["name"])
+    assert set(splits.loc[splits["split"] == "train", "name"]) >= set(holdout["name"])
+    rest = splits[~splits["name"].isin(holdout["name"])]["split"].value_counts()
+    assert dict(rest) == {"train": 16, "val": 8, "test": 8}  # the other 32 pairs by the fractions
+
+
 def test_speed_ratios_time_their_two_sides_in_alternation(monkeypatch):
     speed = _script("speed", monkeypatch)
     calls = []

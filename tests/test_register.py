@@ -65,6 +65,23 @@ def test_a_metric_outside_the_headline_ones_is_named(metric):
 
 # --- what identifies a version, and its recorded score --------------------------------------------------
 
+def _record(alias: str, champion_version: str | None) -> versions.Registered:
+    return versions.Registered(name=NAME, version="2", alias=alias, run_id="r", model_uri=f"models:/{NAME}/2",
+                               decision="", reason="", metric="max_f", score=0.5, champion_version=champion_version,
+                               champion_score=None)
+
+
+def test_the_serve_hint_names_only_an_alias_the_registry_holds():
+    assert _record(CHAMPION, None).serve_hint() == (
+        f"serve it: mlflow models serve -m models:/{NAME}@champion --env-manager local -p 5001")
+    kept = _record(CHALLENGER, "1").serve_hint()
+    assert "the champion stays version 1" in kept and f"models:/{NAME}@champion" in kept
+    assert f"try version 2: mlflow models serve -m models:/{NAME}@challenger" in kept
+    # Refused by the baseline requirement with no champion yet: @champion would not resolve, so it is not named.
+    first = _record(CHALLENGER, None).serve_hint()
+    assert "@champion" not in first and f"models:/{NAME}@challenger" in first and "no version is champion" in first
+
+
 def test_the_serving_key_follows_the_served_files_bytes_and_how_it_is_served(tmp_path):
     for name, weights in (("a", b"weights one"), ("b", b"weights two")):
         (tmp_path / name).mkdir()
@@ -163,6 +180,7 @@ def test_gate_both_ways_in_a_real_registry(setup):
 
     worse, _ = setup.register(0.70)
     assert worse.alias == CHALLENGER and worse.champion_version == "1" and worse.champion_score == 0.8
+    assert "champion stays version 1" in worse.serve_hint() and f"{NAME}@challenger" in worse.serve_hint()
     assert aliases(client) == {CHAMPION: "1", CHALLENGER: "2"}
 
     barely, _ = setup.register(0.801)  # better, but not by more than min_delta

@@ -50,6 +50,17 @@ class Registered:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def serve_hint(self, port: int = 5001) -> str:
+        """What to serve after this registration: the champion, and this version by its alias when it is not
+        the champion (with no champion yet, `models:/NAME@champion` would not resolve)."""
+        serve = "mlflow models serve -m models:/{}@{} --env-manager local -p " + str(port)
+        if self.alias == CHAMPION:
+            return "serve it: " + serve.format(self.name, CHAMPION)
+        this = f"try version {self.version}: " + serve.format(self.name, self.alias)
+        if self.champion_version is None:
+            return f"no version is champion yet; {this}"
+        return f"the champion stays version {self.champion_version}: {serve.format(self.name, CHAMPION)}; {this}"
+
 
 @dataclass(frozen=True)
 class Gate:
