@@ -105,16 +105,22 @@ def test_held_out_groups_are_never_split(quality):
         quality.held_out(NAMES, 90, seed=0, group_pattern=PATTERN)
 
 
-def test_the_held_out_pairs_are_not_copied_into_the_pipelines_data(quality, tmp_path):
-    import pandas as pd
+def photo_folder(folder: Path, names: list[str]) -> Path:
+    """images/ and masks/ with a tiny pair per name."""
     from PIL import Image
 
-    folder = tmp_path / "photos"
     for kind in ("images", "masks"):
         (folder / kind).mkdir(parents=True)
-    for name in NAMES[:24]:
+    for name in names:
         Image.new("RGB", (8, 8)).save(folder / "images" / f"{name}.jpg")
         Image.new("L", (8, 8)).save(folder / "masks" / f"{name}.png")
+    return folder
+
+
+def test_the_held_out_pairs_are_not_copied_into_the_pipelines_data(quality, tmp_path):
+    import pandas as pd
+
+    folder = photo_folder(tmp_path / "photos", NAMES[:24])
     workdir = tmp_path / "work"
     holdout = quality.split_folder(folder, workdir, 5, 3, None)
     copied = {p.stem for p in (workdir / "data" / "images").iterdir()}
@@ -126,14 +132,8 @@ def test_the_held_out_pairs_are_not_copied_into_the_pipelines_data(quality, tmp_
 
 def test_fit_holdout_gives_the_held_out_pairs_to_train_and_never_to_val_or_test(quality, tmp_path):
     import pandas as pd
-    from PIL import Image
 
-    folder = tmp_path / "photos"
-    for kind in ("images", "masks"):
-        (folder / kind).mkdir(parents=True)
-    for name in NAMES[:40]:
-        Image.new("RGB", (8, 8)).save(folder / "images" / f"{name}.jpg")
-        Image.new("L", (8, 8)).save(folder / "masks" / f"{name}.png")
+    folder = photo_folder(tmp_path / "photos", NAMES[:40])
     workdir = tmp_path / "work"
     fractions = {"train": 0.5, "val": 0.25, "test": 0.25}
     holdout = quality.split_folder(folder, workdir, 8, 3, None, fit_holdout=fractions)
