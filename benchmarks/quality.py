@@ -115,12 +115,12 @@ def complete_pairs(folder: Path) -> tuple[pd.DataFrame, list[Path]]:
 
 def split_folder(folder: Path, workdir: Path, n: int, seed: int, group_pattern: str | None,
                  labelled: int | None = None, rest_unlabelled: bool = False,
-                 fit_holdout: dict[str, float] | None = None) -> pd.DataFrame:
+                 fit_holdout: dict | None = None) -> pd.DataFrame:
     """Write WORKDIR/holdout.csv and copy every other file into WORKDIR/data/images|masks; the held-out rows.
     With `labelled`, only that many of the pipeline's pairs (drawn with the seed) keep their masks; the photos
     of the others go to WORKDIR/unlabelled/images with `rest_unlabelled`, else nowhere. With `fit_holdout`
-    (the pipeline's split fractions), the held-out pairs are copied too and WORKDIR/splits.csv puts them in
-    train, the others split by those fractions."""
+    (the pipeline's prepare params), the held-out pairs are copied too and WORKDIR/splits.csv puts them in
+    train, the others split as prepare would split them."""
     pairs, orphans = complete_pairs(folder)
     names = held_out(pairs["name"].tolist(), n, seed, group_pattern)
     holdout = pairs[pairs["name"].isin(names)].reset_index(drop=True)
@@ -142,24 +142,22 @@ def split_folder(folder: Path, workdir: Path, n: int, seed: int, group_pattern: 
         shutil.copy2(path, data / path.parent.name / path.name)  # orphans too: validate reports them as it would
     holdout.to_csv(workdir / HOLDOUT, index=False)
     how = f"whole groups of {group_pattern!r}" if group_pattern else "photos"
+    gets = f"the pipeline gets the other {len(rest)}"
     if fit_holdout is not None:
-        fit_splits(rest, holdout, fit_holdout, seed, group_pattern).to_csv(workdir / SPLITS, index=False)
-        print(f"held out {len(holdout)} of {len(pairs)} pairs ({how}, seed {seed}) and given to the pipeline's train "
-              f"split as well (--fit-holdout: a ceiling); the pipeline gets {len(given)}")
-        return holdout
-    print(f"held out {len(holdout)} of {len(pairs)} pairs ({how}, seed {seed}); the pipeline gets the other {len(rest)}")
+        fit_splits(rest, holdout, fit_holdout, seed).to_csv(workdir / SPLITS, index=False)
+        gets = f"given to the pipeline's train split as well (--fit-holdout: a ceiling); the pipeline gets {len(given)}"
+    print(f"held out {len(holdout)} of {len(pairs)} pairs ({how}, seed {seed}); {gets}")
     return holdout
 
 
-def fit_splits(rest: pd.DataFrame, holdout: pd.DataFrame, fractions: dict[str, float], seed: int,
-               group_pattern: str | None) -> pd.DataFrame:
-    """name,split for --fit-holdout: the held-out names in train, the pipeline's other pairs split by the
-    fractions (whole groups with a pattern), so val and test hold no held-out photo."""
+def fit_splits(rest: pd.DataFrame, holdout: pd.DataFrame, prepare: dict, seed: int) -> pd.DataFrame:
+    """name,split for --fit-holdout: the held-out names in train, the pipeline's other pairs split as prepare
+    splits them (its fractions, whole groups of its group_pattern), so val and test hold no held-out photo."""
     from bgremoval.data.split import assign_groups, split_groups
 
     names = rest["name"].reset_index(drop=True)
-    groups = assign_groups(names, group_pattern) if group_pattern else names
-    table = pd.DataFrame({"name": names, "split": split_groups(groups, fractions, seed)})
+    groups = assign_groups(names, prepare["group_pattern"])
+    table = pd.DataFrame({"name": names, "split": split_groups(groups, prepare["splits"], seed)})
     return pd.concat([table, pd.DataFrame({"name": holdout["name"], "split": "train"})], ignore_index=True)
 
 
@@ -391,18 +389,18 @@ def main() -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         if args.group_pattern and "prepare.group_pattern" not in overrides:
             overrides["prepare.group_pattern"] = args.group_pattern  # the pipeline's own splits keep groups whole too
-        fractions = None
+        prepare = None
         if args.fit_holdout:
             if args.labelled is not None:
                 parser.error("--fit-holdout measures a ceiling with every label; leave out --labelled")
-            fractions = (overrides.get("prepare.splits")
-                         or yaml.safe_load((ROOT / "params.yaml").read_text())["prepare"]["splits"])
+            prepare = yaml.safe_load((ROOT / "params.yaml").read_text())["prepare"]
+            prepare |= {k: overrides[f"prepare.{k}"] for k in ("splits", "group_pattern") if f"prepare.{k}" in overrides}
             overrides["prepare.split_file"] = str(workdir / SPLITS)
             # train holds the held-out photos on top of its share: the split check of validate would refuse it
             overrides.setdefault("validate.split_tolerance", 1.0)
         try:
             holdout = split_folder(args.folder.resolve(), workdir, args.holdout, args.seed, args.group_pattern,
-                                   args.labelled, args.rest_unlabelled, fractions)
+                                   args.labelled, args.rest_unlabelled, prepare)
         except ValueError as exc:
             parser.error(str(exc))
         if args.rest_unlabelled:

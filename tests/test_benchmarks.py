@@ -130,18 +130,23 @@ def test_the_held_out_pairs_are_not_copied_into_the_pipelines_data(quality, tmp_
     assert list(pd.read_csv(workdir / quality.HOLDOUT)["name"]) == list(holdout["name"])
 
 
-def test_fit_holdout_gives_the_held_out_pairs_to_train_and_never_to_val_or_test(quality, tmp_path):
+def test_fit_holdout_gives_the_held_out_pairs_to_train_and_splits_the_rest_as_prepare_would(quality, tmp_path):
     import pandas as pd
 
     folder = photo_folder(tmp_path / "photos", NAMES[:40])
-    workdir = tmp_path / "work"
     fractions = {"train": 0.5, "val": 0.25, "test": 0.25}
-    holdout = quality.split_folder(folder, workdir, 8, 3, None, fit_holdout=fractions)
-    splits = pd.read_csv(workdir / quality.SPLITS)
-    assert {p.stem for p in (workdir / "data" / "images").iterdir()} == set(NAMES[:40]) == set(splits["name"])
-    assert set(splits.loc[splits["split"] == "train", "name"]) >= set(holdout["name"])
-    rest = splits[~splits["name"].isin(holdout["name"])]["split"].value_counts()
-    assert dict(rest) == {"train": 16, "val": 8, "test": 8}  # the other 32 pairs by the fractions
+    for pattern in (r"^none$", PATTERN):  # every photo a group of its own; frames grouped by scene
+        workdir = tmp_path / f"work{len(pattern)}"
+        holdout = quality.split_folder(folder, workdir, 8, 3, None,
+                                       fit_holdout={"splits": fractions, "group_pattern": pattern})
+        splits = pd.read_csv(workdir / quality.SPLITS)
+        assert {p.stem for p in (workdir / "data" / "images").iterdir()} == set(NAMES[:40]) == set(splits["name"])
+        assert set(splits.loc[splits["split"] == "train", "name"]) >= set(holdout["name"])
+        rest = splits[~splits["name"].isin(holdout["name"])]
+        if pattern == PATTERN:  # no scene of the pipeline's own pairs is split (val and test stay unseen groups)
+            assert (rest.groupby(rest["name"].str.replace(r"_\d+$", "", regex=True))["split"].nunique() == 1).all()
+        else:
+            assert dict(rest["split"].value_counts()) == {"train": 16, "val": 8, "test": 8}  # 32 pairs by the fractions
 
 
 def test_speed_ratios_time_their_two_sides_in_alternation(monkeypatch):
