@@ -53,7 +53,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
 
-from bgremoval.scoring.metrics import HEADLINE, HIGHER_IS_BETTER  # noqa: E402
+from bgremoval.scoring.metrics import DIS, HEADLINE, HIGHER_IS_BETTER  # noqa: E402
 
 PROFILE = ROOT / "benchmarks" / "real_data_profile.yaml"
 HOLDOUT = "holdout.csv"
@@ -294,9 +294,9 @@ def score_all(models: dict, holdout: pd.DataFrame, max_pixels: int) -> dict[str,
 
     rows = {}
     for name, (predict, file) in models.items():
-        table, scores = score(holdout, predict, max_pixels, progress=name)
+        table, scores = score(holdout, predict, max_pixels, progress=name, dis=True)
         summary = summarise(scores)
-        rows[name] = {**{k: summary[k] for k in HEADLINE}, "mb": round(Path(file).stat().st_size / 1e6, 2),
+        rows[name] = {**{k: summary[k] for k in (*HEADLINE, *DIS)}, "mb": round(Path(file).stat().st_size / 1e6, 2),
                       "ms_per_image": round(float(table["ms"].median()), 1)}
     return rows
 
@@ -333,12 +333,13 @@ def cutouts(models: dict, holdout: pd.DataFrame, max_pixels: int, out: Path, n: 
 
 def table(rows: dict[str, dict]) -> str:
     columns = [("mae", "MAE", ".4f"), ("max_f", "max F", ".4f"), ("iou", "IoU", ".4f"), ("boundary_f", "boundary F", ".4f"),
-               ("mb", "MB", ".1f"), ("ms_per_image", "ms/image", ".1f")]
+               ("s_measure", "S", ".4f"), ("weighted_f", "weighted F", ".4f"), ("mean_e", "mean E", ".4f"),
+               ("hce", "HCE", ".1f"), ("mb", "MB", ".1f"), ("ms_per_image", "ms/image", ".1f")]
     width = max(len("model"), *map(len, rows))
     lines = [f"{'model':<{width}} | " + " | ".join(f"{title:>10}" for _, title, _ in columns),
              "-" * width + "-|" + "|".join("-" * 12 for _ in columns)]
     for name, row in rows.items():
-        lines.append(f"{name:<{width}} | " + " | ".join(f"{row[key]:>10{fmt}}" for key, _, fmt in columns))
+        lines.append(f"{name:<{width}} | " + " | ".join(f"{row.get(key, float('nan')):>10{fmt}}" for key, _, fmt in columns))
     return "\n".join(lines)
 
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pandas as pd
 
 from bgremoval.data.split import REFERENCE
-from bgremoval.scoring.metrics import HEADLINE, summarise
+from bgremoval.scoring.metrics import summarise
 from bgremoval.scoring.reports import pr_table
-from bgremoval.scoring.score import headline, score
+from bgremoval.scoring.score import headline, reported, score
 from bgremoval.serving.runtime import OnnxSegmenter
 from bgremoval.weights import find_u2netp_onnx
 from stages.common import run, start
@@ -24,9 +24,9 @@ def main() -> int:
     test, reference = (manifest[manifest["split"] == s].reset_index(drop=True) for s in ("test", REFERENCE))
     stock = OnnxSegmenter(find_u2netp_onnx(params["model"]["onnx_path"]), params["baseline"]["size"])
 
-    table, scores = score(test, stock, max_pixels, progress="stock u2netp")
+    table, scores = score(test, stock, max_pixels, progress="stock u2netp", dis=True)
     summary = summarise(scores)
-    metrics = {k: summary[k] for k in HEADLINE}
+    metrics = reported(summary)
     if not reference.empty:
         metrics["reference"] = headline(reference, stock, max_pixels, "stock u2netp, reference")
 

@@ -12,9 +12,9 @@ import pandas as pd
 
 from bgremoval import tracking
 from bgremoval.data.split import REFERENCE
-from bgremoval.scoring.metrics import HEADLINE, summarise
+from bgremoval.scoring.metrics import summarise
 from bgremoval.scoring.reports import write_test_reports
-from bgremoval.scoring.score import headline, score
+from bgremoval.scoring.score import headline, reported, score
 from bgremoval.serving.served import Served
 from stages.common import run, start
 
@@ -29,9 +29,9 @@ def main() -> int:
     test, reference = (manifest[manifest["split"] == s].reset_index(drop=True) for s in ("test", REFERENCE))
     served = Served.from_folder(Path(paths["served"]))
 
-    table, scores = score(test, served, max_pixels, progress="evaluate")
+    table, scores = score(test, served, max_pixels, progress="evaluate", dis=True)
     summary = summarise(scores)
-    metrics = {k: summary[k] for k in HEADLINE} | {"size": served.config.size, "ms_per_image": float(table["ms"].median())}
+    metrics = reported(summary) | {"size": served.config.size, "ms_per_image": float(table["ms"].median())}
     if not reference.empty:  # what the fine-tune may have forgotten, on photos of other kinds
         metrics["reference"] = headline(reference, served, max_pixels, "reference")
 

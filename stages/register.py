@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 from bgremoval import tracking
 from bgremoval.data.split import REFERENCE
 from bgremoval.pictures import thumbnail_png
+from bgremoval.registry.gate import side_by_side
 from bgremoval.registry.versions import Gate, register_served
 from stages.common import run, start
 
@@ -36,8 +37,11 @@ def main() -> int:
         os.environ.get("BGREMOVAL_REGISTRY_LOCK") or cfg["lock"], params["prepare"]["max_pixels"],
         tracking.split_dataset(manifest, REFERENCE, paths["manifest"]) if (manifest["split"] == REFERENCE).any() else None)
 
-    (reports / "registered.json").write_text(json.dumps(record.to_dict(), indent=2))
+    scores = side_by_side(read("metrics.json"), read("baseline.json"))
+    (reports / "registered.json").write_text(json.dumps(record.to_dict() | {"scores": scores}, indent=2))
     log.info("%s version %s -> @%s: %s", record.name, record.version, record.alias, record.reason)
+    log.info("against stock U²-NetP on test: %s", ", ".join(
+        f"{k} {v['model']:.4f} vs {v['stock_u2netp']:.4f}" for k, v in scores.items()))
     log.info("%s", record.serve_hint())
     return 0
 

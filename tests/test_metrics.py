@@ -5,10 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from scipy import ndimage
+
 from bgremoval.scoring.metrics import (
+    DIS,
     HEADLINE,
     HIGHER_IS_BETTER,
     boundary_f,
+    boundary_pixels,
     f_measure,
     iou_dice,
     pr_curve,
@@ -85,7 +89,7 @@ def test_each_metric_direction_ranks_a_perfect_prediction_above_a_poor_one():
     gt = np.zeros((20, 20))
     gt[5:15, 5:15] = 1
     poor = np.roll(gt, 6, axis=1) * 0.8 + 0.1
-    perfect, bad = summarise([score_image(gt, gt)]), summarise([score_image(poor, gt)])
+    perfect, bad = summarise([score_image(gt, gt, dis=True)]), summarise([score_image(poor, gt, dis=True)])
     assert set(HIGHER_IS_BETTER) == set(perfect)
     assert set(HEADLINE) <= set(HIGHER_IS_BETTER) and len(set(HEADLINE)) == len(HEADLINE)
     for name, higher in HIGHER_IS_BETTER.items():
@@ -100,3 +104,83 @@ def test_pr_curve_is_the_image_averaged_curve_one_row_per_level():
     # at level 160 the first image keeps {200} (P 1, R 0.5), the perfect one all of the truth (P 1, R 1)
     assert (rows[160]["precision"], rows[160]["recall"]) == (pytest.approx(1.0), pytest.approx(0.75))
     assert rows[100]["precision"] == pytest.approx((0.5 + 1.0) / 2)
+
+
+def _edge_by_loop(mask: np.ndarray) -> np.ndarray:
+    """Foreground pixels with a background 4-neighbour inside the image, one pixel at a time."""
+    h, w = mask.shape
+    out = np.zeros_like(mask, bool)
+    for y in range(h):
+        for x in range(w):
+            if mask[y, x]:
+                out[y, x] = any(0 <= y + dy < h and 0 <= x + dx < w and not mask[y + dy, x + dx]
+                                for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1)))
+    return out
+
+
+def _boundary_f_by_distance(pred: np.ndarray, gt: np.ndarray) -> float:
+    """Boundary F computed another way: a boundary pixel counts when the other mask's boundary lies within
+    the tolerance radius (0.008 of the diagonal, rounded up), measured by a Euclidean distance transform."""
+    p, t = _edge_by_loop(pred >= 0.5), _edge_by_loop(gt >= 0.5)
+    radius = max(1, int(np.ceil(0.008 * np.hypot(*gt.shape))))
+    near_t, near_p = ndimage.distance_transform_edt(~t) <= radius, ndimage.distance_transform_edt(~p) <= radius
+    precision, recall = (p & near_t).sum() / p.sum(), (t & near_p).sum() / t.sum()
+    return 2 * precision * recall / (precision + recall)
+
+
+def test_boundary_pixels_match_a_pixel_by_pixel_definition_and_skip_the_frame():
+    rng = np.random.default_rng(3)
+    for _ in range(5):
+        mask = ndimage.binary_opening(rng.random((23, 31)) > 0.45)
+        assert np.array_equal(boundary_pixels(mask), _edge_by_loop(mask))
+    full = np.ones((6, 7), bool)
+    assert not boundary_pixels(full).any()  # a subject filling the photo has no edge to cut
+
+
+def test_boundary_f_does_not_count_the_image_frame_as_boundary():
+    """The DAVIS definition: the bottom half of a photo has one edge, its top row; a prediction stopping short
+    of the frame has a second edge that the truth lacks."""
+    gt = np.zeros((100, 100))
+    gt[50:] = 1
+    assert boundary_f(gt, gt) == pytest.approx(1.0)
+    short = np.zeros((100, 100))
+    short[50:90] = 1
+    # truth's edge (row 50) is all found; half the predicted edge (row 89) is 39 rows from any true edge
+    assert boundary_f(short, gt) == pytest.approx(2 * 0.5 * 1 / 1.5, abs=1e-6)
+    assert boundary_f(short, gt) == pytest.approx(_boundary_f_by_distance(short, gt), abs=1e-6)
+
+
+def test_boundary_f_agrees_with_a_distance_transform_computation():
+    rng = np.random.default_rng(7)
+    for _ in range(6):
+        gt = ndimage.gaussian_filter(rng.random((60, 80)), 4) > 0.5
+        pred = ndimage.binary_dilation(gt, iterations=int(rng.integers(0, 4))) ^ (rng.random(gt.shape) > 0.985)
+        assert boundary_f(pred.astype(float), gt.astype(float)) == pytest.approx(
+            _boundary_f_by_distance(pred.astype(float), gt.astype(float)), abs=1e-6)
+
+
+def test_dis_measures_by_what_each_must_give():
+    gt = np.zeros((64, 64))
+    gt[16:48, 20:44] = 1
+    perfect = score_image(gt, gt, dis=True).dis
+    assert set(perfect) == set(DIS)
+    assert perfect["s_measure"] == pytest.approx(1.0) and perfect["weighted_f"] == pytest.approx(1.0)
+    assert perfect["hce"] == 0.0
+    # a second, separate true object the prediction misses takes a person's effort to correct
+    two = gt.copy()
+    two[2:8, 2:8] = 1
+    assert score_image(gt, two, dis=True).dis["hce"] > 0
+    # predictions are scored as they are: a faint mask (0.4 everywhere it should be 1) is not stretched to 1
+    faint = score_image(gt * 0.4, gt, dis=True).dis
+    assert faint["weighted_f"] < 0.9 and faint["s_measure"] < perfect["s_measure"]
+    assert score_image(np.zeros_like(gt), gt, dis=True).dis["weighted_f"] == 0.0
+
+
+def test_summary_has_the_dis_means_only_when_every_image_has_them():
+    gt = np.zeros((32, 32))
+    gt[8:24, 8:24] = 1
+    shifted = np.roll(gt, 3, axis=0)
+    with_dis = [score_image(gt, gt, dis=True), score_image(shifted, gt, dis=True)]
+    summary = summarise(with_dis)
+    assert summary["hce"] == pytest.approx((with_dis[0].dis["hce"] + with_dis[1].dis["hce"]) / 2)
+    assert not set(DIS) & set(summarise([with_dis[0], score_image(gt, gt)]))

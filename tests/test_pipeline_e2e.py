@@ -20,6 +20,7 @@ from tests.helpers import dvc, project_env, set_params, write_pair
 
 pytestmark = pytest.mark.slow
 HEADLINE = {"mae", "max_f", "iou", "boundary_f"}
+DIS = {"s_measure", "weighted_f", "mean_e", "hce"}  # the dichotomous-segmentation measures
 
 
 def test_repro_through_augment_on_the_sample(full_run, tmp_path):
@@ -115,8 +116,9 @@ def test_full_repro_tracks_everything_and_registers_what_evaluate_scored(full_ru
     assert set(exported["val_by_size"]) == {"32", "48"} and exported["refine"] in exported["val_by_refine"]
     metrics = json.loads((project / "reports" / "metrics.json").read_text())
     baseline = json.loads((project / "reports" / "baseline.json").read_text())
-    assert set(metrics) == HEADLINE | {"size", "ms_per_image"} and set(baseline) == HEADLINE
-    assert metrics["size"] == serving["size"] and all(0 <= metrics[k] <= 1 for k in HEADLINE)
+    assert set(metrics) == HEADLINE | DIS | {"size", "ms_per_image"} and set(baseline) == HEADLINE | DIS
+    assert metrics["size"] == serving["size"] and all(0 <= metrics[k] <= 1 for k in HEADLINE | DIS - {"hce"})
+    assert metrics["hce"] >= 0
     # dvc metrics show prints exactly these: the numbers the champion gate compared.
     shown = json.loads(dvc(project, "metrics", "show", "--json").stdout)
     files = next(iter(shown.values()))["data"]
@@ -124,6 +126,10 @@ def test_full_repro_tracks_everything_and_registers_what_evaluate_scored(full_ru
     registered = json.loads((project / "reports" / "registered.json").read_text())
     assert registered["alias"] == "champion" and registered["run_id"] == r.info.run_id
     assert registered["score"] == metrics["max_f"] and "first model" in registered["reason"]
+    # the gate's report: every score of the model beside stock U²-NetP's, the DIS measures among them
+    assert set(registered["scores"]) == HEADLINE | DIS
+    assert registered["scores"]["hce"] == {"model": metrics["hce"], "stock_u2netp": baseline["hce"],
+                                           "ahead": metrics["hce"] < baseline["hce"]}
     for name in ("eval_worst.png", "cutouts.png", "pr_curve.csv", "iou_hist.csv", "pr_curve_baseline.csv"):
         assert (project / "reports" / name).exists(), name
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bgremoval.scoring.metrics import HEADLINE, HIGHER_IS_BETTER
+from bgremoval.scoring.metrics import DIS, HEADLINE, HIGHER_IS_BETTER
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
 
@@ -60,3 +60,15 @@ def decide(metric: str, new: float, champion: float | None, min_delta: float, ba
                                   f"> min_delta {min_delta} ({word} is better)")
     return Decision(CHALLENGER, f"{metric} {new:.4f} vs the champion's {champion:.4f}: gain {gain:+.4f} is "
                                 f"not more than min_delta {min_delta} ({word} is better); champion kept")
+
+
+def side_by_side(metrics: dict, baseline: dict) -> dict[str, dict[str, float | bool]]:
+    """The gate's report of every score both metrics files hold (headline, then DIS): the model's, stock
+    U²-NetP's, and whether the model is ahead, each in its metric's own direction."""
+    table = {}
+    for k in (*HEADLINE, *DIS):
+        if k in metrics and k in baseline:
+            sign = 1 if HIGHER_IS_BETTER[k] else -1
+            table[k] = {"model": float(metrics[k]), "stock_u2netp": float(baseline[k]),
+                        "ahead": bool(sign * (metrics[k] - baseline[k]) > 0)}
+    return table

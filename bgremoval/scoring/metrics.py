@@ -3,6 +3,10 @@
 Predictions are probabilities in [0, 1] at the ground truth's size; ground truth is binarised at
 0.5. Per-image scores are averaged over images, except max F, which (as in the protocol) averages
 precision and recall over images at each of 256 thresholds and then takes the best F.
+
+The dichotomous-segmentation measures (S-measure, weighted F, mean E-measure, human correction effort)
+come from pysodmetrics, as the field reports them; they cost more, so only the scores people read
+(evaluate, baseline, the benchmarks) ask for them.
 """
 
 from __future__ import annotations
@@ -14,9 +18,14 @@ from scipy import ndimage
 
 BETA2 = 0.3  # weights precision over recall, as the salient-object literature does
 # Direction of every summary metric.
-HIGHER_IS_BETTER = {"max_f": True, "iou": True, "dice": True, "boundary_f": True, "mae": False}
+HIGHER_IS_BETTER = {"max_f": True, "iou": True, "dice": True, "boundary_f": True, "mae": False,
+                    "s_measure": True, "weighted_f": True, "mean_e": True, "hce": False}
 # The metrics `dvc metrics show` prints for a model and for the stock baseline (dice is IoU's twin).
 HEADLINE = ("mae", "max_f", "iou", "boundary_f")
+# The dichotomous-segmentation measures (Qin et al., ECCV 2022, after the salient-object ones): structure
+# (S-measure), weighted F, mean E-measure, and HCE: the clicks and strokes a person would need to correct the
+# mask (lower is better; a count per image, not a share).
+DIS = ("s_measure", "weighted_f", "mean_e", "hce")
 N_THRESHOLDS = 256
 _EPS = 1e-8
 
@@ -31,6 +40,7 @@ class ImageScores:
     boundary_f: float
     precision: np.ndarray  # (256,) at thresholds 0/255 .. 255/255
     recall: np.ndarray
+    dis: dict[str, float] | None = None  # the DIS measures, when asked for
 
 
 def _binary(gt: np.ndarray) -> np.ndarray:
@@ -63,8 +73,9 @@ BOUNDARY_TOLERANCE = 0.008  # boundary F's match distance, as a share of the ima
 
 
 def boundary_pixels(mask: np.ndarray) -> np.ndarray:
-    """Pixels of the mask that touch the background (4-neighbourhood)."""
-    return mask & ~ndimage.binary_erosion(mask, border_value=0)
+    """Pixels of the mask that touch the background (4-neighbourhood). The image frame is not background: a
+    subject cut by the frame has no boundary there (as DAVIS measures it), since no cut-out edge lies there."""
+    return mask & ~ndimage.binary_erosion(mask, border_value=1)
 
 
 def boundary_radius(shape: tuple[int, ...], tolerance: float = BOUNDARY_TOLERANCE) -> int:
@@ -87,8 +98,27 @@ def boundary_f(pred: np.ndarray, gt: np.ndarray, tolerance: float = BOUNDARY_TOL
     return float(2 * precision * recall / (precision + recall + _EPS))
 
 
-def score_image(pred: np.ndarray, gt: np.ndarray) -> ImageScores:
-    """All per-image scores of one prediction (H, W) in [0, 1] against its ground truth (H, W)."""
+def dis_measures(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
+    """S-measure, weighted F, mean E-measure and HCE of one prediction in [0, 1], by pysodmetrics."""
+    import py_sod_metrics as sod
+
+    # normalize=False: the prediction as it is (pysodmetrics' default stretches it to [0, 1] first, as MATLAB did).
+    p, t = np.clip(np.asarray(pred, np.float64), 0, 1), _binary(gt)
+    measures = {"s_measure": sod.Smeasure(), "weighted_f": sod.WeightedFmeasure(), "mean_e": sod.Emeasure(),
+                "hce": sod.HumanCorrectionEffortMeasure()}
+    for m in measures.values():
+        m.step(p, t, normalize=False)
+    return {
+        "s_measure": float(measures["s_measure"].get_results()["sm"]),
+        "weighted_f": float(measures["weighted_f"].get_results()["wfm"]),
+        "mean_e": float(np.mean(measures["mean_e"].get_results()["em"]["curve"])),
+        "hce": float(measures["hce"].get_results()["hce"]),
+    }
+
+
+def score_image(pred: np.ndarray, gt: np.ndarray, dis: bool = False) -> ImageScores:
+    """All per-image scores of one prediction (H, W) in [0, 1] against its ground truth (H, W); with `dis`,
+    the DIS measures too."""
     pred = np.asarray(pred, np.float64)
     if pred.shape != np.shape(gt):
         raise ValueError(f"prediction {pred.shape} and ground truth {np.shape(gt)} differ in size")
@@ -101,6 +131,7 @@ def score_image(pred: np.ndarray, gt: np.ndarray) -> ImageScores:
         boundary_f=boundary_f(pred, gt),
         precision=precision,
         recall=recall,
+        dis=dis_measures(pred, gt) if dis else None,
     )
 
 
@@ -110,7 +141,7 @@ def f_measure(precision: np.ndarray, recall: np.ndarray, beta2: float = BETA2) -
 
 
 def summarise(scores: list[ImageScores]) -> dict[str, float]:
-    """Dataset metrics: mae, max_f, iou, dice, boundary_f."""
+    """Dataset metrics: mae, max_f, iou, dice, boundary_f, and the DIS measures' means when every image has them."""
     if not scores:
         raise ValueError("no images to score")
     precision = np.mean([s.precision for s in scores], axis=0)
@@ -121,7 +152,7 @@ def summarise(scores: list[ImageScores]) -> dict[str, float]:
         "iou": float(np.mean([s.iou for s in scores])),
         "dice": float(np.mean([s.dice for s in scores])),
         "boundary_f": float(np.mean([s.boundary_f for s in scores])),
-    }
+    } | ({k: float(np.mean([s.dis[k] for s in scores])) for k in DIS} if all(s.dis for s in scores) else {})
 
 
 def pr_curve(scores: list[ImageScores]) -> list[dict[str, float]]:
