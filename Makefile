@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 export GX_ANALYTICS_ENABLED := false
 
-.PHONY: install browser photos pipeline test test-fast clean u2net
+.PHONY: install browser photos pipeline test test-fast clean u2net label-studio
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 $(VENV)/.installed: pyproject.toml
@@ -33,9 +33,26 @@ browser:
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
+# Label Studio, where a person corrects the drafts (`bgremoval label start`), in a venv of its own: its pins
+# (numpy, pyarrow, Django) clash with the pipeline's. The stamp names the version, so changing it reinstalls.
+# Its bytecode is compiled once, on all cores, not by pip on one: with PYTHONDONTWRITEBYTECODE set, each start
+# would compile Django and the rest anew (a later start takes about 5 s instead of 11).
+LABEL_STUDIO_VERSION := 1.23.2
+LS_VENV := .venv-label-studio
+
+label-studio: $(LS_VENV)/.installed-$(LABEL_STUDIO_VERSION)
+
+$(LS_VENV)/.installed-$(LABEL_STUDIO_VERSION):
+	$(PYTHON) -m venv $(LS_VENV)
+	$(LS_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(LS_VENV)/bin/python -m pip install --quiet --no-compile label-studio==$(LABEL_STUDIO_VERSION)
+	$(LS_VENV)/bin/python -c 'import compileall, sysconfig; compileall.compile_dir(sysconfig.get_paths()["purelib"], quiet=2, workers=0)'
+	rm -f $(LS_VENV)/.installed-*
+	touch $@
+
 # Every test (what CI runs), on two workers (a third only adds contention on 2 cores), printing the
 # slowest; then the fast tier alone: unit tests on tiny inputs, no servers, no pipeline runs.
-test: install browser photos
+test: install browser label-studio photos
 	$(BIN)/python -m pytest -n 2 --dist loadgroup --durations=15
 
 test-fast: install photos

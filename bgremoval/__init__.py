@@ -10,6 +10,7 @@ The library, in the order its parts may import each other (each only from those 
     training/   tune and train: losses, the fit loop, blending, the Optuna study
     export/     from the trained model to the served one, its set-up chosen on val
     registry/   register: the MLflow registry and the champion gate
+    labelling/  masks for a folder of photos: ranked drafts, corrected in Label Studio
     cli, demo, video   the `bgremoval` command, its local try-it page, and cutting out video files
 
 serving/ comes early because export builds it, evaluate scores it and register ships it; it and images.py

@@ -200,6 +200,41 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _cmd_draft(args: argparse.Namespace) -> int:
+    from bgremoval.labelling import folders
+    from bgremoval.labelling.drafts import contact_sheet, draft_folder, open_drafter, photos_to_draft
+    from bgremoval.weights import WeightsError
+
+    params = _params(args.params)
+    cfg, folder = params["draft"], Path(args.folder)
+    try:
+        photos = photos_to_draft(folder, args.all)
+    except (FileNotFoundError, ValueError) as exc:
+        sys.exit(f"bgremoval draft: {exc}")
+    if not photos:
+        print(f"bgremoval draft: every photo in {folder / folders.IMAGES} has a mask in {folder / folders.MASKS}; "
+              "nothing to draft (--all drafts them too)")
+        return 0
+    champion, tracking_uri = _default_model(args.params)
+    model = args.model or cfg["model"]
+    if model and ("://" in model or model.startswith(("models:", "runs:"))):
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    try:
+        drafter = open_drafter(model, champion, args.tracking_uri or tracking_uri)
+    except (WeightsError, FileNotFoundError, ValueError) as exc:
+        sys.exit(f"bgremoval draft: cannot open the model to draft with: {exc}")
+    done = draft_folder(folder, drafter, photos, params["prepare"]["max_pixels"], progress=not args.quiet)
+    worst = args.worst if args.worst is not None else cfg["worst"]
+    drawn = contact_sheet(done.ranking, worst, params["prepare"]["max_pixels"], folder / folders.CONTACT_SHEET)
+    for reason in done.skipped:
+        print(f"skipped {reason}", file=sys.stderr)
+    print(f"drafted {len(done.ranking)} photo(s) with {drafter.name} into {folder / folders.DRAFTS}/ (never read as "
+          f"a person's masks); ranking {folder / folders.RANKING}, most correction first"
+          + (f"; the worst {drawn} in {folder / folders.CONTACT_SHEET}" if drawn else "")
+          + (f"; {len(done.skipped)} unreadable photo(s) skipped (listed above)" if done.skipped else ""))
+    return 1 if done.skipped else 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from bgremoval.demo import launch
 
@@ -268,6 +303,89 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return subprocess.run(cmd).returncode
 
 
+LABEL_STUDIO_VENV = Path(".venv-label-studio")  # `make label-studio` installs Label Studio here, apart from ours
+LABEL_STUDIO_DATA = Path(".label-studio")  # its database and uploads, unless $LABEL_STUDIO_BASE_DATA_DIR says
+
+
+def _cmd_label_start(args: argparse.Namespace) -> int:
+    import shutil
+
+    from bgremoval.labelling.studio import DATABASE, KEY_ENV, LOCAL_HOST, LOCAL_PORT, StudioError, start_command
+
+    installed = LABEL_STUDIO_VENV / "bin" / "label-studio"
+    program = str(installed) if installed.is_file() else shutil.which("label-studio")
+    if not program:
+        sys.exit(f"bgremoval label start: {installed} not found: `make label-studio` installs Label Studio there "
+                 "(in a venv of its own), from the project root")
+    data_dir = Path(os.environ.get("LABEL_STUDIO_BASE_DATA_DIR") or LABEL_STUDIO_DATA).resolve()
+    username = args.username or os.environ.get("LABEL_STUDIO_USERNAME")
+    password = args.password or os.environ.get("LABEL_STUDIO_PASSWORD")
+    api_key = os.environ.get(KEY_ENV)
+    if not (data_dir / DATABASE).exists():  # the first start creates the user, with this token
+        if not (username and password):
+            sys.exit("bgremoval label start: the first start creates Label Studio's user: pass --username EMAIL and "
+                     "--password PASSWORD (or set LABEL_STUDIO_USERNAME and LABEL_STUDIO_PASSWORD)")
+        if not api_key:
+            sys.exit(f"bgremoval label start: {KEY_ENV} is not set; the first start gives the user that API token, "
+                     f"which push and pull use (e.g. export {KEY_ENV}=$(python -c 'import secrets; "
+                     "print(secrets.token_hex(20))'))")
+    port = args.port or LOCAL_PORT
+    try:
+        argv, env = start_command(program, port, data_dir, username, password, api_key, os.environ)
+    except StudioError as exc:
+        sys.exit(f"bgremoval label start: {exc}")
+    print(f"Label Studio {program} on http://{LOCAL_HOST}:{port}, its data in {data_dir} (the first start takes "
+          "about a minute); Ctrl-C stops it", flush=True)
+    os.execve(program, argv, env)  # it becomes this process: a signal to stop reaches the server itself
+
+
+def _cmd_label_push(args: argparse.Namespace) -> int:
+    from bgremoval.labelling.studio import StudioError, connect, project_title, push
+
+    folder = Path(args.folder)
+    if not folder.is_dir():
+        sys.exit(f"bgremoval label push: {folder} is not a folder (a data folder with images/ and drafts/)")
+    if args.limit is not None and args.limit < 1:
+        sys.exit(f"bgremoval label push: --limit {args.limit}: give a positive number of photos")
+    max_pixels = _params(args.params)["prepare"]["max_pixels"]
+    try:
+        studio = connect(args.url)
+        done = push(studio, folder, project_title(folder, args.project), max_pixels, args.limit,
+                    progress=not args.quiet)
+    except (StudioError, FileNotFoundError, ValueError) as exc:
+        sys.exit(f"bgremoval label push: {exc}")
+    for reason in done.skipped:
+        print(f"skipped {reason}", file=sys.stderr)
+    project = done.project
+    how = ", worst first, each with its draft as a prediction" if done.imported else ""
+    print(f"pushed {len(done.imported)} photo(s) to {'new ' if project.created else ''}project {project.title!r} "
+          f"(id {project.id}) at {studio.url}{how}; {done.already} already there, {done.masked} with a person's mask"
+          + (f", {done.left} left for a later push (--limit)" if done.left else "")
+          + (f"; {len(done.skipped)} skipped (listed above)" if done.skipped else ""))
+    print(f"correct them at {studio.url}/projects/{project.id}/data, then `bgremoval label pull {folder}`")
+    return 1 if done.skipped else 0
+
+
+def _cmd_label_pull(args: argparse.Namespace) -> int:
+    from bgremoval.labelling import folders
+    from bgremoval.labelling.studio import StudioError, connect, project_title, pull
+
+    folder = Path(args.folder)
+    if not folder.is_dir():
+        sys.exit(f"bgremoval label pull: {folder} is not a folder (the data folder that was pushed)")
+    try:
+        studio = connect(args.url)
+        done = pull(studio, folder, project_title(folder, args.project), progress=not args.quiet)
+    except (StudioError, FileNotFoundError, ValueError) as exc:
+        sys.exit(f"bgremoval label pull: {exc}")
+    for reason in done.failed:
+        print(f"not written: {reason}", file=sys.stderr)
+    print(f"wrote {len(done.written)} mask(s) to {folder / folders.MASKS}/ from project {done.project.title!r} "
+          f"(id {done.project.id}); {done.skipped} skipped and {done.untouched} untouched in Label Studio keep "
+          "their drafts" + (f"; {len(done.failed)} could not be written (listed above)" if done.failed else ""))
+    return 1 if done.failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Sub-commands of the CLI. Every option without a value given takes its default from params.yaml
     (or, for predict's output options, from the served model's config, which params' serve.defaults set)."""
@@ -326,6 +444,27 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--quiet", action="store_true", help="no progress bar (none when writing to stdout)")
     predict.set_defaults(func=_cmd_predict)
 
+    draft = sub.add_parser(
+        "draft", help="draft masks for a folder of photos, ranked by how much correction each probably needs",
+        description="Drafts a mask for every photo in FOLDER/images/ that has no mask in FOLDER/masks/ yet, with "
+                    "the best model at hand (the registry's champion, else stock U²-Net, else stock U²-NetP; "
+                    "params.yaml draft.model). Drafts go to FOLDER/drafts/ (tagged as drafts in the PNG: never "
+                    "read as a person's masks); FOLDER/drafts.csv ranks them by an uncertainty score, most "
+                    "correction probably needed first; FOLDER/drafts_worst.png shows the worst. Unreadable "
+                    "photos are named and skipped; the exit code is 1 if any were. Next: correct the worst in "
+                    "Label Studio (`bgremoval label push FOLDER`).")
+    draft.add_argument("folder", help="a data folder with images/ (masks/ may hold the masks a person already has)")
+    draft.add_argument("--model", help="u2net, u2netp, models/served, models:/NAME@ALIAS, runs:/RUN_ID/model or an "
+                                       "MLflow model folder (default: params.yaml draft.model, else the best at hand)")
+    draft.add_argument("--all", action="store_true", help="draft the photos that have a mask in masks/ too")
+    draft.add_argument("--worst", type=int, metavar="N",
+                       help="drafts in the contact sheet (default: params.yaml draft.worst)")
+    draft.add_argument("--tracking-uri", help="MLflow tracking/registry URI where the champion is looked up "
+                                              "(default: $MLFLOW_TRACKING_URI, else params.yaml's mlflow.tracking_uri)")
+    draft.add_argument("--params", default="params.yaml", help=argparse.SUPPRESS)
+    draft.add_argument("--quiet", action="store_true", help="no progress bar")
+    draft.set_defaults(func=_cmd_draft)
+
     demo = sub.add_parser(
         "demo", help="a local web page to try a model: drop a photo, pick the output, download the result",
         description="Serves a page (Gradio) with the photo and its result side by side and the same options as "
@@ -352,6 +491,49 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--params", default="params.yaml", help="the project's params file (default: %(default)s)")
     worker.add_argument("--quiet", action="store_true", help="no progress bar")
     worker.set_defaults(func=_cmd_tune_worker)
+
+    label = sub.add_parser(
+        "label", help="correct the drafts in Label Studio: start it, push a folder's drafts, pull the masks back",
+        description="A person corrects a folder's drafts (`bgremoval draft FOLDER`) in Label Studio: `start` runs "
+                    "it on this machine, `push` imports the photos without a mask worst first, each with its draft "
+                    "as a brush pre-annotation, `pull` writes each submitted annotation to FOLDER/masks/. The API "
+                    "token comes from $LABEL_STUDIO_API_KEY, never from a file. docs/labelling.md walks through it.")
+    label_sub = label.add_subparsers(dest="label_command", required=True)
+    start = label_sub.add_parser(
+        "start", help="run Label Studio on this machine (127.0.0.1)",
+        description="Runs the Label Studio that `make label-studio` installs (.venv-label-studio), on 127.0.0.1 "
+                    "only, its data in .label-studio/ (or $LABEL_STUDIO_BASE_DATA_DIR). The first start creates the "
+                    "user with $LABEL_STUDIO_API_KEY as its API token (legacy tokens enabled, as push and pull "
+                    "use them); later starts keep that user and token. Nothing is sent out: no error reports, "
+                    "analytics or version checks.")
+    start.add_argument("--port", type=int, help="port (default: 8080, Label Studio's own)")
+    start.add_argument("--username", help="the user's e-mail, for the first start (default: $LABEL_STUDIO_USERNAME)")
+    start.add_argument("--password",
+                       help="the user's password, for the first start (default: $LABEL_STUDIO_PASSWORD)")
+    start.set_defaults(func=_cmd_label_start)
+    push = label_sub.add_parser(
+        "push", help="import a folder's drafted photos without a mask into a project, worst first",
+        description="Creates the project (the folder's name, or --project) or updates it, and imports the photos "
+                    "of FOLDER/drafts.csv that have no mask in FOLDER/masks/, most correction first, each with its "
+                    "draft as a prediction and its rank and uncertainty in the task's data. Photos the project "
+                    "already has (by name) are not imported again. Unreadable photos or drafts are named and "
+                    "skipped; the exit code is 1 if any were.")
+    push.add_argument("--limit", type=int, metavar="N", help="import at most N photos (the worst N not there yet)")
+    push.add_argument("--params", default="params.yaml", help=argparse.SUPPRESS)  # prepare.max_pixels
+    push.set_defaults(func=_cmd_label_push)
+    pull = label_sub.add_parser(
+        "pull", help="write the masks a person submitted in Label Studio to FOLDER/masks/",
+        description="Writes each task's latest submitted annotation to FOLDER/masks/NAME.png (8-bit grey); a "
+                    "skipped task or one nobody annotated writes nothing, and its photo keeps its draft. A draft "
+                    "submitted unchanged comes back exactly as it was drafted. The exit code is 1 if an annotation "
+                    "could not be written (each is named).")
+    pull.set_defaults(func=_cmd_label_pull)
+    for cmd in (push, pull):
+        cmd.add_argument("folder", help="the data folder (images/, drafts/, drafts.csv, masks/)")
+        cmd.add_argument("--url",
+                         help="Label Studio's address (default: $LABEL_STUDIO_URL, else http://127.0.0.1:8080)")
+        cmd.add_argument("--project", help="the project's title (default: the folder's name)")
+        cmd.add_argument("--quiet", action="store_true", help="no progress bar")
 
     pipeline = sub.add_parser(
         "run", usage="bgremoval run [STAGE] [--KEY VALUE ...]",

@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from bgremoval.data.manifest import add_rows, build_manifest, pair_files, resolve_source, unlabelled_files
+from bgremoval.data.manifest import (DRAFT, add_rows, build_manifest, pair_files, resolve_source, unlabelled_files,
+                                    with_drafts)
 from bgremoval.data.masks import MaskChoices
 from bgremoval.data.sample import SampleSpec, ensure_sample
-from bgremoval.data.split import REFERENCE, UNLABELLED, assign_groups, read_split_file, split_groups
+from bgremoval.data.split import REFERENCE, UNLABELLED, assign_groups, read_split_file, split_checked
 from stages.common import run, start
 
 log = logging.getLogger("stages.prepare")
@@ -23,12 +24,15 @@ def main() -> int:
     data_dir = resolve_source(cfg["source"], Path(paths["sample_dir"]))
 
     choices = MaskChoices(jpeg=cfg["jpeg_masks"], resize=cfg["resize_masks"])
-    manifest = build_manifest(pair_files(data_dir), max_pixels=cfg["max_pixels"], choices=choices)
+    pairs = pair_files(data_dir)
+    if cfg["drafts"]:  # photos without a person's mask train on their drafts (drafts/), if they have one
+        pairs = with_drafts(pairs, data_dir)
+    manifest = build_manifest(pairs, max_pixels=cfg["max_pixels"], choices=choices)
     manifest["group"] = assign_groups(manifest["name"], cfg["group_pattern"])
     if cfg["split_file"]:
         manifest["split"] = read_split_file(Path(cfg["split_file"]), manifest["name"])
     else:
-        manifest["split"] = split_groups(manifest["group"], cfg["splits"], seed)
+        manifest["split"] = split_checked(manifest["group"], manifest["mask_origin"] == DRAFT, cfg["splits"], seed)
 
     # Photos the splitter does not place: other kinds guarding against forgetting, and photos without masks.
     for split, folder, files in ((REFERENCE, cfg["reference"], pair_files), (UNLABELLED, cfg["unlabelled"], unlabelled_files)):
@@ -43,6 +47,7 @@ def main() -> int:
              len(manifest), data_dir, manifest["group"].nunique(), out, manifest["split"].value_counts().to_dict())
     log.info("masks by kind %s; sizes against their photos %s", manifest["mask_kind"].value_counts().to_dict(),
              manifest["mask_fit"].value_counts().to_dict())
+    log.info("masks by who made them %s (drafts only ever train)", manifest["mask_origin"].value_counts().to_dict())
     return 0
 
 

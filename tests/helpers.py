@@ -159,7 +159,7 @@ def train_toy_model(tmp: Path) -> Path:
                        loss="bce_dice", freeze_epochs=0, patience=10, pos_weight=3.0, blend=[1.0])
     keras.utils.set_random_seed(0)
     network = build_network(model_config(family="unet", unet_filters=[4, 8, 16]))
-    train_ds, val_ds = datasets(shards, cfg.size, cfg.batch_size, 0)
+    train_ds, val_ds = datasets(shards, cfg.size, cfg.batch_size, 0, 0.0)
     fit(network, train_ds, val_ds, cfg, 3.0, cfg.steps_per_epoch, tmp / "ckpt", [])
     path = tmp / "model.keras"
     inference_model(network).save(path)

@@ -177,7 +177,7 @@ def test_build_writes_balanced_train_shards_and_resized_val_test(tmp_path):
     by_split = {s: set(manifest.loc[manifest["split"] == s, "name"]) for s in ("train", "val", "test")}
     assert all(by_split.values())
     records = {s: read_records(sorted(out.glob(f"{s}-*.tfrecord"))) for s in ("train", "val", "test")}
-    assert stats["n"] == {s: len(r) for s, r in records.items()}
+    assert stats["n"] == {s: len(r) for s, r in records.items()} | {"draft": 0}  # no drafts: no draft shards
     assert stats["shards"] == {s: len(list(out.glob(f"{s}-*.tfrecord"))) for s in ("train", "val", "test")}
     # Train copies come from train images only, each kept at least once; val and test are one resize each.
     assert {name.split("#")[0] for name, _, _ in records["train"]} == by_split["train"]

@@ -123,3 +123,23 @@ def test_a_pair_missing_a_side_has_no_fit(tmp_path):
     df = build_manifest(pair_files(tmp_path), 10**6, MaskChoices(jpeg="threshold", resize=True)).set_index("name")
     assert df.loc["a_1", "mask_fit"] == "same" and pd.isna(df.loc["b_1", "mask_fit"])
     assert not df.loc["b_1", "mask_resize"]
+
+
+def test_a_drafts_origin_is_known_wherever_it_lies(tmp_path):
+    from bgremoval.data.manifest import pair_files, with_drafts
+    from bgremoval.labelling import folders
+
+    folder = tmp_path / "shop"
+    write_pair(folder, "drawn_1")
+    write_pair(folder, "copied_1")
+    folders.write_draft(folder / "masks" / "copied_1.png", np.full((24, 32), 255, np.uint8), "u2net")  # into masks/ by hand
+    (folder / "images" / "only_1.png").write_bytes((folder / "images" / "drawn_1.png").read_bytes())
+    folders.write_draft(folders.draft_path(folder, "only_1"), np.full((24, 32), 200, np.uint8), "u2net")
+    folders.write_draft(folders.draft_path(folder, "drawn_1"), np.zeros((24, 32), np.uint8), "u2net")
+    plain = build_manifest(pair_files(folder), 10**7, CHOICES).set_index("name")
+    assert plain["mask_origin"].fillna("no mask").to_dict() == {"copied_1": "draft", "drawn_1": "person",
+                                                                "only_1": "no mask"}
+    drafted = build_manifest(with_drafts(pair_files(folder), folder), 10**7, CHOICES).set_index("name")
+    assert drafted["mask_origin"].to_dict() == {"copied_1": "draft", "drawn_1": "person", "only_1": "draft"}
+    assert drafted.loc["only_1", "mask_path"].endswith("drafts/only_1.png")
+    assert drafted.loc["drawn_1", "mask_path"].endswith("masks/drawn_1.png")  # a person's mask wins over a draft

@@ -17,7 +17,7 @@ from bgremoval import tracking
 from bgremoval.data.masks import MaskChoices
 from bgremoval.data.manifest import build_manifest, pair_files
 from bgremoval.registry import versions
-from bgremoval.registry.gate import CHALLENGER, CHAMPION, PREVIOUS, decide
+from bgremoval.registry.gate import CHALLENGER, CHAMPION, PREVIOUS, decide, side_by_side
 from bgremoval.registry.versions import Gate, model_id_of, model_score, register_served, serving_key
 from bgremoval.serving.config import CONFIG_FILE, ServingConfig
 from bgremoval.serving.refine import Refine
@@ -69,6 +69,15 @@ def _record(alias: str, champion_version: str | None) -> versions.Registered:
     return versions.Registered(name=NAME, version="2", alias=alias, run_id="r", model_uri=f"models:/{NAME}/2",
                                decision="", reason="", metric="max_f", score=0.5, champion_version=champion_version,
                                champion_score=None)
+
+
+def test_the_gates_report_puts_each_score_beside_stocks_in_its_own_direction():
+    metrics = {"max_f": 0.95, "mae": 0.02, "hce": 30.0, "s_measure": 0.9, "size": 256, "ms_per_image": 80.0}
+    baseline = {"max_f": 0.96, "mae": 0.03, "hce": 20.0, "s_measure": 0.9}
+    table = side_by_side(metrics, baseline)
+    assert list(table) == ["mae", "max_f", "s_measure", "hce"]  # headline first, then DIS; only what both hold
+    assert [table[k]["ahead"] for k in table] == [True, False, False, False]  # lower MAE and HCE are better
+    assert table["hce"] == {"model": 30.0, "stock_u2netp": 20.0, "ahead": False}
 
 
 def test_the_serve_hint_names_only_an_alias_the_registry_holds():
@@ -205,6 +214,23 @@ def test_gate_both_ways_in_a_real_registry(setup):
     # The champion serves: the alias resolves to a loadable bgremoval model.
     served = load(f"models:/{NAME}@champion")
     assert served.config == ServingConfig.read(setup.served) and served.config.size == 32
+
+
+@pytest.mark.slow
+def test_the_registrys_champion_drafts_when_there_is_one(setup):
+    import numpy as np
+
+    from bgremoval.labelling.drafts import open_drafter, registry_has
+    from bgremoval.serving.served import Served
+
+    champion = f"models:/{NAME}@champion"
+    assert not registry_has(champion, mlflow.get_tracking_uri())
+    setup.register(0.80)
+    assert registry_has(champion, mlflow.get_tracking_uri())
+    drafter = open_drafter(None, champion, mlflow.get_tracking_uri())
+    assert drafter.name == champion and drafter.second_name == "u2netp"
+    image, _ = disc_image(40, 48, seed=3)
+    assert np.allclose(drafter.predict(image), Served.from_folder(setup.served)(image), atol=1e-6)
 
 
 @pytest.mark.slow

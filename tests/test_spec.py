@@ -25,7 +25,8 @@ DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
 # The library's layers, in the order they may import each other (bgremoval/__init__.py explains them).
 LAYERS = [("images", "pictures", "locks", "quiet", "tracking", "weights"), ("data",), ("serving",), ("scoring",),
-          ("model",), ("training",), ("export",), ("registry",), ("cli", "demo", "video")]
+          ("model",), ("training",), ("export",), ("registry",), ("labelling",),
+          ("cli", "demo", "video")]
 
 
 def _module_file(name: str) -> Path | None:

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bgremoval.data.split import assign_groups, read_split_file, split_groups
+from bgremoval.data.split import assign_groups, read_split_file, split_checked, split_groups
 
 FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
 
@@ -86,3 +86,20 @@ def test_split_file_entries_cannot_leave_the_data_folder(tmp_path, entry):
     with pytest.raises(ValueError, match="point outside") as err:
         read_split_file(csv, pd.Series(["a_1"]))
     assert entry in str(err.value) and str(csv) in str(err.value)
+
+
+def test_drafts_only_train_and_a_persons_masks_are_split_by_the_fractions_among_themselves():
+    groups = pd.Series([f"g{i}" for i in range(40)] + ["g0", "d1", "d2"] * 20)
+    draft = pd.Series([False] * 40 + [True, True, True] * 20)
+    splits = split_checked(groups, draft, FRACTIONS, 0)
+    assert set(splits[draft]) == {"train"}
+    assert splits[groups == "g0"].eq("train").all()  # a group holding a draft trains, its checked masks too
+    checked = splits[~groups.isin(["g0", "d1", "d2"])]
+    assert abs(checked.eq("train").mean() - 0.7) < 0.06 and checked.eq("val").sum() >= 5
+    # without drafts, exactly the plain split
+    assert split_checked(groups[:40], draft[:40], FRACTIONS, 3).equals(split_groups(groups[:40], FRACTIONS, 3))
+
+
+def test_too_few_checked_masks_for_val_and_test_says_so():
+    with pytest.raises(ValueError, match="hold no unreviewed draft.*bgremoval label push"):
+        split_checked(pd.Series(["a", "b", "c", "d"]), pd.Series([True, True, True, False]), FRACTIONS, 0)

@@ -108,7 +108,7 @@ TOY_UNET = model_config(family="unet", unet_filters=[4, 8, 16])
 def _train(shards, cfg, checkpoints, callbacks=(), seed=0):
     keras.utils.set_random_seed(seed)
     network = build_network(TOY_UNET)
-    train_ds, val_ds = datasets(shards, cfg.size, cfg.batch_size, seed)
+    train_ds, val_ds = datasets(shards, cfg.size, cfg.batch_size, seed, 0.0)
     return network, fit(network, train_ds, val_ds, cfg, 3.0, cfg.steps_per_epoch, checkpoints, list(callbacks))
 
 
@@ -123,7 +123,7 @@ def test_toy_training_logs_an_mlflow_run_with_per_epoch_curves(tmp_path, mlflow_
         with mlflow.start_run() as run:
             keras.utils.set_random_seed(0)
             network = build_network(TOY_UNET)
-            train_ds, val_ds = datasets(shards, 32, 8, 0)
+            train_ds, val_ds = datasets(shards, 32, 8, 0, 0.0)
             history = fit(network, train_ds, val_ds, replace(CFG, epochs=2, steps_per_epoch=2), 3.0, 2,
                           tmp_path / "ckpt", [EpochLogger(lambda logs: clean_logs(network, logs))])
             mlflow.log_metrics(clean_logs(network, {k: v[-1] for k, v in history.items()}), step=2)
@@ -208,7 +208,7 @@ def test_u2netp_fine_tuning_freezes_the_encoder_and_trains_the_rest(tmp_path):
     before = {l.name: [w.copy() for w in l.get_weights()] for l in network.get_layer("u2netp").layers if l.get_weights()}
     encoder = {l.name for l in encoder_layers(network)}
     cfg = replace(CFG, epochs=1, freeze_epochs=1, steps_per_epoch=2, batch_size=4)
-    train_ds, val_ds = datasets(shards, 32, 4, 0)
+    train_ds, val_ds = datasets(shards, 32, 4, 0, 0.0)
     history = fit(network, train_ds, val_ds, cfg, 3.0, 2, tmp_path / "ckpt", [])
     after = {l.name: l.get_weights() for l in network.get_layer("u2netp").layers if l.get_weights()}
     changed = {n for n in before if any(not np.array_equal(a, b) for a, b in zip(before[n], after[n]))}
@@ -287,7 +287,7 @@ def test_choose_blend_keeps_the_share_that_scores_best_on_val(tmp_path, toy_mode
     untrained = [w.copy() for w in network.get_weights()]
     network.set_weights(load_model(toy_model).get_weights())  # the toy U-Net trained on the same kind of discs
     compile_network(network, CFG, 3.0, CFG.steps_per_epoch)  # as fit leaves it
-    _, val_ds = datasets(shards, CFG.size, CFG.batch_size, 0)
+    _, val_ds = datasets(shards, CFG.size, CFG.batch_size, 0, 0.0)
     trained = [w.copy() for w in network.get_weights()]
     trained_iou = evaluate_val(network, val_ds)["iou"]
 
@@ -324,7 +324,7 @@ def test_a_training_run_blends_the_pretrained_weights_back_and_logs_the_curve(tm
     tuned = [w + rng.normal(0, 0.3 * float(w.std()) + 1e-3, w.shape).astype(w.dtype) if w.dtype.kind == "f" else w
              for w in pretrained]
     network.set_weights(tuned)
-    _, val_ds = datasets(shards, 32, 4, 0)
+    _, val_ds = datasets(shards, 32, 4, 0, 0.0)
     cfg = replace(CFG, blend=[0.0, 0.5, 1.0])
     compile_network(network, cfg, 1.0, 1)  # as fit leaves it
     with tracking_store(mlflow_uri) as uri:

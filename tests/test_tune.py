@@ -49,7 +49,7 @@ def _objective(shards: Path, prune: bool = True):
         keras.utils.set_random_seed(trial.number)
         cfg = apply_overrides("train", TRAIN, values)
         network = build_network(model_config(family="unet", unet_filters=SMALL))
-        train_ds, val_ds = datasets(shards, 32, 8, 0)
+        train_ds, val_ds = datasets(shards, 32, 8, 0, 0.0)
         rename = lambda logs: clean_logs(network, logs)  # noqa: E731
         callbacks = [EpochLogger(rename)] + ([PruneOnMetric(trial, rename, "val/iou")] if prune else [])
         fit(network, train_ds, val_ds, cfg, 3.0, 2, checkpoints, callbacks)

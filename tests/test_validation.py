@@ -26,7 +26,7 @@ def failed_guards(report: dict) -> dict[str, set[str]]:
 def test_clean_data_passes_and_builds_data_docs(data_dir, tmp_path):
     report = validate(manifest_for(data_dir), docs=tmp_path / "docs")
     assert report["success"], report["failures"]
-    assert report["evaluated"] == 16
+    assert report["evaluated"] == 17
     assert (tmp_path / "docs" / "index.html").exists()
     # Its result page under a name that does not change from run to run (validation.json names it).
     stable = result_page(tmp_path / "docs")
@@ -172,3 +172,20 @@ def test_report_is_json_and_message_says_what_to_do(data_dir):
     msg = failure_message(report)
     assert "seq3_000.png" in msg and "width=24" in msg and "mask_width=32" in msg
     assert "dvc repro" in msg
+
+
+def test_a_draft_in_val_or_test_fails_and_the_share_of_drafts_is_reported(data_dir):
+    from bgremoval.data.validation import mask_summary
+
+    df = manifest_for(data_dir)
+    assert set(df["mask_origin"]) == {"person"}
+    name = df.loc[df["split"] == "test", "name"].iloc[0]
+    df.loc[df["name"] == name, "mask_origin"] = "draft"
+    report = validate(df)
+    assert not report["success"]
+    assert failed_guards(report) == {next(g for g in failed_guards(report) if "person drew or checked" in g): {name}}
+    assert mask_summary(df)["origins"] == {"person": len(df) - 1, "draft": 1, "draft_share": 1 / len(df)}
+    # a draft in train is fine
+    df.loc[df["name"] == name, "mask_origin"] = "person"
+    df.loc[df.index[df["split"] == "train"][0], "mask_origin"] = "draft"
+    assert validate(df)["success"]

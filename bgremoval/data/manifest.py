@@ -12,6 +12,11 @@ import pandas as pd
 from bgremoval.data.masks import MaskChoices, describe_mask, is_jpeg, mask_fit
 from bgremoval.images import IMAGE_EXTENSIONS, ImageReadError, open_image, sha256_file
 
+# Who made a pair's mask: a person drew or checked it (masks/), or a model drafted it and nobody checked it yet
+# (drafts/, or a file in masks/ that still carries the draft tag). val and test are scored on a person's only.
+PERSON, DRAFT = "person", "draft"
+DRAFT_TAG = "bgremoval-draft"  # the PNG text key `bgremoval draft` writes (bgremoval.labelling.folders)
+
 log = logging.getLogger(__name__)
 
 # Column order of the manifest; numeric columns are float so a failed decode can be NaN.
@@ -30,6 +35,7 @@ COLUMNS = [
     "mask_noise",
     "mask_fit",
     "mask_resize",
+    "mask_origin",
     "fg_fraction",
     "content_hash",
     "image_error",
@@ -81,6 +87,26 @@ def pair_files(data_dir: Path) -> list[tuple[str, Path | None, Path | None]]:
     return [(name, images.get(name), masks.get(name)) for name in sorted(images.keys() | masks.keys())]
 
 
+def with_drafts(pairs: list[tuple[str, Path | None, Path | None]], data_dir: Path) -> list[tuple[str, Path | None, Path | None]]:
+    """The pairs with each photo that has no mask paired with its draft in data_dir/drafts/, if it has one."""
+    folder = Path(data_dir) / "drafts"
+    drafts = list_images(folder, root=data_dir) if folder.is_dir() else {}
+    return [(name, image, drafts.get(name) if mask is None and image is not None else mask)
+            for name, image, mask in pairs]
+
+
+def mask_origin(mask: Path) -> str:
+    """PERSON, or DRAFT for a mask a model drafted (its PNG carries the draft tag, wherever the file lies)."""
+    from PIL import Image
+
+    try:
+        with Image.open(mask) as img:
+            tagged = DRAFT_TAG in (getattr(img, "text", None) or {})
+    except (OSError, ValueError):
+        tagged = False  # an unreadable mask is reported by mask_error
+    return DRAFT if tagged else PERSON
+
+
 def unlabelled_files(folder: Path) -> list[tuple[str, Path, None]]:
     """(name, image, None) for every photo of a folder of photos without masks (its images/, or the folder)."""
     folder = Path(folder)
@@ -97,7 +123,8 @@ def describe_pair(name: str, image: Path | None, mask: Path | None, max_pixels: 
     kind, its JPEG noise, how its size fits the photo's (mask_fit: same | scaled | different) and whether
     readers resize it to the photo (mask_resize: scaled, with prepare.resize_masks on) are recorded too."""
     row: dict = {c: None for c in COLUMNS}
-    row.update(name=name, image_path=_str(image), mask_path=_str(mask), mask_resize=False)
+    row.update(name=name, image_path=_str(image), mask_path=_str(mask), mask_resize=False,
+               mask_origin=None if mask is None else mask_origin(mask))
     for key in ("width", "height", "channels", "mask_width", "mask_height", "mask_noise", "fg_fraction"):
         row[key] = np.nan
     if image is not None:

@@ -66,6 +66,25 @@ def split_groups(groups: pd.Series, fractions: dict[str, float], seed: int) -> p
     return groups.map(assigned)
 
 
+def split_checked(groups: pd.Series, draft: pd.Series, fractions: dict[str, float], seed: int) -> pd.Series:
+    """Split label per row where `draft` marks the rows whose mask is an unreviewed draft: every group holding a
+    draft trains (val and test are scored on masks a person checked), and the other groups are split by the
+    fractions among themselves, so the drafts come on top of the train share rather than crowding a person's
+    masks out of it."""
+    draft = draft.fillna(False).astype(bool)
+    pinned = groups.isin(set(groups[draft]))
+    if not pinned.any():
+        return split_groups(groups, fractions, seed)
+    out = pd.Series("train", index=groups.index, dtype=object)
+    try:
+        out[~pinned] = split_groups(groups[~pinned], fractions, seed)
+    except ValueError as exc:
+        raise ValueError(f"{exc}. Only {groups[~pinned].nunique()} group(s) hold no unreviewed draft, and val and test "
+                         "are scored on masks a person drew or checked: correct more drafts (`bgremoval label push`, "
+                         "then `pull`) or give masks for more photos") from None
+    return out
+
+
 def read_split_file(path: Path, names: pd.Series) -> pd.Series:
     """Split label per row from a CSV with columns name,split (name = base name; a path's stem is used)."""
     path = Path(path)

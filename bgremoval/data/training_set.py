@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from bgremoval.data.augment import AugmentConfig, augment_pair, resize_pair
 from bgremoval.data.balance import bin_labels, oversample_plan, positive_weight, target_weights
+from bgremoval.data.manifest import DRAFT
 from bgremoval.data.masks import load_mask
 from bgremoval.data.shards import write_shards
 from bgremoval.images import load_rgb
@@ -60,8 +61,12 @@ def build(manifest: pd.DataFrame, aug: AugmentConfig, balance: Balance, copies: 
     shown = set(np.linspace(0, len(plan) - 1, 24).round().astype(int).tolist())
     out_masks, samples = [], []
 
-    def train_records():
+    drafted = (train["mask_origin"] == DRAFT).to_numpy() if "mask_origin" in train else np.zeros(len(train), bool)
+
+    def train_records(from_drafts: bool):
         for k, i in enumerate(tqdm(plan, desc="augment", leave=False)):
+            if drafted[i] != from_drafts:
+                continue
             # One generator per output copy, keyed by its position: reproducible, order-free.
             rng = np.random.default_rng([seed, k])
             donor = cache[int(rng.integers(len(train)))] if len(train) > 1 else None
@@ -71,7 +76,10 @@ def build(manifest: pd.DataFrame, aug: AugmentConfig, balance: Balance, copies: 
                 samples.append((f"{train.loc[i, 'name']}#{k}", image, mask))
             yield f"{train.loc[i, 'name']}#{k}", image, mask
 
-    counts = {"train": len(write_shards(train_records(), out_dir, "train", shard_size))}
+    # A person's masks and the drafts in shards of their own: training weighs the two (train.draft_weight).
+    counts = {"train": len(write_shards(train_records(False), out_dir, "train", shard_size))}
+    if drafted.any():
+        counts[DRAFT] = len(write_shards(train_records(True), out_dir, DRAFT, shard_size))
     for split in ("val", "test"):
         rows = manifest[manifest["split"] == split]
         records = ((r["name"], *resize_pair(*load_pair(r, max_side, max_pixels), aug.size)) for _, r in rows.iterrows())
@@ -79,7 +87,8 @@ def build(manifest: pd.DataFrame, aug: AugmentConfig, balance: Balance, copies: 
 
     fg_share, pos_weight = positive_weight(out_masks)
     stats = {"size": aug.size, "pos_weight": pos_weight, "fg_pixel_share": fg_share,
-             "n": {"train": len(plan), **{s: int((manifest["split"] == s).sum()) for s in ("val", "test")}},
+             "n": {"train": int((~drafted[plan]).sum()), DRAFT: int(drafted[plan].sum()),
+                   **{s: int((manifest["split"] == s).sum()) for s in ("val", "test")}},
              "shards": counts}
     before, after = bins.value_counts(normalize=True), pd.Series([bins[i] for i in plan]).value_counts(normalize=True)
     table = pd.DataFrame({"bin": sorted(set(bins))}).assign(
@@ -87,6 +96,7 @@ def build(manifest: pd.DataFrame, aug: AugmentConfig, balance: Balance, copies: 
         requested=lambda d: d["bin"].map(weights).fillna(0.0),
         after=lambda d: d["bin"].map(after).fillna(0.0))
     picture = grid([overlay(img, m) for _, img, m in samples], [n for n, _, _ in samples], cols=6)
-    log.info("train: %d images -> %d augmented copies in %d shards; val %d, test %d; pos_weight %.2f",
-             len(train), len(plan), counts["train"], stats["n"]["val"], stats["n"]["test"], pos_weight)
+    log.info("train: %d images -> %d augmented copies in %d shards (%d of them of unreviewed drafts); val %d, test %d; "
+             "pos_weight %.2f", len(train), len(plan), counts["train"] + counts.get(DRAFT, 0), stats["n"][DRAFT],
+             stats["n"]["val"], stats["n"]["test"], pos_weight)
     return stats, table, picture

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from bgremoval.data.manifest import DRAFT, PERSON
 from bgremoval.data.masks import KINDS
 from bgremoval.data.split import REFERENCE, SPLITS, UNLABELLED
 
@@ -42,7 +43,10 @@ def add_derived_columns(manifest: pd.DataFrame, split_fractions: dict[str, float
     split = df["split"].isin(SPLITS)
     df["group_split_count"] = float("nan")
     df.loc[split, "group_split_count"] = df[split].groupby("group")["split"].transform("nunique").astype(float)
-    # How far is this row's split from its requested fraction of the labelled pairs?
+    # How far is this row's split from its requested fraction of the labelled pairs? Drafts only ever train, on
+    # top of the train share: the fractions are of the masks a person drew or checked.
+    if "mask_origin" in df:
+        split &= df["mask_origin"].ne(DRAFT)
     actual = df.loc[split, "split"].map(df.loc[split, "split"].value_counts(normalize=True))
     wanted = df.loc[split, "split"].map(split_fractions)
     df["split_fraction_error"] = float("nan")
@@ -71,6 +75,7 @@ def expectations(t: Thresholds) -> list:
         gxe.ExpectColumnValuesToBeBetween(column="fg_fraction", min_value=t.fg_min, max_value=t.fg_max, meta={"show": ["mask_kind"]}, **masked, notes=f"foreground covers {t.fg_min:g}..{t.fg_max:g} of the mask (no empty, no all-foreground masks): such a pair has no subject to cut out; fix its mask or remove the pair"),
         gxe.ExpectColumnValuesToBeBetween(column="hash_split_count", max_value=1, notes="no image content appears in two splits, the reference and unlabelled photos among them (leakage)"),
         gxe.ExpectColumnValuesToBeBetween(column="group_split_count", max_value=1, notes="no group (e.g. video sequence) crosses splits (leakage)"),
+        gxe.ExpectColumnValuesToBeInSet(column="mask_origin", value_set=[PERSON], row_condition='split in ["val", "test"]', condition_parser="pandas", notes="val and test are scored against masks a person drew or checked: no unreviewed draft there (correct it in Label Studio, or leave the split to prepare, which trains on drafts only)"),
         gxe.ExpectColumnValuesToBeInSet(column="split", value_set=[*SPLITS, REFERENCE, UNLABELLED], notes="every pair has a split"),
         gxe.ExpectColumnDistinctValuesToContainSet(column="split", value_set=present, notes=f"every requested split is present: {present}"),
         gxe.ExpectColumnValuesToBeBetween(column="split_fraction_error", max_value=t.split_tolerance, notes=f"each split's share is within {t.split_tolerance:g} of prepare.splits"),
@@ -191,8 +196,12 @@ def mask_summary(manifest: pd.DataFrame) -> dict:
     with the noisiest files."""
     jpeg = manifest[manifest["mask_noise"].notna()]
     noisiest = jpeg.nlargest(NOISIEST, "mask_noise")
+    origins = manifest["mask_origin"].value_counts() if "mask_origin" in manifest else pd.Series(dtype=int)
     return {
         "kinds": {str(k): int(n) for k, n in manifest["mask_kind"].value_counts().items()},
+        # who made the masks: a person (drawn or checked) or a model (unreviewed drafts, train only)
+        "origins": {PERSON: int(origins.get(PERSON, 0)), DRAFT: int(origins.get(DRAFT, 0)),
+                    "draft_share": float(origins.get(DRAFT, 0) / max(int(origins.sum()), 1))},
         "fit": {str(k): int(n) for k, n in manifest["mask_fit"].value_counts().items()},
         "resized": int(manifest["mask_resize"].fillna(False).astype(bool).sum()),
         "jpeg": {
@@ -208,6 +217,10 @@ def mask_summary(manifest: pd.DataFrame) -> dict:
 def mask_lines(summary: dict) -> list[str]:
     """The mask summary in a few lines for the log."""
     lines = ["masks by kind: " + ", ".join(f"{k} {n}" for k, n in summary["kinds"].items())]
+    o = summary["origins"]
+    if o[DRAFT]:
+        lines.append(f"masks by who made them: {o[PERSON]} by a person, {o[DRAFT]} unreviewed drafts "
+                     f"({o['draft_share']:.0%}; drafts only train)")
     if summary["resized"]:
         lines.append(f"{summary['resized']} scaled masks are resized to their photos (prepare.resize_masks)")
     j = summary["jpeg"]

@@ -40,7 +40,7 @@ class ImageScores:
     boundary_f: float
     precision: np.ndarray  # (256,) at thresholds 0/255 .. 255/255
     recall: np.ndarray
-    dis: dict[str, float] | None = None  # the DIS measures, when asked for
+    dis: dict[str, float] | None  # the DIS measures, when asked for
 
 
 def _binary(gt: np.ndarray) -> np.ndarray:

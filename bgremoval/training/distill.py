@@ -99,7 +99,7 @@ def distill(model: keras.Model, model_cfg: ModelConfig, train_cfg: TrainConfig, 
     with tempfile.TemporaryDirectory() as tmp:
         n_pseudo = pseudo_shards(model, unlabelled, cfg, aug, seed, max_pixels, Path(tmp) / "pseudo")
         size = train_cfg.size
-        labelled, val_ds = datasets(shards, size, train_cfg.batch_size, seed)
+        labelled, val_ds = datasets(shards, size, train_cfg.batch_size, seed, train_cfg.draft_weight)
         pseudo = (read_dataset(sorted(str(p) for p in (Path(tmp) / "pseudo").glob("*.tfrecord")), size).cache()
                   .shuffle(1024, seed=seed).repeat().batch(train_cfg.batch_size, drop_remainder=True))
         mixed = tf.data.Dataset.sample_from_datasets([labelled.unbatch(), pseudo.unbatch()],

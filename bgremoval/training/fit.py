@@ -14,6 +14,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from bgremoval.data.manifest import DRAFT
 from bgremoval.data.shards import read_dataset
 from bgremoval.model.network import ModelConfig, encoder_layers
 from bgremoval.training.losses import make_loss
@@ -37,6 +38,9 @@ class TrainConfig:
     pos_weight: float | str  # BCE weight of foreground pixels: a number, or "auto" (augment's bg/fg ratio)
     edge_weight: float  # extra BCE weight of the pixels within edge_band of the true mask's edge (0: none)
     edge_band: int  # in pixels at the training size
+    # How often a training pair whose mask is an unreviewed draft is drawn against one with a person's mask:
+    # 0 leaves the drafts out, 1 draws them as often, 0.5 half as often.
+    draft_weight: float
     # Share of the fine-tuned weights in the saved network, the rest the pretrained ones (WiSE-FT); with
     # several, each is scored on val and the best val IoU is kept. (1.0,) = the fine-tuned weights alone.
     blend: tuple[float, ...]
@@ -53,6 +57,8 @@ class TrainConfig:
         if not shares or any(not 0.0 <= s <= 1.0 for s in shares):
             raise ValueError(f"train.blend must be a number or a list of numbers in [0, 1]; got {self.blend!r}")
         object.__setattr__(self, "blend", shares)
+        if not isinstance(self.draft_weight, (int, float)) or self.draft_weight < 0:
+            raise ValueError(f"train.draft_weight must be a number >= 0; got {self.draft_weight!r}")
 
 
 @keras.saving.register_keras_serializable(package="bgremoval")
@@ -90,19 +96,42 @@ class Dice(IoU):
         return 2 * iou / (1 + iou)
 
 
-def datasets(shards_dir: Path, size: int, batch_size: int, seed: int):
-    """(train, val) tf.data pipelines over the augment stage's shards: parallel decode, cache, prefetch."""
+def draft_share(n_person: int, n_draft: int, draft_weight: float) -> float:
+    """The share of training pairs drawn from the drafts, each drawn draft_weight times as often as a pair with a
+    person's mask."""
+    weighed = draft_weight * n_draft
+    return 0.0 if weighed == 0 else weighed / (n_person + weighed)
+
+
+def datasets(shards_dir: Path, size: int, batch_size: int, seed: int, draft_weight: float):
+    """(train, val) tf.data pipelines over the augment stage's shards: parallel decode, cache, prefetch. Pairs
+    whose masks are unreviewed drafts (their own shards) are drawn draft_weight times as often as a person's."""
     import tensorflow as tf
 
     train_files = sorted(str(p) for p in Path(shards_dir).glob("train-*.tfrecord"))
+    draft_files = sorted(str(p) for p in Path(shards_dir).glob(f"{DRAFT}-*.tfrecord"))
     val_files = sorted(str(p) for p in Path(shards_dir).glob("val-*.tfrecord"))
-    if not train_files or not val_files:
+    if not val_files or not (train_files or draft_files):
         raise FileNotFoundError(f"{shards_dir}: no train-*/val-*.tfrecord shards; run `dvc repro augment` first")
-    train = (
-        read_dataset(train_files, size).cache()
-        .shuffle(2048, seed=seed, reshuffle_each_iteration=True)
-        .repeat().batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
-    )
+    share = 0.0
+    if draft_files:
+        n = shard_stats(shards_dir)["n"]
+        share = draft_share(n["train"], n[DRAFT], draft_weight)
+    if not train_files and share == 0:
+        raise ValueError("train.draft_weight is 0 and every training pair's mask is an unreviewed draft: nothing to "
+                         "train on; raise train.draft_weight, or correct some drafts")
+
+    def repeated(files: list[str]):
+        return read_dataset(files, size).cache().shuffle(2048, seed=seed, reshuffle_each_iteration=True).repeat()
+
+    if share == 0:
+        pairs = repeated(train_files)
+    elif share == 1:
+        pairs = repeated(draft_files)
+    else:
+        pairs = tf.data.Dataset.sample_from_datasets([repeated(train_files), repeated(draft_files)],
+                                                     weights=[1 - share, share], seed=seed)
+    train = pairs.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
     # Declared length: Keras otherwise learns it by running off the end (and warns every fit).
     n_val = count_records(shards_dir, "val")
     val = (
@@ -118,8 +147,8 @@ def shard_stats(shards_dir: Path) -> dict:
 
 
 def count_records(shards_dir: Path, split: str) -> int:
-    """How many records the augment stage wrote for a split."""
-    return int(shard_stats(shards_dir)["n"][split])
+    """How many records the augment stage wrote for a split (DRAFT: the train copies of unreviewed drafts)."""
+    return int(shard_stats(shards_dir)["n"].get(split, 0))
 
 
 def positive_weight(cfg: TrainConfig, shards_dir: Path) -> float:
@@ -136,8 +165,11 @@ def positive_weight(cfg: TrainConfig, shards_dir: Path) -> float:
 
 
 def steps_per_epoch(cfg: TrainConfig, shards_dir: Path) -> int:
-    """cfg.steps_per_epoch, or for 0 one pass over the train shards (the train set repeats forever)."""
-    return cfg.steps_per_epoch or max(1, count_records(shards_dir, "train") // cfg.batch_size)
+    """cfg.steps_per_epoch, or for 0 one pass over the train shards, drafts included when they train (the train
+    set repeats forever)."""
+    n = shard_stats(shards_dir)["n"]
+    pairs = n["train"] + (n.get(DRAFT, 0) if cfg.draft_weight > 0 else 0)
+    return cfg.steps_per_epoch or max(1, pairs // cfg.batch_size)
 
 
 def _targets(network: keras.Model, side_weight: float):

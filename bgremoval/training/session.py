@@ -14,13 +14,14 @@ import numpy as np
 import pandas as pd
 
 from bgremoval import tracking
+from bgremoval.data.manifest import DRAFT
 from bgremoval.model.network import ModelConfig, build_network, inference_model
 from bgremoval.pictures import grid, overlay
 from bgremoval.training.blend import choose_blend
 from bgremoval.training.callbacks import EpochLogger, Progress
 from bgremoval.training.fit import (
-    TrainConfig, checkpoint_epoch, clean_logs, count_records, datasets, evaluate_val, fit, positive_weight, run_key,
-    steps_per_epoch,
+    TrainConfig, checkpoint_epoch, clean_logs, count_records, datasets, draft_share, evaluate_val, fit, positive_weight,
+    run_key, steps_per_epoch,
 )
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ class Trained:
 def train_tracked(model_cfg: ModelConfig, train_cfg: TrainConfig, shards: Path, seed: int, checkpoints: Path,
                   manifest: pd.DataFrame, manifest_path: Path, lineage: dict[str, str]) -> Trained:
     """Train in the MLflow run of this configuration (a new one, or the one a kill cut off)."""
-    train_ds, val_ds = datasets(shards, train_cfg.size, train_cfg.batch_size, seed)
+    train_ds, val_ds = datasets(shards, train_cfg.size, train_cfg.batch_size, seed, train_cfg.draft_weight)
     steps, pos_weight = steps_per_epoch(train_cfg, shards), positive_weight(train_cfg, shards)
     network = build_network(model_cfg)
     pretrained = [w.copy() for w in network.get_weights()]  # what train.blend mixes back in after fine-tuning
@@ -53,8 +54,15 @@ def train_tracked(model_cfg: ModelConfig, train_cfg: TrainConfig, shards: Path, 
         if previous is None:  # a resumed run has its params and inputs already (MLflow params are write-once)
             mlflow.log_params({f"model.{k}": v for k, v in asdict(model_cfg).items()})
             mlflow.log_params({f"train.{k}": v for k, v in asdict(train_cfg).items()})
+            # Who made the train split's masks (a person, or a model's unreviewed drafts), in pairs and in the
+            # augmented copies trained on, and the share of training draws that are drafts.
+            origins = manifest.loc[manifest["split"] == "train", "mask_origin"].value_counts()
+            mlflow.log_params({"train_masks.person": int(origins.get("person", 0)),
+                               "train_masks.draft": int(origins.get(DRAFT, 0))})
             mlflow.log_params({"base.seed": seed, "pos_weight": pos_weight, "steps_per_epoch": steps,
-                               "n_train": count_records(shards, "train")})
+                               "n_train": count_records(shards, "train"), "n_train_drafts": count_records(shards, DRAFT),
+                               "draft_share": round(draft_share(count_records(shards, "train"),
+                                                                count_records(shards, DRAFT), train_cfg.draft_weight), 4)})
             tracking.log_split_inputs(manifest, manifest_path)
         rename = lambda logs: clean_logs(network, logs)  # noqa: E731
         progress = Progress(train_cfg.epochs, steps, rename, done_epochs=resumed)
@@ -91,7 +99,7 @@ def _blend(network: keras.Model, pretrained: list, val_ds, model_cfg: ModelConfi
 
 def prediction_grid(model: keras.Model, shards: Path, size: int, n: int = 8):
     """Val images: ground truth (green) beside the prediction (magenta)."""
-    _, val_ds = datasets(shards, size, n, 0)
+    _, val_ds = datasets(shards, size, n, 0, 0.0)
     images, masks = next(iter(val_ds.unbatch().batch(n)))
     images, masks = images.numpy(), masks.numpy()[..., 0]
     preds = np.asarray(model.predict(images, batch_size=n, verbose=0))[..., 0]

@@ -74,7 +74,7 @@ class TuneJob:
         train_cfg = apply_overrides("train", self.base_train, values)
         network = build_network(model_cfg)
         pretrained = [w.copy() for w in network.get_weights()] if model_cfg.family == "u2netp" else None
-        train_ds, val_ds = datasets(self.shards, train_cfg.size, train_cfg.batch_size, self.seed)
+        train_ds, val_ds = datasets(self.shards, train_cfg.size, train_cfg.batch_size, self.seed, train_cfg.draft_weight)
         rename = lambda logs: clean_logs(network, logs)  # noqa: E731
         callbacks = [EpochLogger(rename)] + ([] if self.cfg.latency else [PruneOnMetric(trial, rename, metric)])
         fit(network, train_ds, val_ds, train_cfg, positive_weight(train_cfg, self.shards),

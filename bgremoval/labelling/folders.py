@@ -1,0 +1,76 @@
+"""Where a data folder keeps what a person drew or checked, and what a model drafted.
+
+    FOLDER/images/NAME.jpg    the photos
+    FOLDER/masks/NAME.png     masks drawn or checked by a person: the only ones val and test are scored on
+    FOLDER/drafts/NAME.png    a model's drafts (soft, 0-255), each tagged as a draft in its PNG text
+    FOLDER/drafts.csv         the drafts ranked, most correction probably needed first
+    FOLDER/drafts_worst.png   a contact sheet of the worst-ranked drafts
+
+A draft never lives in masks/; one copied there by hand still carries its tag, and prepare reads it as a
+draft (`is_draft`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, PngImagePlugin
+
+from bgremoval.data.manifest import DRAFT_TAG
+
+IMAGES, MASKS, DRAFTS = "images", "masks", "drafts"
+RANKING = "drafts.csv"
+CONTACT_SHEET = "drafts_worst.png"
+
+
+def drafts_dir(folder: Path) -> Path:
+    return Path(folder) / DRAFTS
+
+
+def draft_path(folder: Path, name: str) -> Path:
+    return drafts_dir(folder) / f"{name}.png"
+
+
+def mask_path(folder: Path, name: str) -> Path:
+    return Path(folder) / MASKS / f"{name}.png"
+
+
+def write_draft(path: Path, mask: np.ndarray, model: str) -> None:
+    """An 8-bit grey PNG of a draft (H, W) uint8, tagged (DRAFT_TAG) with the model that drafted it; written
+    atomically."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text(DRAFT_TAG, model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    part = path.with_name(path.name + ".part")
+    Image.fromarray(np.asarray(mask, np.uint8), mode="L").save(part, format="PNG", pnginfo=info)
+    part.replace(path)
+
+
+def write_mask(path: Path, mask: np.ndarray) -> None:
+    """An 8-bit grey PNG of a mask a person drew or checked (no draft tag); written atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    part = path.with_name(path.name + ".part")
+    Image.fromarray(np.asarray(mask, np.uint8), mode="L").save(part, format="PNG")
+    part.replace(path)
+
+
+def drafted_by(path: Path) -> str | None:
+    """The model a PNG's draft tag names, or None for a file without one (a person's mask, or not a PNG)."""
+    try:
+        with Image.open(path) as img:
+            text = getattr(img, "text", None) or {}
+            return text.get(DRAFT_TAG)
+    except (OSError, ValueError):
+        return None
+
+
+def is_draft(path: Path) -> bool:
+    """Whether a mask file is a model's draft (tagged), wherever it lies."""
+    return drafted_by(path) is not None
+
+
+def read_draft(path: Path) -> np.ndarray:
+    """A draft as (H, W) uint8."""
+    with Image.open(path) as img:
+        return np.asarray(img.convert("L"))
