@@ -217,8 +217,7 @@ def _cmd_draft(args: argparse.Namespace) -> int:
         return 0
     champion, tracking_uri = _default_model(args.params)
     model = args.model or cfg["model"]
-    if model and ("://" in model or model.startswith(("models:", "runs:"))):
-        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a registry model: ours is the bar that counts
     try:
         drafter = open_drafter(model, champion, args.tracking_uri or tracking_uri)
     except (WeightsError, FileNotFoundError, ValueError) as exc:

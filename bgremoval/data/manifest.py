@@ -95,16 +95,21 @@ def with_drafts(pairs: list[tuple[str, Path | None, Path | None]], data_dir: Pat
             for name, image, mask in pairs]
 
 
-def mask_origin(mask: Path) -> str:
-    """PERSON, or DRAFT for a mask a model drafted (its PNG carries the draft tag, wherever the file lies)."""
+def drafted_by(mask: Path) -> str | None:
+    """The model a mask file's draft tag names, or None for a file without one (a person's mask, or a file that
+    cannot be read: mask_error reports that)."""
     from PIL import Image
 
     try:
         with Image.open(mask) as img:
-            tagged = DRAFT_TAG in (getattr(img, "text", None) or {})
+            return (getattr(img, "text", None) or {}).get(DRAFT_TAG)
     except (OSError, ValueError):
-        tagged = False  # an unreadable mask is reported by mask_error
-    return DRAFT if tagged else PERSON
+        return None
+
+
+def mask_origin(mask: Path) -> str:
+    """PERSON, or DRAFT for a mask a model drafted (its PNG carries the draft tag, wherever the file lies)."""
+    return PERSON if drafted_by(mask) is None else DRAFT
 
 
 def unlabelled_files(folder: Path) -> list[tuple[str, Path, None]]:

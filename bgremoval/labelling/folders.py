@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, PngImagePlugin
 
-from bgremoval.data.manifest import DRAFT_TAG
+from bgremoval.data.manifest import DRAFT_TAG, drafted_by
 
 IMAGES, MASKS, DRAFTS = "images", "masks", "drafts"
 RANKING = "drafts.csv"
@@ -53,16 +53,6 @@ def write_mask(path: Path, mask: np.ndarray) -> None:
     part = path.with_name(path.name + ".part")
     Image.fromarray(np.asarray(mask, np.uint8), mode="L").save(part, format="PNG")
     part.replace(path)
-
-
-def drafted_by(path: Path) -> str | None:
-    """The model a PNG's draft tag names, or None for a file without one (a person's mask, or not a PNG)."""
-    try:
-        with Image.open(path) as img:
-            text = getattr(img, "text", None) or {}
-            return text.get(DRAFT_TAG)
-    except (OSError, ValueError):
-        return None
 
 
 def is_draft(path: Path) -> bool:

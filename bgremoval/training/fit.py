@@ -167,9 +167,10 @@ def positive_weight(cfg: TrainConfig, shards_dir: Path) -> float:
 def steps_per_epoch(cfg: TrainConfig, shards_dir: Path) -> int:
     """cfg.steps_per_epoch, or for 0 one pass over the train shards, drafts included when they train (the train
     set repeats forever)."""
-    n = shard_stats(shards_dir)["n"]
-    pairs = n["train"] + (n.get(DRAFT, 0) if cfg.draft_weight > 0 else 0)
-    return cfg.steps_per_epoch or max(1, pairs // cfg.batch_size)
+    if cfg.steps_per_epoch:
+        return cfg.steps_per_epoch
+    pairs = count_records(shards_dir, "train") + (count_records(shards_dir, DRAFT) if cfg.draft_weight > 0 else 0)
+    return max(1, pairs // cfg.batch_size)
 
 
 def _targets(network: keras.Model, side_weight: float):
