@@ -33,7 +33,7 @@ def main() -> None:
     parser.add_argument("folder", type=Path, help="folder with images/ and masks/")
     args = parser.parse_args()
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    prepare, validate = params["prepare"], params["validate"]
+    prepare = params["prepare"]
 
     t0 = time.perf_counter()
     choices = MaskChoices(jpeg=prepare["jpeg_masks"], resize=prepare["resize_masks"])
@@ -41,10 +41,9 @@ def main() -> None:
     manifest["group"] = assign_groups(manifest["name"], prepare["group_pattern"])
     manifest["split"] = split_groups(manifest["group"], prepare["splits"], params["base"]["seed"])
     t1 = time.perf_counter()
-    thresholds = Thresholds(min_size=validate["min_size"], fg_min=validate["fg_min"], fg_max=validate["fg_max"],
-                            split_tolerance=validate["split_tolerance"], split_fractions=prepare["splits"])
+    thresholds = Thresholds.from_params(params)
     with tempfile.TemporaryDirectory() as docs:
-        report = summarise(run_suite(add_derived_columns(manifest, prepare["splits"]), thresholds, Path(docs)))
+        report = summarise(run_suite(add_derived_columns(manifest, thresholds), thresholds, Path(docs)))
     t2 = time.perf_counter()
 
     n = len(manifest)

@@ -117,10 +117,9 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=4, help="frames per scene")
     args = parser.parse_args()
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    prepare, validate, seed = params["prepare"], params["validate"], params["base"]["seed"]
+    prepare, seed = params["prepare"], params["base"]["seed"]
     spec = SampleSpec(**{**prepare["sample"], "n_scenes": args.scenes, "frames_per_scene": args.frames})
-    thresholds = Thresholds(min_size=validate["min_size"], fg_min=validate["fg_min"], fg_max=validate["fg_max"],
-                            split_tolerance=validate["split_tolerance"], split_fractions=prepare["splits"])
+    thresholds = Thresholds.from_params(params)
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -135,7 +134,7 @@ def main() -> None:
                                 MaskChoices(jpeg=choices["jpeg_masks"], resize=choices["resize_masks"]))
             df["group"] = assign_groups(df["name"], prepare["group_pattern"])
             df["split"] = split_groups(df["group"], prepare["splits"], seed)
-            report = summarise(run_suite(add_derived_columns(df, prepare["splits"]), thresholds, None))
+            report = summarise(run_suite(add_derived_columns(df, thresholds), thresholds, None))
             named = set().union(*[{u["name"] for u in f.get("unexpected", [])} for f in report["failures"]])
             fg_err = (df["fg_fraction"] - df["name"].map(truth)).abs()
             clean = ~df["name"].isin(broken)

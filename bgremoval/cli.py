@@ -234,6 +234,51 @@ def _cmd_draft(args: argparse.Namespace) -> int:
     return 1 if done.skipped else 0
 
 
+def _cmd_suspects(args: argparse.Namespace) -> int:
+    from bgremoval.data.manifest import build_manifest, pair_files
+    from bgremoval.data.masks import MaskChoices
+    from bgremoval.data.validation import scorable
+    from bgremoval.labelling import suspects
+    from bgremoval.labelling.drafts import best_at_hand, open_model
+    from bgremoval.weights import WeightsError
+
+    params = _params(args.params)
+    prepare, cfg, folder = params["prepare"], params["validate"]["suspects"], Path(args.folder)
+    try:
+        pairs = [p for p in pair_files(folder) if p[1] is not None and p[2] is not None]
+    except (FileNotFoundError, ValueError) as exc:
+        sys.exit(f"bgremoval suspects: {exc}")
+    manifest = build_manifest(pairs, prepare["max_pixels"], MaskChoices(prepare["jpeg_masks"], prepare["resize_masks"]))
+    rows = scorable(manifest, params["validate"]["min_contrast"])
+    unread = [f"{r['name']}: {r['image_error'] or r['mask_error']}" for _, r in manifest.iterrows()
+              if r["image_error"] or r["mask_error"]]
+    if rows.empty:
+        sys.exit(f"bgremoval suspects: {folder} holds no pair of a photo and a mask a person drew to check")
+    champion, tracking_uri = _default_model(args.params)
+    tracking_uri = args.tracking_uri or tracking_uri
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    model = args.model or params["draft"]["model"] or best_at_hand(champion, tracking_uri)
+    try:
+        predict = open_model(model, tracking_uri)
+    except (WeightsError, FileNotFoundError, ValueError) as exc:
+        sys.exit(f"bgremoval suspects: cannot open the model {model}: {exc}")
+    ranking, more = suspects.score_masks(rows, predict, model, prepare["max_pixels"], progress=not args.quiet)
+    unread += more
+    ranking.to_csv(folder / suspects.RANKING, index=False, float_format="%.6f")
+    above = suspects.flag_above(ranking["disagreement"], cfg["z"])
+    flagged = ranking[ranking["disagreement"] > above]
+    worst = args.worst if args.worst is not None else cfg["worst"]
+    drawn = suspects.contact_sheet(ranking, worst, predict, prepare["max_pixels"], folder / suspects.CONTACT_SHEET)
+    for reason in unread:
+        print(f"skipped {reason}", file=sys.stderr)
+    print(f"ranked {len(ranking)} mask(s) a person drew by their disagreement with {model}'s (1 - IoU; median "
+          f"{ranking['disagreement'].median():.3f}) in {folder / suspects.RANKING}, the most suspect first"
+          + (f"; the worst {drawn} in {folder / suspects.CONTACT_SHEET}" if drawn else ""))
+    print(f"{len(flagged)} far above the rest (over {above:.3f})" + (": " + ", ".join(flagged["name"][:10]) if len(flagged) else "")
+          + f". A person checks them in Label Studio: `bgremoval label push {folder} --suspects`")
+    return 1 if unread else 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from bgremoval.demo import launch
 
@@ -349,14 +394,15 @@ def _cmd_label_push(args: argparse.Namespace) -> int:
     max_pixels = _params(args.params)["prepare"]["max_pixels"]
     try:
         studio = connect(args.url)
-        done = push(studio, folder, project_title(folder, args.project), max_pixels, args.limit,
-                    progress=not args.quiet)
+        done = push(studio, folder, project_title(folder, args.project, args.suspects), max_pixels, args.limit,
+                    progress=not args.quiet, suspects=args.suspects)
     except (StudioError, FileNotFoundError, ValueError) as exc:
         sys.exit(f"bgremoval label push: {exc}")
     for reason in done.skipped:
         print(f"skipped {reason}", file=sys.stderr)
     project = done.project
-    how = ", worst first, each with its draft as a prediction" if done.imported else ""
+    how = (", most suspect first, each with its mask as a prediction" if args.suspects else
+           ", worst first, each with its draft as a prediction") if done.imported else ""
     print(f"pushed {len(done.imported)} photo(s) to {'new ' if project.created else ''}project {project.title!r} "
           f"(id {project.id}) at {studio.url}{how}; {done.already} already there, {done.masked} with a person's mask"
           + (f", {done.left} left for a later push (--limit)" if done.left else "")
@@ -374,7 +420,7 @@ def _cmd_label_pull(args: argparse.Namespace) -> int:
         sys.exit(f"bgremoval label pull: {folder} is not a folder (the data folder that was pushed)")
     try:
         studio = connect(args.url)
-        done = pull(studio, folder, project_title(folder, args.project), progress=not args.quiet)
+        done = pull(studio, folder, project_title(folder, args.project, args.suspects), progress=not args.quiet)
     except (StudioError, FileNotFoundError, ValueError) as exc:
         sys.exit(f"bgremoval label pull: {exc}")
     for reason in done.failed:
@@ -464,6 +510,23 @@ def build_parser() -> argparse.ArgumentParser:
     draft.add_argument("--quiet", action="store_true", help="no progress bar")
     draft.set_defaults(func=_cmd_draft)
 
+    suspects = sub.add_parser(
+        "suspects", help="rank the masks a person drew by how much a model disagrees with them",
+        description="Compares every mask in FOLDER/masks/ that a person drew (drafts are left out) with the mask "
+                    "the best model at hand (as for `draft`) makes of its photo: 1 - IoU at 0.5. FOLDER/suspects.csv "
+                    "ranks them, the most suspect first; FOLDER/suspects_worst.png shows the worst (photo, its mask, "
+                    "the model's). Those far above the rest (params.yaml validate.suspects.z) are named. A "
+                    "report: nothing is changed. Next: `bgremoval label push FOLDER --suspects`, where a person "
+                    "checks them. Unreadable pairs are named and skipped; the exit code is 1 if any were.")
+    suspects.add_argument("folder", help="a data folder with images/ and masks/")
+    suspects.add_argument("--model", help="as for draft (default: params.yaml draft.model, else the best at hand)")
+    suspects.add_argument("--worst", type=int, metavar="N",
+                          help="pairs in the contact sheet (default: params.yaml validate.suspects.worst)")
+    suspects.add_argument("--tracking-uri", help="as for draft")
+    suspects.add_argument("--params", default="params.yaml", help=argparse.SUPPRESS)
+    suspects.add_argument("--quiet", action="store_true", help="no progress bar")
+    suspects.set_defaults(func=_cmd_suspects)
+
     demo = sub.add_parser(
         "demo", help="a local web page to try a model: drop a photo, pick the output, download the result",
         description="Serves a page (Gradio) with the photo and its result side by side and the same options as "
@@ -533,6 +596,10 @@ def build_parser() -> argparse.ArgumentParser:
                          help="Label Studio's address (default: $LABEL_STUDIO_URL, else http://127.0.0.1:8080)")
         cmd.add_argument("--project", help="the project's title (default: the folder's name)")
         cmd.add_argument("--quiet", action="store_true", help="no progress bar")
+        cmd.add_argument("--suspects", action="store_true",
+                         help="the masks of FOLDER/suspects.csv (`bgremoval suspects`), each with the mask a person "
+                              "drew as the prediction, in a project of their own (the folder's name + "
+                              "' masks to check'); a mask a checked one replaces is kept in FOLDER/replaced/")
 
     pipeline = sub.add_parser(
         "run", usage="bgremoval run [STAGE] [--KEY VALUE ...]",

@@ -50,3 +50,12 @@ def thumbnail_png(path: Path, max_pixels: int, side: int = 64) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     return buf.getvalue()
+
+
+def square(tile: np.ndarray) -> np.ndarray:
+    """A picture centred on a white square, so that the grid shows it undistorted."""
+    h, w = tile.shape[:2]
+    side = max(h, w)
+    out = np.full((side, side, 3), 255, np.uint8)
+    out[(side - h) // 2:(side - h) // 2 + h, (side - w) // 2:(side - w) // 2 + w] = tile
+    return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from bgremoval.data.content import copies_in, merge_groups
 from bgremoval.data.manifest import (DRAFT, add_rows, build_manifest, pair_files, resolve_source, unlabelled_files,
                                     with_drafts)
 from bgremoval.data.masks import MaskChoices
@@ -29,6 +30,15 @@ def main() -> int:
         pairs = with_drafts(pairs, data_dir)
     manifest = build_manifest(pairs, max_pixels=cfg["max_pixels"], choices=choices)
     manifest["group"] = assign_groups(manifest["name"], cfg["group_pattern"])
+    # The same picture under two names (resized, re-encoded, cropped a little) goes where its copy goes.
+    copies = copies_in(manifest, cfg["near_copy_distance"], params["validate"]["min_contrast"])
+    if copies:
+        before = manifest["group"].nunique()
+        manifest["group"] = merge_groups(manifest["group"], copies)
+        log.info("%d near-copy pair(s) (perceptual hash within %d bits), e.g. %s; %d group(s) merged so no split "
+                 "separates them", len(copies), cfg["near_copy_distance"],
+                 ", ".join(f"{manifest.at[a, 'name']} ~ {manifest.at[b, 'name']} ({d})" for a, b, d in copies[:3]),
+                 before - manifest["group"].nunique())
     if cfg["split_file"]:
         manifest["split"] = read_split_file(Path(cfg["split_file"]), manifest["name"])
     else:

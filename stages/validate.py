@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from bgremoval.data.validation import (Thresholds, add_derived_columns, failure_message, mask_lines, mask_summary,
-                                      result_page, run_suite, summarise)
+                                      result_page, run_suite, scorable, summarise, suspect_summary)
 from stages.common import run, start
 
 log = logging.getLogger("stages.validate")
@@ -20,27 +20,35 @@ log = logging.getLogger("stages.validate")
 def main() -> int:
     params = start("validate")
     cfg, reports = params["validate"], Path(params["paths"]["reports"])
-    thresholds = Thresholds(
-        min_size=cfg["min_size"],
-        fg_min=cfg["fg_min"],
-        fg_max=cfg["fg_max"],
-        split_tolerance=cfg["split_tolerance"],
-        split_fractions=params["prepare"]["splits"],
-    )
-
+    thresholds = Thresholds.from_params(params)
     manifest = pd.read_parquet(params["paths"]["manifest"])
-    table = add_derived_columns(manifest, thresholds.split_fractions)
+    reports.mkdir(parents=True, exist_ok=True)
+    suspects = None
+    if cfg["suspects"]["model"]:  # every mask a person drew against a model's mask of its photo
+        suspects = suspect_masks(manifest, cfg, params["prepare"]["max_pixels"], reports)
+        ranking = suspects["ranking"]  # a mask file is one pair's (names may repeat across the reference photos)
+        manifest["mask_disagreement"] = manifest["mask_path"].map(dict(zip(ranking["mask_path"], ranking["disagreement"])))
+        thresholds = Thresholds.from_params(params, suspect_above=suspects["flag_above"])
+    else:  # off: an empty ranking, so that no earlier run's stands
+        from bgremoval.labelling.suspects import COLUMNS
+
+        pd.DataFrame(columns=COLUMNS).to_csv(reports / "suspect_masks.csv", index=False)
+        (reports / "suspect_masks.png").unlink(missing_ok=True)
+    table = add_derived_columns(manifest, thresholds)
     docs = reports / "data_docs"
     shutil.rmtree(docs, ignore_errors=True)  # one run's docs, not an accumulating history
     report = summarise(run_suite(table, thresholds, docs))
     report["pairs"] = len(manifest)
     report["masks"] = mask_summary(manifest)
+    if suspects is not None:
+        report["suspect_masks"] = {k: v for k, v in suspects.items() if k != "ranking"}
+        for f in report["warnings"]:
+            log.warning("%d pair(s): not %s", f.get("unexpected_count", 0), f["guards"])
     for line in mask_lines(report["masks"]):
         log.info("%s", line)
     page = result_page(docs)
     report["data_docs"] = str(page) if page else None
 
-    reports.mkdir(parents=True, exist_ok=True)
     (reports / "validation.json").write_text(json.dumps(report, indent=2, default=str))
     log.info("Data Docs (open in a browser): %s", Path(page or docs / "index.html").resolve())
     if not report["success"]:
@@ -49,6 +57,27 @@ def main() -> int:
         return 1
     log.info("all %d expectations met on %d pairs", report["evaluated"], len(manifest))
     return 0
+
+
+def suspect_masks(manifest: pd.DataFrame, cfg: dict, max_pixels: int, reports: Path) -> dict:
+    """Score every mask a person drew with validate.suspects.model; the ranking to reports/suspect_masks.csv, the
+    worst to reports/suspect_masks.png; the summary for validation.json (with the ranking under "ranking")."""
+    from bgremoval.labelling.drafts import open_model
+    from bgremoval.labelling.suspects import contact_sheet, flag_above, score_masks
+
+    s = cfg["suspects"]
+    predict = open_model(s["model"], tracking_uri=None)
+    ranking, unread = score_masks(scorable(manifest, cfg["min_contrast"]), predict, s["model"], max_pixels)
+    ranking.to_csv(reports / "suspect_masks.csv", index=False, float_format="%.6f")
+    above = flag_above(ranking["disagreement"], s["z"])
+    sheet = reports / "suspect_masks.png"
+    sheet.unlink(missing_ok=True)
+    contact_sheet(ranking, s["worst"], predict, max_pixels, sheet)
+    summary = suspect_summary(ranking, above, s["worst"], unread)
+    log.info("suspect masks: %d of %d masks disagree with %s's more than %.3f (1 - IoU; median %.3f): %s; the worst "
+             "%d in %s", len(summary["flagged"]), len(ranking), s["model"], above, summary["median"] or 0,
+             ", ".join(f["name"] for f in summary["flagged"][:5]) or "none", min(s["worst"], len(ranking)), sheet)
+    return {**summary, "ranking": ranking}
 
 
 if __name__ == "__main__":

@@ -168,7 +168,7 @@ def test_a_push_takes_the_drafts_without_a_persons_mask_worst_first_and_names_wh
 def test_an_unreadable_photo_or_a_draft_of_another_size_is_named(tmp_path):
     folder = tmp_path / "photos"
     drafted_folder(folder, {"a": 0.5})
-    draft = Draft("a", 1, 0.5, "toy", folder / folders.IMAGES / "a.jpg", folders.draft_path(folder, "a"))
+    draft = Draft("a", 1, 0.5, "toy", folder / folders.IMAGES / "a.jpg", folders.draft_path(folder, "a"), person=False)
     assert check_draft(draft, 10**7).shape == (48, 64)
     folders.write_draft(draft.draft, np.zeros((10, 10), np.uint8), "toy")
     with pytest.raises(ValueError, match=r"10x10 pixels, but its photo .*a.jpg is 64x48"):
@@ -411,3 +411,48 @@ def test_a_person_sees_the_draft_over_the_photo(label_studio, browser, tmp_path,
     assert [label_studio + task["data"][IMAGE], w, h] in images, images
     assert ["region", w, h] in images, images
     assert "flower" in body().split("\n")  # the task's header: the photo's name
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("label_studio")
+def test_suspect_masks_go_to_a_project_of_their_own_and_a_checked_mask_replaces_the_old_which_is_kept(
+        label_studio, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv(KEY_ENV, KEY)
+    folder = tmp_path / "shop"
+    masks = {}
+    for i, name in enumerate(["p1", "p2", "p3"]):
+        image, mask = disc_image(48, 64, seed=i)
+        (folder / folders.IMAGES).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(folder / folders.IMAGES / f"{name}.png")
+        masks[name] = mask
+    masks["p2"] = 255 - masks["p2"]  # the background marked instead of the subject
+    folders.write_mask(folders.mask_path(folder, "p1"), masks["p1"])
+    folders.write_mask(folders.mask_path(folder, "p2"), masks["p2"])
+    Image.fromarray(masks["p3"]).save(folder / folders.MASKS / "p3.jpg", quality=100)  # a JPEG mask
+    assert cli(["suspects", str(folder), "--model", "u2netp", "--quiet"]) == 0
+    ranking = pd.read_csv(folder / "suspects.csv")
+    assert ranking["name"][0] == "p2" and (folder / "suspects_worst.png").is_file()
+
+    assert push(label_studio, folder, "--suspects") == 0
+    assert "pushed 3 photo(s) to new project 'shop masks to check'" in capsys.readouterr().out
+    (project,) = projects_titled(label_studio, "shop masks to check")
+    tasks = sorted(tasks_of(label_studio, project["id"]), key=lambda t: t["id"])
+    assert [t["data"]["name"] for t in tasks] == ranking["name"].tolist()  # the most suspect first
+    for task in tasks:
+        name = task["data"]["name"]
+        shown = mask_from_results(task["predictions"][0]["result"], (48, 64))
+        expected = masks[name] if name != "p3" else np.asarray(Image.open(folder / folders.MASKS / "p3.jpg"))
+        assert np.array_equal(shown, expected), name  # the mask a person drew, as its file holds it
+    by_name = {t["data"]["name"]: t for t in tasks}
+    fixed = 255 - masks["p2"]
+    for name, result in (("p2", [brush_result(fixed)]), ("p3", by_name["p3"]["predictions"][0]["result"]),
+                         ("p1", by_name["p1"]["predictions"][0]["result"])):
+        api(label_studio, "POST", f"/api/tasks/{by_name[name]['id']}/annotations/", json={"result": result})
+
+    assert cli(["label", "pull", str(folder), "--url", label_studio, "--quiet", "--suspects"]) == 0
+    assert np.array_equal(read_png(folders.mask_path(folder, "p2")), fixed)
+    assert np.array_equal(read_png(folder / "replaced" / "p2.png"), masks["p2"])  # the old one, kept
+    assert not (folder / folders.MASKS / "p3.jpg").exists() and (folder / "replaced" / "p3.jpg").is_file()
+    assert (folder / folders.MASKS / "p3.png").is_file()  # one mask per name in masks/
+    assert not (folder / "replaced" / "p1.png").exists()  # submitted unchanged: nothing to keep
+    assert np.array_equal(read_png(folders.mask_path(folder, "p1")), masks["p1"])

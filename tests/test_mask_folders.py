@@ -18,7 +18,8 @@ from bgremoval.data.validation import (Thresholds, add_derived_columns, failure_
                                        run_suite, summarise)
 from tests.helpers import SPLITS, write_pair
 
-THRESHOLDS = Thresholds(min_size=16, fg_min=0.01, fg_max=0.95, split_tolerance=0.15, split_fractions=SPLITS)
+THRESHOLDS = Thresholds(min_size=16, fg_min=0.01, fg_max=0.95, split_tolerance=0.15, split_fractions=SPLITS,
+                       min_contrast=8, near_copy_distance=20, suspect_above=None)
 NAMES = [f"seq{g}_{f:03d}" for g in range(6) for f in range(4)]
 FG = 7 / 24  # write_pair's masks: the top 7 of 24 rows
 
@@ -44,7 +45,7 @@ def prepared(folder: Path, jpeg: str = "threshold", resize: bool = False) -> pd.
 
 
 def validate(df: pd.DataFrame) -> dict:
-    return summarise(run_suite(add_derived_columns(df, SPLITS), THRESHOLDS, None))
+    return summarise(run_suite(add_derived_columns(df, THRESHOLDS), THRESHOLDS, None))
 
 
 def named(report: dict) -> dict[str, set[str]]:

@@ -41,8 +41,9 @@ def test_rotated_photos_fail_validation_listing_exactly_those_pairs(tmp_path):
         Image.open(p).transpose(Image.Transpose.ROTATE_90).save(p, quality=95)
 
     splits = {"train": 0.5, "val": 0.25, "test": 0.25}
-    t = Thresholds(min_size=64, fg_min=0.001, fg_max=0.98, split_tolerance=0.2, split_fractions=splits)
-    report = summarise(run_suite(add_derived_columns(manifest_for(folder, splits), splits), t, None))
+    t = Thresholds(min_size=64, fg_min=0.001, fg_max=0.98, split_tolerance=0.2, split_fractions=splits,
+                   min_contrast=8, near_copy_distance=20, suspect_above=None)
+    report = summarise(run_suite(add_derived_columns(manifest_for(folder, splits), t), t, None))
 
     assert not report["success"]
     by_guard = {f["guards"]: {u["name"] for u in f.get("unexpected", [])} for f in report["failures"]}

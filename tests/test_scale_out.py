@@ -114,8 +114,7 @@ def workers_run(tmp_path_factory, mlflow_server):
         # Inside the trial and its MLflow run (which the test below expects to find, left running).
         mine = [t for t in running if t.user_attrs.get("worker", "").endswith(f":{victim.pid}")
                 and "mlflow_run_id" in t.user_attrs]
-        if mine:
-            time.sleep(1.0)  # well inside the trial: it has sent heartbeats
+        if mine:  # inside the trial (its first heartbeat is written as it starts) and its MLflow run: kill now
             victim.send_signal(signal.SIGKILL)
             victim.wait()
             killed_trial = mine[0].number

@@ -26,8 +26,9 @@ def _with(manifest, folder: Path, split: str, files):
 
 
 def _validate(manifest):
-    t = Thresholds(min_size=8, fg_min=0.001, fg_max=0.98, split_tolerance=0.3, split_fractions=SPLITS)
-    return summarise(run_suite(add_derived_columns(manifest, SPLITS), t, None))
+    t = Thresholds(min_size=8, fg_min=0.001, fg_max=0.98, split_tolerance=0.3, split_fractions=SPLITS,
+                   min_contrast=8, near_copy_distance=20, suspect_above=None)
+    return summarise(run_suite(add_derived_columns(manifest, t), t, None))
 
 
 def test_unlabelled_photos_join_the_manifest_without_masks_and_validate(data_dir, tmp_path):

@@ -38,11 +38,12 @@ def _module_file(name: str) -> Path | None:
     return None
 
 
-def local_imports(path: Path) -> set[Path]:
+def local_imports(path: Path, package: str | None = None) -> set[Path]:
     """Every file of this repo (bgremoval/, stages/) that importing `path` runs, by any import form:
     `import a.b`, `from a.b import c` (c a module or a name), `from a import b`, relative imports, and the
-    __init__.py of every package on the way."""
-    package = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
+    __init__.py of every package on the way. `package`: the file's package (default: from its place in the repo)."""
+    if package is None:
+        package = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
     names = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
@@ -87,14 +88,13 @@ def test_every_stage_has_a_script_and_a_params_section():
 
 def test_the_import_resolver_sees_every_form(tmp_path):
     """`from bgremoval import tracking` and `from bgremoval.serving import refine` name modules too."""
-    probe = ROOT / "stages" / "_probe_imports.py"
-    probe.write_text("from bgremoval import tracking\nfrom bgremoval.serving import refine\nimport bgremoval.data.split\n")
-    try:
-        found = {f.relative_to(ROOT).as_posix() for f in local_imports(probe)}
-    finally:
-        probe.unlink()
+    probe = tmp_path / "_probe_imports.py"  # as if in stages/, written outside the source tree
+    probe.write_text("from bgremoval import tracking\nfrom bgremoval.serving import refine\nimport bgremoval.data.split\n"
+                     "from . import common\n")
+    found = {f.relative_to(ROOT).as_posix() for f in local_imports(probe, package="stages")}
     assert {"bgremoval/tracking.py", "bgremoval/serving/refine.py", "bgremoval/data/split.py",
-            "bgremoval/serving/__init__.py", "bgremoval/data/__init__.py", "bgremoval/__init__.py"} <= found
+            "bgremoval/serving/__init__.py", "bgremoval/data/__init__.py", "bgremoval/__init__.py",
+            "stages/common.py"} <= found
 
 
 def test_each_stage_lists_the_code_it_runs_as_deps():

@@ -11,11 +11,12 @@ from bgremoval.data.validation import (RESULT_PAGE, Thresholds, add_derived_colu
                                       run_suite, summarise)
 from tests.helpers import SPLITS, manifest_for, write_pair
 
-THRESHOLDS = Thresholds(min_size=16, fg_min=0.01, fg_max=0.95, split_tolerance=0.15, split_fractions=SPLITS)
+THRESHOLDS = Thresholds(min_size=16, fg_min=0.01, fg_max=0.95, split_tolerance=0.15, split_fractions=SPLITS,
+                       min_contrast=8, near_copy_distance=20, suspect_above=None)
 
 
 def validate(df: pd.DataFrame, t: Thresholds = THRESHOLDS, docs=None) -> dict:
-    return summarise(run_suite(add_derived_columns(df, t.split_fractions), t, docs))
+    return summarise(run_suite(add_derived_columns(df, t), t, docs))
 
 
 def failed_guards(report: dict) -> dict[str, set[str]]:
@@ -26,7 +27,7 @@ def failed_guards(report: dict) -> dict[str, set[str]]:
 def test_clean_data_passes_and_builds_data_docs(data_dir, tmp_path):
     report = validate(manifest_for(data_dir), docs=tmp_path / "docs")
     assert report["success"], report["failures"]
-    assert report["evaluated"] == 17
+    assert report["evaluated"] == 19
     assert (tmp_path / "docs" / "index.html").exists()
     # Its result page under a name that does not change from run to run (validation.json names it).
     stable = result_page(tmp_path / "docs")

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bgremoval.data.content import contrast, perceptual_hash
 from bgremoval.data.masks import MaskChoices, describe_mask, is_jpeg, mask_fit
 from bgremoval.images import IMAGE_EXTENSIONS, ImageReadError, open_image, sha256_file
 
@@ -37,6 +38,8 @@ COLUMNS = [
     "mask_resize",
     "mask_origin",
     "fg_fraction",
+    "image_contrast",
+    "image_hash",
     "content_hash",
     "image_error",
     "mask_error",
@@ -130,7 +133,7 @@ def describe_pair(name: str, image: Path | None, mask: Path | None, max_pixels: 
     row: dict = {c: None for c in COLUMNS}
     row.update(name=name, image_path=_str(image), mask_path=_str(mask), mask_resize=False,
                mask_origin=None if mask is None else mask_origin(mask))
-    for key in ("width", "height", "channels", "mask_width", "mask_height", "mask_noise", "fg_fraction"):
+    for key in ("width", "height", "channels", "mask_width", "mask_height", "mask_noise", "fg_fraction", "image_contrast"):
         row[key] = np.nan
     if image is not None:
         try:
@@ -140,6 +143,8 @@ def describe_pair(name: str, image: Path | None, mask: Path | None, max_pixels: 
                 height=img.height,
                 image_mode=img.mode,
                 channels=_CHANNELS.get(img.mode, np.nan),
+                image_contrast=contrast(img),  # a blank photo (validate.min_contrast)
+                image_hash=perceptual_hash(img),  # the same picture under another name (prepare.near_copy_distance)
                 content_hash=sha256_file(image),
             )
         except ImageReadError as exc:

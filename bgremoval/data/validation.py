@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from bgremoval.data.content import copies_in
 from bgremoval.data.manifest import DRAFT, PERSON
 from bgremoval.data.masks import KINDS
 from bgremoval.data.split import REFERENCE, SPLITS, UNLABELLED
@@ -17,6 +18,7 @@ log = logging.getLogger(__name__)
 
 IMAGE_MODES = ("RGB", "RGBA", "L")
 NOISIEST = 5  # JPEG masks listed by name in the report
+CRITICAL = "critical"  # GX's severity of an expectation that stops the pipeline; "warning" ones only report
 
 
 @dataclass(frozen=True)
@@ -28,11 +30,32 @@ class Thresholds:
     fg_max: float
     split_tolerance: float
     split_fractions: dict[str, float]
+    min_contrast: float  # a photo below it is blank (content.contrast)
+    near_copy_distance: int  # photos whose hashes differ by at most this many bits are one picture
+    suspect_above: float | None  # a person's mask disagreeing more with the model is listed; None: not scored
+
+    @classmethod
+    def from_params(cls, params: dict, suspect_above: float | None = None) -> Thresholds:
+        """The thresholds params.yaml sets (validate:, and prepare's splits and near-copy distance)."""
+        cfg, prepare = params["validate"], params["prepare"]
+        return cls(min_size=cfg["min_size"], fg_min=cfg["fg_min"], fg_max=cfg["fg_max"],
+                   split_tolerance=cfg["split_tolerance"], split_fractions=prepare["splits"],
+                   min_contrast=cfg["min_contrast"], near_copy_distance=prepare["near_copy_distance"],
+                   suspect_above=suspect_above)
 
 
-def add_derived_columns(manifest: pd.DataFrame, split_fractions: dict[str, float]) -> pd.DataFrame:
+def add_derived_columns(manifest: pd.DataFrame, t: Thresholds) -> pd.DataFrame:
     """Per-row facts about the whole table, so row-level expectations can name offending files."""
+    split_fractions = t.split_fractions
     df = manifest.copy()
+    # Near-copies in two splits: each such photo names its closest copy in another split, and their distance.
+    df["near_copy_of"], df["near_copy_split"], df["near_copy_distance"] = None, None, float("nan")
+    for a, b, d in sorted(copies_in(df, t.near_copy_distance, t.min_contrast), key=lambda p: p[2], reverse=True):
+        if df.at[a, "split"] != df.at[b, "split"]:
+            for row, other in ((a, b), (b, a)):
+                df.at[row, "near_copy_of"] = df.at[other, "image_path"]
+                df.at[row, "near_copy_split"] = df.at[other, "split"]
+                df.at[row, "near_copy_distance"] = float(d)
     # In how many splits does this image's content (and this group) appear? >1 means leakage.
     hashed = df["content_hash"].notna()
     df["hash_split_count"] = float("nan")
@@ -61,6 +84,20 @@ def expectations(t: Thresholds) -> list:
     present = [s for s in SPLITS if t.split_fractions.get(s, 0) > 0]
     sizes = {"show": ["width", "height", "mask_width", "mask_height"]}  # extra values shown for a failing pair
     masked = {"row_condition": f'split!="{UNLABELLED}"', "condition_parser": "pandas"}  # photos that have masks
+    # Photos that show something: a blank photo is named once, as blank, not again for its mask's coverage.
+    masked_shown = {"row_condition": f'split!="{UNLABELLED}" and image_contrast>={t.min_contrast!r}',
+                    "condition_parser": "pandas"}
+    copies = {"show": ["near_copy_distance", "split", "near_copy_split"]}
+    suspects = [] if t.suspect_above is None else [
+        # A report, not a gate (severity warning): the pairs to look at first, never dropped without a person.
+        gxe.ExpectColumnValuesToBeBetween(column="mask_disagreement", max_value=t.suspect_above, severity="warning",
+                                          meta={"show": ["split"]}, row_condition="mask_disagreement==mask_disagreement",
+                                          condition_parser="pandas",
+                                          notes=f"a mask a person drew agrees with the model's mask of its photo about "
+                                                f"as well as the others do (1 - IoU at most {t.suspect_above:.3f}); "
+                                                "the others are probably wrong: check them first (`bgremoval label push "
+                                                "--suspects`)"),
+    ]
     return [
         gxe.ExpectColumnValuesToNotBeNull(column="mask_path", **masked, notes="every image has a mask (but the unlabelled photos)"),
         gxe.ExpectColumnValuesToNotBeNull(column="image_path", notes="every mask has an image"),
@@ -72,13 +109,16 @@ def expectations(t: Thresholds) -> list:
         gxe.ExpectColumnValuesToBeInSet(column="mask_resize", value_set=[True], row_condition='mask_fit=="scaled"', condition_parser="pandas", meta=sizes, notes="a mask scaled from its photo's size (same aspect ratio) is resized to the photo only with prepare.resize_masks: true; set it, or save masks at their photos' sizes"),
         gxe.ExpectColumnValuesToBeBetween(column="width", min_value=t.min_size, notes=f"images are at least {t.min_size} px wide"),
         gxe.ExpectColumnValuesToBeBetween(column="height", min_value=t.min_size, notes=f"images are at least {t.min_size} px high"),
-        gxe.ExpectColumnValuesToBeBetween(column="fg_fraction", min_value=t.fg_min, max_value=t.fg_max, meta={"show": ["mask_kind"]}, **masked, notes=f"foreground covers {t.fg_min:g}..{t.fg_max:g} of the mask (no empty, no all-foreground masks): such a pair has no subject to cut out; fix its mask or remove the pair"),
+        gxe.ExpectColumnValuesToBeBetween(column="image_contrast", min_value=t.min_contrast, meta={"show": ["fg_fraction"]}, notes=f"every photo shows something: its grey levels spread at least {t.min_contrast:g} of 255 (1st to 99th percentile); a blank photo (black, white, one flat tone) has no subject to cut out: remove the pair"),
+        gxe.ExpectColumnValuesToBeBetween(column="fg_fraction", min_value=t.fg_min, max_value=t.fg_max, meta={"show": ["mask_kind", "image_contrast"]}, **masked_shown, notes=f"foreground covers {t.fg_min:g}..{t.fg_max:g} of the mask (no empty, no all-foreground masks): such a pair has no subject to cut out; fix its mask or remove the pair"),
         gxe.ExpectColumnValuesToBeBetween(column="hash_split_count", max_value=1, notes="no image content appears in two splits, the reference and unlabelled photos among them (leakage)"),
         gxe.ExpectColumnValuesToBeBetween(column="group_split_count", max_value=1, notes="no group (e.g. video sequence) crosses splits (leakage)"),
+        gxe.ExpectColumnValuesToBeNull(column="near_copy_of", meta=copies, notes=f"no photo has a near-copy (the same picture resized, re-encoded, cropped or recoloured: perceptual hashes within {t.near_copy_distance} of 128 bits) in another split (leakage); prepare keeps near-copies together, so this comes from a split file or the reference or unlabelled photos: remove one of the two, or put both in one split"),
         gxe.ExpectColumnValuesToBeInSet(column="mask_origin", value_set=[PERSON], row_condition='split in ["val", "test"]', condition_parser="pandas", notes="val and test are scored against masks a person drew or checked: no unreviewed draft there (correct it in Label Studio, or leave the split to prepare, which trains on drafts only)"),
         gxe.ExpectColumnValuesToBeInSet(column="split", value_set=[*SPLITS, REFERENCE, UNLABELLED], notes="every pair has a split"),
         gxe.ExpectColumnDistinctValuesToContainSet(column="split", value_set=present, notes=f"every requested split is present: {present}"),
         gxe.ExpectColumnValuesToBeBetween(column="split_fraction_error", max_value=t.split_tolerance, notes=f"each split's share is within {t.split_tolerance:g} of prepare.splits"),
+        *suspects,
     ]
 
 
@@ -156,6 +196,7 @@ def _outcome(r, df: pd.DataFrame) -> dict:
         "expectation": cfg.type,
         "guards": cfg.notes,
         "kwargs": kwargs,
+        "severity": str(getattr(cfg.severity, "value", cfg.severity)),
         "success": bool(r.success),
     }
     if r.exception_info and r.exception_info.get("raised_exception"):
@@ -188,6 +229,33 @@ def _jsonable(v):
     if v is None or (isinstance(v, float) and v != v) or v is pd.NA:
         return None
     return v.item() if hasattr(v, "item") else v
+
+
+def scorable(manifest: pd.DataFrame, min_contrast: float) -> pd.DataFrame:
+    """The pairs whose masks a person drew and that the suspect-mask check can score: both files decode, the photo
+    shows something, and the mask is not an unreviewed draft (photos without masks have none)."""
+    ok = (manifest["mask_path"].notna() & manifest["image_path"].notna() & manifest["image_error"].isna()
+          & manifest["mask_error"].isna() & (manifest["image_contrast"] >= min_contrast)
+          & manifest["mask_fit"].isin(["same", "scaled"]))
+    if "mask_origin" in manifest:
+        ok &= manifest["mask_origin"].eq(PERSON)
+    return manifest[ok]
+
+
+def suspect_summary(ranking: pd.DataFrame, above: float, worst: int, unread: list[str]) -> dict:
+    """What validation.json says about the suspect masks: the model, the rule, every flagged pair and the worst."""
+    flagged = ranking[ranking["disagreement"] > above]
+    rows = lambda t: [{"name": r.name, "rank": int(r.rank), "disagreement": round(float(r.disagreement), 4),
+                       "image": r.image_path, "mask": r.mask_path} for r in t.itertuples()]
+    return {
+        "model": str(ranking["model"].iloc[0]) if len(ranking) else None,
+        "scored": len(ranking),
+        "median": float(ranking["disagreement"].median()) if len(ranking) else None,
+        "flag_above": above,
+        "flagged": rows(flagged),
+        "worst": rows(ranking.head(worst)),
+        "unread": unread,
+    }
 
 
 def mask_summary(manifest: pd.DataFrame) -> dict:
@@ -233,13 +301,16 @@ def mask_lines(summary: dict) -> list[str]:
 
 def summarise(outcomes: list[dict]) -> dict:
     """The report written to reports/validation.json."""
-    failed = [o for o in outcomes if not o["success"]]
+    failed = [o for o in outcomes if not o["success"] and o.get("severity", CRITICAL) == CRITICAL]
+    warned = [o for o in outcomes if not o["success"] and o.get("severity", CRITICAL) != CRITICAL]
     return {
         "success": not failed,
         "evaluated": len(outcomes),
         "failed": len(failed),
         "failures": failed,
-        "expectations": [{"guards": o["guards"], "expectation": o["expectation"], "success": o["success"]} for o in outcomes],
+        "warnings": warned,  # reports, not gates (the suspect masks): listed, and the pipeline goes on
+        "expectations": [{"guards": o["guards"], "expectation": o["expectation"], "success": o["success"],
+                          "severity": o.get("severity", CRITICAL)} for o in outcomes],
     }
 
 

@@ -71,28 +71,35 @@ def _u2net_installed() -> bool:
     return True
 
 
+def best_at_hand(champion: str, tracking_uri: str | None) -> str:
+    """The best model at hand: `champion` (models:/NAME@champion) if the registry holds it, else stock U²-Net
+    (`make u2net`), else stock U²-NetP."""
+    if registry_has(champion, tracking_uri):
+        return champion
+    return "u2net" if _u2net_installed() else "u2netp"
+
+
+def open_model(model: str, tracking_uri: str | None) -> Predictor:
+    """The predictor `model` names: u2net, u2netp, a served folder or an MLflow model URI."""
+    if model in STOCK:
+        return stock_model(model)
+    from bgremoval.serving.load import load
+
+    if tracking_uri and model.startswith(("models:", "runs:")):
+        import mlflow
+
+        mlflow.set_tracking_uri(tracking_uri)
+    return load(model)
+
+
 def open_drafter(model: str | None, champion: str, tracking_uri: str | None) -> Drafter:
     """The drafter `model` names (u2net, u2netp, a served folder or an MLflow model URI); without one the best at
-    hand: `champion` (models:/NAME@champion) if the registry holds it, else stock U²-Net (`make u2net`), else
-    stock U²-NetP. The second opinion is stock U²-NetP, or U²-Net where U²-NetP drafts."""
+    hand (best_at_hand). The second opinion is stock U²-NetP, or U²-Net where U²-NetP drafts."""
     if model is None:
-        if registry_has(champion, tracking_uri):
-            model = champion
-        else:
-            model = "u2net" if _u2net_installed() else "u2netp"
+        model = best_at_hand(champion, tracking_uri)
         log.info("drafting with %s (the best model at hand)", model)
-    if model in STOCK:
-        predict = stock_model(model)
-    else:
-        from bgremoval.serving.load import load
-
-        if tracking_uri and model.startswith(("models:", "runs:")):
-            import mlflow
-
-            mlflow.set_tracking_uri(tracking_uri)
-        predict = load(model)
     second = "u2netp" if model != "u2netp" else ("u2net" if _u2net_installed() else None)
-    return Drafter(model, predict, second, stock_model(second) if second else None)
+    return Drafter(model, open_model(model, tracking_uri), second, stock_model(second) if second else None)
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -179,22 +186,13 @@ def rank(table: pd.DataFrame) -> pd.DataFrame:
 def contact_sheet(ranking: pd.DataFrame, n: int, max_pixels: int, out: Path, tile: int = 200) -> int:
     """The n worst-ranked drafts over their photos, in rank order, labelled with rank, name and uncertainty;
     how many were drawn."""
-    from bgremoval.pictures import grid, overlay
+    from bgremoval.pictures import grid, overlay, square
 
     worst = ranking.head(n)
     if worst.empty:
         return 0
-    tiles = [_square(overlay(load_rgb(Path(row.image_path), max_pixels), folders.read_draft(Path(row.draft_path))))
+    tiles = [square(overlay(load_rgb(Path(row.image_path), max_pixels), folders.read_draft(Path(row.draft_path))))
              for row in worst.itertuples()]
     labels = [f"{row.rank}. {row.name} u={row.uncertainty:.3f}" for row in worst.itertuples()]
     grid(tiles, labels, cols=min(4, len(tiles)), tile=tile).save(out)
     return len(tiles)
-
-
-def _square(tile: np.ndarray) -> np.ndarray:
-    """A picture centred on a white square, so that the grid shows it undistorted."""
-    h, w = tile.shape[:2]
-    side = max(h, w)
-    out = np.full((side, side, 3), 255, np.uint8)
-    out[(side - h) // 2:(side - h) // 2 + h, (side - w) // 2:(side - w) // 2 + w] = tile
-    return out

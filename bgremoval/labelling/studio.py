@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 import numpy as np
 import pandas as pd
 
+from bgremoval.data.masks import load_mask
 from bgremoval.images import ImageReadError, open_image
 from bgremoval.labelling import folders
 
@@ -175,9 +176,13 @@ class Project:
     created: bool
 
 
-def project_title(folder: Path, title: str | None) -> str:
-    """The project's title: the one given, else the data folder's name; checked as Label Studio checks it."""
-    title = title or Path(folder).resolve().name
+CHECK_SUFFIX = " masks to check"  # the default title of a folder's project of suspect masks
+
+
+def project_title(folder: Path, title: str | None, suspects: bool = False) -> str:
+    """The project's title: the one given, else the data folder's name (with CHECK_SUFFIX for its suspect masks:
+    a project of their own); checked as Label Studio checks it."""
+    title = title or Path(folder).resolve().name + (CHECK_SUFFIX if suspects else "")
     low, high = TITLE_LENGTH
     if not low <= len(title) <= high:
         raise StudioError(f"project title {title!r} has {len(title)} characters; Label Studio takes {low} to {high} "
@@ -235,7 +240,8 @@ def project_tasks(studio: Studio, project_id: int, full: bool) -> list[dict]:
 
 @dataclass(frozen=True)
 class Draft:
-    """A photo to correct: its draft and its place in the ranking."""
+    """A photo to correct: its draft (or, to check a suspect mask, the mask a person drew: `person`) and its place
+    in the ranking (uncertainty: the draft's, or the suspect mask's disagreement with the model)."""
 
     name: str
     rank: int
@@ -243,6 +249,7 @@ class Draft:
     model: str
     photo: Path
     draft: Path
+    person: bool
 
 
 @dataclass(frozen=True)
@@ -262,8 +269,11 @@ def _images(folder: Path, sub: str) -> dict[str, Path]:
     return list_images(path, root=folder) if path.is_dir() else {}
 
 
-def plan_push(folder: Path) -> Plan:
-    """The drafts of FOLDER/drafts.csv whose photo has no mask a person drew or checked, in rank order."""
+def plan_push(folder: Path, suspects: bool = False) -> Plan:
+    """The drafts of FOLDER/drafts.csv whose photo has no mask a person drew or checked, in rank order; with
+    `suspects`, the masks of FOLDER/suspects.csv, most suspect first."""
+    if suspects:
+        return plan_check(folder)
     ranking_file = Path(folder) / folders.RANKING
     if not ranking_file.is_file():
         raise FileNotFoundError(f"{ranking_file} not found: draft the photos first (`bgremoval draft {folder}`)")
@@ -290,8 +300,36 @@ def plan_push(folder: Path) -> Plan:
             skipped.append(f"{name}: no draft {folders.draft_path(folder, name)}")
         else:
             drafts.append(Draft(name, int(row.rank), float(row.uncertainty), row.model, photos[name],
-                                folders.draft_path(folder, name)))
+                                folders.draft_path(folder, name), person=False))
     return Plan(drafts, skipped, masked)
+
+
+def plan_check(folder: Path) -> Plan:
+    """The masks of FOLDER/suspects.csv (`bgremoval suspects`), most suspect first, each with its photo."""
+    from bgremoval.labelling.suspects import RANKING
+
+    ranking_file = Path(folder) / RANKING
+    if not ranking_file.is_file():
+        raise FileNotFoundError(f"{ranking_file} not found: rank the masks first (`bgremoval suspects {folder}`)")
+    ranking = pd.read_csv(ranking_file, dtype=str, keep_default_na=False)
+    missing = [c for c in ("name", "rank", "disagreement", "model") if c not in ranking.columns]
+    if missing:
+        raise ValueError(f"{ranking_file} has no column(s) {', '.join(missing)}; rank the masks again")
+    ranking["rank"] = pd.to_numeric(ranking["rank"], errors="coerce")
+    ranking["disagreement"] = pd.to_numeric(ranking["disagreement"], errors="coerce")
+    photos, masks = _images(folder, folders.IMAGES), _images(folder, folders.MASKS)
+    checks, skipped = [], []
+    for row in ranking.sort_values(["rank", "name"], kind="mergesort").itertuples(index=False):
+        if pd.isna(row.rank) or pd.isna(row.disagreement):
+            skipped.append(f"{row.name}: {ranking_file} gives it no numeric rank and disagreement")
+        elif row.name not in photos:
+            skipped.append(f"{row.name}: no photo {row.name}.* in {Path(folder) / folders.IMAGES}")
+        elif row.name not in masks:
+            skipped.append(f"{row.name}: no mask {row.name}.* in {Path(folder) / folders.MASKS}")
+        else:
+            checks.append(Draft(row.name, int(row.rank), float(row.disagreement), row.model, photos[row.name],
+                                masks[row.name], person=True))
+    return Plan(checks, skipped, 0)
 
 
 def check_draft(draft: Draft, max_pixels: int) -> np.ndarray:
@@ -302,9 +340,10 @@ def check_draft(draft: Draft, max_pixels: int) -> np.ndarray:
     except ImageReadError as exc:
         raise ValueError(str(exc)) from exc
     try:
-        mask = folders.read_draft(draft.draft)
+        # a person's mask is read as prepare reads it (palette, JPEG, grey); a draft is 8-bit grey
+        mask = load_mask(draft.draft, max_pixels) if draft.person else folders.read_draft(draft.draft)
     except (OSError, ValueError, SyntaxError) as exc:
-        raise ValueError(f"{draft.draft}: cannot be read as a draft ({exc})") from exc
+        raise ValueError(f"{draft.draft}: cannot be read as a {'mask' if draft.person else 'draft'} ({exc})") from exc
     if mask.shape != (height, width):
         raise ValueError(f"{draft.draft}: {mask.shape[1]}x{mask.shape[0]} pixels, but its photo {draft.photo} is "
                          f"{width}x{height}; draft it again")
@@ -356,12 +395,14 @@ def _import(studio: Studio, project_id: int, batch: list[tuple[Draft, int, np.nd
 
 
 def push(studio: Studio, folder: Path, title: str, max_pixels: int, limit: int | None = None,
-         progress: bool = True) -> Pushed:
+         progress: bool = True, suspects: bool = False) -> Pushed:
     """Import the folder's drafted photos that have no mask yet into the project (created if need be), worst
-    first, each with its draft as the prediction; photos the project has (by name) are not imported again."""
+    first, each with its draft as the prediction; photos the project has (by name) are not imported again.
+    With `suspects`, the masks of FOLDER/suspects.csv instead, most suspect first, each with the mask a person
+    drew as the prediction, for a person to check."""
     from tqdm import tqdm
 
-    plan = plan_push(folder)
+    plan = plan_push(folder, suspects)
     project = open_project(studio, title)
     there = {str(t.get("data", {}).get("name")) for t in project_tasks(studio, project.id, full=False)}
     todo = [d for d in plan.drafts if d.name not in there]
@@ -438,7 +479,8 @@ def _shape(task: dict, draft: Path) -> tuple[int, int] | None:
 
 def pull(studio: Studio, folder: Path, title: str, progress: bool = True) -> Pulled:
     """Write the latest submitted annotation of each of the project's tasks as FOLDER/masks/NAME.png; skipped
-    and untouched tasks write nothing (their photos keep their drafts)."""
+    and untouched tasks write nothing (their photos keep their drafts). A mask it replaces (a suspect mask a
+    person checked) is kept in FOLDER/replaced/."""
     from tqdm import tqdm
 
     project = find_project(studio, title)
@@ -471,7 +513,7 @@ def pull(studio: Studio, folder: Path, title: str, progress: bool = True) -> Pul
         except ValueError as exc:
             failed.append(f"{name} (task {task['id']}, annotation {annotation.get('id')}): {exc}")
             continue
-        folders.write_mask(folders.mask_path(folder, name), mask)
+        folders.replace_mask(folder, name, mask)
         written.append(name)
     return Pulled(Project(project["id"], title, False), written, skipped, untouched, failed)
 
