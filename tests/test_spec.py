@@ -250,6 +250,13 @@ def test_mlproject_declares_no_defaults_of_its_own():
         assert "parameters" not in entry, f"entry point {name} declares defaults; they belong in params.yaml"
 
 
+def test_every_stage_is_an_mlproject_entry_point_and_a_row_of_the_readmes_table():
+    mlproject = yaml.safe_load((ROOT / "MLproject").read_text())
+    assert set(mlproject["entry_points"]) - {"main"} == set(DVC)
+    readme = (ROOT / "README.md").read_text()
+    assert [name for name in DVC if f"| `{name}` |" not in readme] == []
+
+
 def _requirements(lines):
     return {re.sub(r"\s+", "", line) for line in lines}
 
