@@ -431,6 +431,16 @@ def _cmd_label_pull(args: argparse.Namespace) -> int:
     return 1 if done.failed else 0
 
 
+def _model_at_hand_options(parser: argparse.ArgumentParser) -> None:
+    """The options of the commands that run the best model at hand over a folder (draft, suspects)."""
+    parser.add_argument("--model", help="u2net, u2netp, models/served, models:/NAME@ALIAS, runs:/RUN_ID/model or an "
+                                        "MLflow model folder (default: params.yaml draft.model, else the best at hand)")
+    parser.add_argument("--tracking-uri", help="MLflow tracking/registry URI where the champion is looked up "
+                                               "(default: $MLFLOW_TRACKING_URI, else params.yaml's mlflow.tracking_uri)")
+    parser.add_argument("--params", default="params.yaml", help=argparse.SUPPRESS)
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Sub-commands of the CLI. Every option without a value given takes its default from params.yaml
     (or, for predict's output options, from the served model's config, which params' serve.defaults set)."""
@@ -499,15 +509,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "photos are named and skipped; the exit code is 1 if any were. Next: correct the worst in "
                     "Label Studio (`bgremoval label push FOLDER`).")
     draft.add_argument("folder", help="a data folder with images/ (masks/ may hold the masks a person already has)")
-    draft.add_argument("--model", help="u2net, u2netp, models/served, models:/NAME@ALIAS, runs:/RUN_ID/model or an "
-                                       "MLflow model folder (default: params.yaml draft.model, else the best at hand)")
     draft.add_argument("--all", action="store_true", help="draft the photos that have a mask in masks/ too")
     draft.add_argument("--worst", type=int, metavar="N",
                        help="drafts in the contact sheet (default: params.yaml draft.worst)")
-    draft.add_argument("--tracking-uri", help="MLflow tracking/registry URI where the champion is looked up "
-                                              "(default: $MLFLOW_TRACKING_URI, else params.yaml's mlflow.tracking_uri)")
-    draft.add_argument("--params", default="params.yaml", help=argparse.SUPPRESS)
-    draft.add_argument("--quiet", action="store_true", help="no progress bar")
+    _model_at_hand_options(draft)
     draft.set_defaults(func=_cmd_draft)
 
     suspects = sub.add_parser(
@@ -519,12 +524,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "report: nothing is changed. Next: `bgremoval label push FOLDER --suspects`, where a person "
                     "checks them. Unreadable pairs are named and skipped; the exit code is 1 if any were.")
     suspects.add_argument("folder", help="a data folder with images/ and masks/")
-    suspects.add_argument("--model", help="as for draft (default: params.yaml draft.model, else the best at hand)")
     suspects.add_argument("--worst", type=int, metavar="N",
                           help="pairs in the contact sheet (default: params.yaml validate.suspects.worst)")
-    suspects.add_argument("--tracking-uri", help="as for draft")
-    suspects.add_argument("--params", default="params.yaml", help=argparse.SUPPRESS)
-    suspects.add_argument("--quiet", action="store_true", help="no progress bar")
+    _model_at_hand_options(suspects)
     suspects.set_defaults(func=_cmd_suspects)
 
     demo = sub.add_parser(

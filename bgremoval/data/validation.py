@@ -245,8 +245,11 @@ def scorable(manifest: pd.DataFrame, min_contrast: float) -> pd.DataFrame:
 def suspect_summary(ranking: pd.DataFrame, above: float, worst: int, unread: list[str]) -> dict:
     """What validation.json says about the suspect masks: the model, the rule, every flagged pair and the worst."""
     flagged = ranking[ranking["disagreement"] > above]
-    rows = lambda t: [{"name": r.name, "rank": int(r.rank), "disagreement": round(float(r.disagreement), 4),
-                       "image": r.image_path, "mask": r.mask_path} for r in t.itertuples()]
+
+    def rows(table: pd.DataFrame) -> list[dict]:
+        return [{"name": r.name, "rank": int(r.rank), "disagreement": round(float(r.disagreement), 4),
+                 "image": r.image_path, "mask": r.mask_path} for r in table.itertuples()]
+
     return {
         "model": str(ranking["model"].iloc[0]) if len(ranking) else None,
         "scored": len(ranking),
