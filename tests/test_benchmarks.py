@@ -193,3 +193,41 @@ def test_edge_errors_measure_the_boundarys_distance_in_tolerances_of_boundary_f(
     pred[5:15, 80:95] = True
     shares = edges.band_shares(edges.boundary_distances(pred, truth))
     assert 0 < shares["2x+"] < 0.5 and shares["within"] > 0.5 and sum(shares.values()) == pytest.approx(1.0)
+
+
+def test_label_budget_rows_give_masks_to_the_chosen_and_checked_and_drafts_to_the_rest(monkeypatch, tmp_path):
+    import pandas as pd
+
+    budget = _script("label_budget", monkeypatch)
+    names = [f"p{i}" for i in range(8)]
+    for kind in ("images", "masks", "pool/drafts"):
+        (tmp_path / kind).mkdir(parents=True)
+    for n in names:
+        for kind, ext in (("images", "jpg"), ("masks", "png"), ("pool/drafts", "png")):
+            (tmp_path / kind / f"{n}.{ext}").write_bytes(n.encode())
+    pairs = pd.DataFrame({"name": names, "image_path": [str(tmp_path / "images" / f"{n}.jpg") for n in names],
+                          "mask_path": [str(tmp_path / "masks" / f"{n}.png") for n in names]})
+    checked, pool = pairs.head(2), pairs.iloc[2:].reset_index(drop=True)
+    ranking = pd.DataFrame({"name": ["p5", "p2", "p7", "p3", "p4", "p6"], "rank": range(1, 7)})
+
+    assert budget.chosen(ranking, 2, "ranked", 0) == ["p5", "p2"]
+    drawn = budget.chosen(ranking, 2, "random", 0)
+    assert len(set(drawn)) == 2 and set(drawn) <= set(names[2:]) and drawn == budget.chosen(ranking, 2, "random", 0)
+    assert budget.row_spec("k0", 6) == (0, "ranked") and budget.row_spec("all", 6) == (6, "ranked")
+    assert budget.row_spec("k2-alone", 6) == (2, "alone")
+    with pytest.raises(ValueError, match="k9-ranked"):
+        budget.row_spec("k9-ranked", 6)
+
+    def built(row, alone):
+        splits = budget.build_row(tmp_path / row, tmp_path / "pool" / "drafts", pool, checked, ["p5", "p2"], alone)
+        data = tmp_path / row / "data"
+        return ({p.stem for p in (data / "images").iterdir()}, {p.stem for p in (data / "masks").iterdir()},
+                {p.stem for p in (data / "drafts").iterdir()}, pd.read_csv(splits).set_index("name")["split"].to_dict())
+
+    images, masks, drafts, splits = built("kept", alone=False)
+    assert images == set(names) and masks == {"p0", "p1", "p2", "p5"} and drafts == {"p3", "p4", "p6", "p7"}
+    assert splits == {"p0": "val", "p1": "test", **{n: "train" for n in names[2:]}}
+    assert (tmp_path / "kept" / "data" / "drafts" / "p3.png").read_bytes() == b"p3"  # the draft, not the true mask
+    images, masks, drafts, splits = built("alone", alone=True)
+    assert images == masks == {"p0", "p1", "p2", "p5"} and drafts == set()
+    assert splits == {"p0": "val", "p1": "test", "p2": "train", "p5": "train"}
