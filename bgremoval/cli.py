@@ -295,11 +295,9 @@ def _cmd_tune_worker(args: argparse.Namespace) -> int:
 
     logging.getLogger("bgremoval").setLevel(logging.INFO)
     import_tensorflow_quietly()
-    import optuna
 
-    from bgremoval import tracking
-    from bgremoval.training.tune import DONE, count, open_study, optimise, queue_each_choice
-    from bgremoval.training.tune_job import STORAGE_ENV, TuneJob
+    from bgremoval.training.study import DONE, count
+    from bgremoval.training.tune_job import STORAGE_ENV, TuneJob, run_job
 
     params = _params(args.params)
     if args.storage:
@@ -308,14 +306,7 @@ def _cmd_tune_worker(args: argparse.Namespace) -> int:
         job = TuneJob.from_params(params)
     except FileNotFoundError as exc:
         sys.exit(f"bgremoval tune-worker: {exc}")
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = open_study(job.cfg, params["base"]["seed"])
-    queue_each_choice(study, params["tune"]["space"], list(params["tune"]["try_each"]), job.cfg.n_trials)
-    where = job.cfg.storage.split("@")[-1]
-    print(f"joined study {job.cfg.study_name} in {where}: {count(study, DONE)} of {job.cfg.n_trials} trials done", flush=True)
-    tracking.configure(params["mlflow"]["tracking_uri"], params["mlflow"]["experiment"])
-    with tracking.run(run_id=job.parent_run_id(study)):
-        optimise(study, job.cfg, params["tune"]["space"], job.train_one, progress=not args.quiet)
+    study, _ = run_job(job, progress=not args.quiet)  # what the tune stage runs
     print(f"study {job.cfg.study_name}: {count(study, DONE)} of {job.cfg.n_trials} trials done; "
           "`dvc repro` now reads it (the tune stage runs whatever is left)", flush=True)
     return 0
@@ -375,7 +366,8 @@ def _cmd_label_start(args: argparse.Namespace) -> int:
                      "print(secrets.token_hex(20))'))")
     port = args.port or LOCAL_PORT
     try:
-        argv, env = start_command(program, port, data_dir, username, password, api_key, os.environ)
+        argv, env = start_command(program, port=port, data_dir=data_dir, username=username, password=password,
+                                  api_key=api_key, environ=os.environ)
     except StudioError as exc:
         sys.exit(f"bgremoval label start: {exc}")
     print(f"Label Studio {program} on http://{LOCAL_HOST}:{port}, its data in {data_dir} (the first start takes "
@@ -444,7 +436,7 @@ def _model_at_hand_options(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """Sub-commands of the CLI. Every option without a value given takes its default from params.yaml
     (or, for predict's output options, from the served model's config, which params' serve.defaults set)."""
-    from bgremoval.serving.options import BACKGROUNDS, OUTPUTS
+    from bgremoval.serving.options import BACKGROUNDS, OPTION_HELP, OUTPUTS
 
     parser = argparse.ArgumentParser(prog="bgremoval", description=__doc__)
     parser.add_argument("--version", action="version", version=f"bgremoval {__version__}")
@@ -471,24 +463,23 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--model", help="models/served (the export stage's folder: no MLflow needed), "
                                          "models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model or an MLflow "
                                          "model folder (default: models:/<register.model_name>@champion)")
-    predict.add_argument("--output", choices=OUTPUTS, help="what to write")
+    predict.add_argument("--output", choices=OUTPUTS, help=OPTION_HELP["output"])
     predict.add_argument("--threshold", type=float,
-                         help="binarise the mask at this probability; negative: soft edges")
+                         help=OPTION_HELP["threshold"])
     predict.add_argument("--background", choices=BACKGROUNDS,
-                         help="a composite's background: --bg-color, the photo blurred (--bg-blur) or --bg-image")
-    predict.add_argument("--bg-color", help="background color: '#rrggbb', 'r,g,b' or a name")
-    predict.add_argument("--bg-image", metavar="FILE", help="background image: scaled to cover each photo, centre-cropped")
+                         help=OPTION_HELP["background"])
+    predict.add_argument("--bg-color", help=OPTION_HELP["bg_color"])
+    predict.add_argument("--bg-image", metavar="FILE", help=OPTION_HELP["bg_image"])
     predict.add_argument("--bg-blur", type=float, metavar="PERCENT",
-                         help="background blur: Gaussian sigma in %% of the photo's shorter side, in (0, 25]")
+                         help=OPTION_HELP["bg_blur"].replace("%", "%%"))
     predict.add_argument("--estimate-foreground", action=argparse.BooleanOptionalAction,
-                         help="cut-outs and composites take the subject's own colours at soft edges")
+                         help=OPTION_HELP["estimate_foreground"])
     predict.add_argument("--matting", action=argparse.BooleanOptionalAction,
-                         help="re-estimate the edge band's alpha by closed-form matting (hair, fur; slower)")
+                         help=OPTION_HELP["matting"])
     predict.add_argument("--main-object", action=argparse.BooleanOptionalAction,
-                         help="keep only the main object, or (--no-main-object) every one; neither: the model's own "
-                              "refinement")
+                         help=OPTION_HELP["main_object"])
     predict.add_argument("--sharpen", type=float, metavar="K",
-                         help="edge sharpening k > 0 (1: none); 0 or negative: the model's own refinement")
+                         help=OPTION_HELP["sharpen"])
     predict.add_argument("--smooth", type=float, metavar="S",
                          help="videos: each pixel's mask keeps weight S in [0, 1) of the previous frame's where the "
                               "picture did not change, against flicker (0: off; default: params.yaml's "

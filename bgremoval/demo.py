@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 
 from bgremoval.images import ImageReadError, load_rgb
-from bgremoval.serving.options import BACKGROUNDS, KINDS, MAX_PIXELS_NAME, OUTPUTS, options_from
+from bgremoval.serving.options import BACKGROUNDS, KINDS, MAX_PIXELS_NAME, OPTION_HELP, OUTPUTS, options_from
 from bgremoval.serving.render import render, warm_up
 from bgremoval.serving.served import Served
 
@@ -35,14 +35,9 @@ MIN_WIDTH = 280  # px of each option's control: a wide window shows four in a ro
 
 def option_help() -> dict[str, str]:
     """What `bgremoval predict --help` says of each option, with its flags written as the option names."""
-    import argparse
-
-    from bgremoval.cli import build_parser
-
-    subs = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices  # noqa: SLF001
     flag = re.compile(r"--(no-)?([a-z][a-z-]*)")
-    return {a.dest: flag.sub(lambda m: m[2].replace("-", "_") + (" false" if m[1] else ""), a.help).replace("%%", "%")
-            for a in subs["predict"]._actions if a.dest in KINDS and a.help}  # noqa: SLF001
+    return {name: flag.sub(lambda m: m[2].replace("-", "_") + (" false" if m[1] else ""), text)
+            for name, text in OPTION_HELP.items()}
 
 
 def predict_fn(served: Served, results: Path) -> Callable[..., tuple[str, str]]:

@@ -21,18 +21,13 @@ def key_of(name: str) -> int:
     return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
 
 
-@contextlib.contextmanager
-def file_lock(path: str | Path) -> Iterator[None]:
-    """An exclusive flock on `path` (created if missing); released when the block ends or the process dies."""
-    import fcntl
+def file_lock(path: str | Path) -> contextlib.AbstractContextManager:
+    """An exclusive lock on the file `path` (created if missing), from the filelock library: an OS lock, so it is
+    released when the block ends or the process dies."""
+    from filelock import FileLock
 
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return FileLock(str(path))
 
 
 @contextlib.contextmanager

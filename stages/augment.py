@@ -9,25 +9,22 @@ from pathlib import Path
 
 import pandas as pd
 
-from bgremoval.data.augment import AugmentConfig
-from bgremoval.data.training_set import Balance, build
+from bgremoval.data.training_set import TrainingSetConfig, build
 from stages.common import run, start
 
 
 def main() -> int:
     params = start("augment")
-    cfg, seed, paths = params["augment"], params["base"]["seed"], params["paths"]
+    cfg, paths = TrainingSetConfig.from_params(params), params["paths"]
     out_dir, reports = Path(paths["augmented"]), Path(paths["reports"])
     verdict = reports / "validation.json"
     if not json.loads(verdict.read_text())["success"]:  # also when someone forces this stage alone
         print(f"augment: {verdict} says the data failed validation; fix the data and run `dvc repro` again",
               file=sys.stderr)
         return 1
-    aug = AugmentConfig.from_params(cfg)
 
     shutil.rmtree(out_dir, ignore_errors=True)
-    stats, bins, samples = build(pd.read_parquet(paths["manifest"]), aug, Balance(**cfg["balance"]), cfg["copies"],
-                                 cfg["shard_size"], seed, params["prepare"]["max_pixels"], out_dir)
+    stats, bins, samples = build(pd.read_parquet(paths["manifest"]), cfg=cfg, out_dir=out_dir)
 
     (out_dir / "stats.json").write_text(json.dumps(stats, indent=2))
     reports.mkdir(parents=True, exist_ok=True)

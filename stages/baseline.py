@@ -4,13 +4,12 @@ unrefined; re-run only when the data changes (not when the model does)."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pandas as pd
 
 from bgremoval.data.split import REFERENCE
 from bgremoval.scoring.metrics import summarise
-from bgremoval.scoring.reports import pr_table
+from bgremoval.scoring.reports import BaselineConfig, pr_table
 from bgremoval.scoring.score import headline, reported, score
 from bgremoval.serving.runtime import OnnxSegmenter
 from bgremoval.weights import find_u2netp_onnx
@@ -19,10 +18,11 @@ from stages.common import run, start
 
 def main() -> int:
     params = start("baseline")
-    paths, reports, max_pixels = params["paths"], Path(params["paths"]["reports"]), params["prepare"]["max_pixels"]
-    manifest = pd.read_parquet(paths["manifest"])
+    cfg = BaselineConfig.from_params(params)
+    reports, max_pixels = cfg.reports, cfg.max_pixels
+    manifest = pd.read_parquet(params["paths"]["manifest"])
     test, reference = (manifest[manifest["split"] == s].reset_index(drop=True) for s in ("test", REFERENCE))
-    stock = OnnxSegmenter(find_u2netp_onnx(params["model"]["onnx_path"]), params["baseline"]["size"])
+    stock = OnnxSegmenter(find_u2netp_onnx(cfg.onnx_template), cfg.size)
 
     table, scores = score(test, stock, max_pixels, progress="stock u2netp", dis=True)
     summary = summarise(scores)

@@ -18,7 +18,7 @@ log = logging.getLogger("stages.distill")
 
 def main() -> int:
     params = start("distill")
-    paths, seed = params["paths"], params["base"]["seed"]
+    paths = params["paths"]
     manifest = pd.read_parquet(paths["manifest"])
     unlabelled = manifest[manifest["split"] == UNLABELLED].reset_index(drop=True)
     models, reports = Path(paths["models"]), Path(paths["reports"])
@@ -35,20 +35,14 @@ def main() -> int:
     import keras
 
     from bgremoval import tracking
-    from bgremoval.data.augment import AugmentConfig
-    from bgremoval.model.network import ModelConfig, load_model
-    from bgremoval.training.distill import DistillConfig, distill
-    from bgremoval.training.fit import TrainConfig
-    from bgremoval.training.tune import apply_overrides
+    from bgremoval.model.network import load_model
+    from bgremoval.training.distill import DistillSetup, distill
 
-    keras.utils.set_random_seed(seed)
-    tuned = json.loads(Path(paths["best_params"]).read_text())["apply"]
+    setup = DistillSetup.from_params(params, json.loads(Path(paths["best_params"]).read_text())["apply"])
+    keras.utils.set_random_seed(setup.seed)
     tracking.configure(params["mlflow"]["tracking_uri"], params["mlflow"]["experiment"])
     with tracking.run(run_id=json.loads((reports / "train.json").read_text())["run_id"]):
-        student, summary = distill(load_model(models / "model.keras"), apply_overrides("model", ModelConfig(**params["model"]), tuned),
-                                   apply_overrides("train", TrainConfig(**params["train"]), tuned), unlabelled,
-                                   DistillConfig(**params["distill"]), AugmentConfig.from_params(params["augment"]), Path(paths["augmented"]), seed,
-                                   params["prepare"]["max_pixels"])
+        student, summary = distill(load_model(models / "model.keras"), unlabelled, setup=setup)
     student.save(out)
     (reports / "distill.json").write_text(json.dumps(summary, indent=2))
     return 0

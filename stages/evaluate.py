@@ -13,7 +13,7 @@ import pandas as pd
 from bgremoval import tracking
 from bgremoval.data.split import REFERENCE
 from bgremoval.scoring.metrics import summarise
-from bgremoval.scoring.reports import write_test_reports
+from bgremoval.scoring.reports import EvaluateConfig, write_test_reports
 from bgremoval.scoring.score import headline, reported, score
 from bgremoval.serving.served import Served
 from stages.common import run, start
@@ -23,8 +23,8 @@ log = logging.getLogger("stages.evaluate")
 
 def main() -> int:
     params = start("evaluate")
-    cfg, paths, max_pixels = params["evaluate"], params["paths"], params["prepare"]["max_pixels"]
-    reports = Path(paths["reports"])
+    cfg, paths = EvaluateConfig.from_params(params), params["paths"]
+    reports, max_pixels = cfg.reports, cfg.max_pixels
     manifest = pd.read_parquet(paths["manifest"])
     test, reference = (manifest[manifest["split"] == s].reset_index(drop=True) for s in ("test", REFERENCE))
     served = Served.from_folder(Path(paths["served"]))
@@ -36,8 +36,8 @@ def main() -> int:
         metrics["reference"] = headline(reference, served, max_pixels, "reference")
 
     (reports / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    write_test_reports(table, scores, test, served, pd.read_csv(reports / "baseline_images.csv").set_index("name")["iou"],
-                       cfg["worst"], cfg["cutouts"], max_pixels, reports)
+    write_test_reports(table, scores, rows=test, predict=served,
+                       baseline_iou=pd.read_csv(reports / "baseline_images.csv").set_index("name")["iou"], cfg=cfg)
     tracking.configure(params["mlflow"]["tracking_uri"], params["mlflow"]["experiment"])
     with tracking.run(run_id=json.loads((reports / "train.json").read_text())["run_id"]):
         mlflow.log_metrics({f"test/{k}": v for k, v in summary.items()} | {"test/ms_per_image": metrics["ms_per_image"]}

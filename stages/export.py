@@ -10,7 +10,7 @@ import mlflow
 import pandas as pd
 
 from bgremoval import tracking
-from bgremoval.export.choose import ExportConfig, ServeSettings, export_served
+from bgremoval.export.choose import ExportJob, export_served
 from bgremoval.model.network import load_model
 from stages.common import run, start
 
@@ -24,9 +24,9 @@ def main() -> int:
     split = lambda name: manifest[manifest["split"] == name].reset_index(drop=True)  # noqa: E731
     model_file = Path(paths["models"]) / "distilled.keras"
 
-    config, report = export_served(load_model(model_file), model_file, split("val"), split("train"),
-                                   ExportConfig.from_params(params["export"]), ServeSettings(**params["serve"]),
-                                   Path(paths["served"]), params["model"]["onnx_path"], params["prepare"]["max_pixels"])
+    job = ExportJob.from_params(params)
+    config, report = export_served(load_model(model_file), model_file, val=split("val"), calibration=split("train"),
+                                   job=job)
 
     (reports / "export.json").write_text(json.dumps(report, indent=2))
     tracking.configure(params["mlflow"]["tracking_uri"], params["mlflow"]["experiment"])
@@ -35,8 +35,8 @@ def main() -> int:
         mlflow.set_tags({"serving.size": config.size, "serving.refine": config.refine.name,
                          "serving.runtime": config.runtime, "serving.int8": config.int8})
         mlflow.log_artifact(str(reports / "export.json"))
-    log.info("served: %s at %d², refine %s%s (%.1f MB) -> %s", config.runtime, config.size, config.refine.name,
-             ", int8" if config.int8 else "", report["served_mb"], paths["served"])
+    served_as = f"{config.runtime} at {config.size}², refine {config.refine.name}{', int8' if config.int8 else ''}"
+    log.info("served: %s (%.1f MB) -> %s", served_as, report["served_mb"], paths["served"])
     return 0
 
 

@@ -53,8 +53,8 @@ def main() -> int:
     out = Path(paths["manifest"])
     out.parent.mkdir(parents=True, exist_ok=True)
     manifest.to_parquet(out, index=False)
-    log.info("%d pairs from %s in %d groups -> %s; splits %s",
-             len(manifest), data_dir, manifest["group"].nunique(), out, manifest["split"].value_counts().to_dict())
+    log.info("%d pairs from %s in %d groups -> %s", len(manifest), data_dir, manifest["group"].nunique(), out)
+    log.info("splits %s", manifest["split"].value_counts().to_dict())
     log.info("masks by kind %s; sizes against their photos %s", manifest["mask_kind"].value_counts().to_dict(),
              manifest["mask_fit"].value_counts().to_dict())
     log.info("masks by who made them %s (drafts only ever train)", manifest["mask_origin"].value_counts().to_dict())

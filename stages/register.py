@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
 import pandas as pd
@@ -15,7 +14,7 @@ from bgremoval import tracking
 from bgremoval.data.split import REFERENCE
 from bgremoval.pictures import thumbnail_png
 from bgremoval.registry.gate import side_by_side
-from bgremoval.registry.versions import Gate, register_served
+from bgremoval.registry.versions import RegisterConfig, register_served
 from stages.common import run, start
 
 log = logging.getLogger("stages.register")
@@ -23,19 +22,20 @@ log = logging.getLogger("stages.register")
 
 def main() -> int:
     params = start("register")
-    cfg, paths, reports = params["register"], params["paths"], Path(params["paths"]["reports"])
+    cfg = RegisterConfig.from_params(params)
+    paths, reports = params["paths"], Path(params["paths"]["reports"])
     manifest = pd.read_parquet(paths["manifest"])
     test = manifest[manifest["split"] == "test"].reset_index(drop=True)
     read = lambda name: json.loads((reports / name).read_text())  # noqa: E731
+    has_reference = (manifest["split"] == REFERENCE).any()
 
     tracking.configure(params["mlflow"]["tracking_uri"], params["mlflow"]["experiment"])
     record = register_served(
-        MlflowClient(), cfg["model_name"], read("train.json")["run_id"], Path(paths["served"]), read("metrics.json"),
-        read("baseline.json"), test, tracking.split_dataset(manifest, "test", paths["manifest"]),
-        thumbnail_png(Path(test["image_path"].iloc[0]), params["prepare"]["max_pixels"]),
-        Gate(cfg["metric"], cfg["min_delta"], cfg["require_beats_baseline"], cfg["max_reference_loss"]),
-        os.environ.get("BGREMOVAL_REGISTRY_LOCK") or cfg["lock"], params["prepare"]["max_pixels"],
-        tracking.split_dataset(manifest, REFERENCE, paths["manifest"]) if (manifest["split"] == REFERENCE).any() else None)
+        MlflowClient(), cfg=cfg, run_id=read("train.json")["run_id"], served_dir=Path(paths["served"]),
+        metrics=read("metrics.json"), baseline=read("baseline.json"), test=test,
+        test_dataset=tracking.split_dataset(manifest, "test", paths["manifest"]),
+        example=thumbnail_png(Path(test["image_path"].iloc[0]), cfg.max_pixels),
+        reference_dataset=tracking.split_dataset(manifest, REFERENCE, paths["manifest"]) if has_reference else None)
 
     scores = side_by_side(read("metrics.json"), read("baseline.json"))
     (reports / "registered.json").write_text(json.dumps(record.to_dict() | {"scores": scores}, indent=2))

@@ -10,11 +10,9 @@ import json
 import logging
 from pathlib import Path
 
-import optuna
-
 from bgremoval import tracking
-from bgremoval.training.tune import DONE, best_params, count, log_study, open_study, optimise, queue_each_choice
-from bgremoval.training.tune_job import TuneJob
+from bgremoval.training.choice import best_params, log_study
+from bgremoval.training.tune_job import TuneJob, run_job
 from stages.common import run, start
 
 log = logging.getLogger("stages.tune")
@@ -24,15 +22,8 @@ def main() -> int:
     params = start("tune")
     paths, tune = params["paths"], params["tune"]
     job = TuneJob.from_params(params)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = open_study(job.cfg, params["base"]["seed"])
-    queue_each_choice(study, tune["space"], list(tune["try_each"]), job.cfg.n_trials)
-    log.info("study %s in %s: %d of %d trials done", job.cfg.study_name, job.cfg.storage.split("@")[-1],
-             count(study, DONE), job.cfg.n_trials)
-
-    tracking.configure(params["mlflow"]["tracking_uri"], params["mlflow"]["experiment"])
-    with tracking.run(run_id=job.parent_run_id(study)):  # a resumed or shared study logs into one parent
-        optimise(study, job.cfg, tune["space"], job.train_one)
+    study, parent = run_job(job)  # what every `bgremoval tune-worker` runs too
+    with tracking.run(run_id=parent):
         best = best_params(study, tune["space"], float(tune["max_metric_loss"]))
         log_study(study, best, job.cfg.metric, Path(paths["reports"]) / "tune")
 

@@ -74,9 +74,10 @@ def suspect_masks(manifest: pd.DataFrame, cfg: dict, max_pixels: int, reports: P
     sheet.unlink(missing_ok=True)
     contact_sheet(ranking, s["worst"], predict, max_pixels, sheet)
     summary = suspect_summary(ranking, above, s["worst"], unread)
-    log.info("suspect masks: %d of %d masks disagree with %s's more than %.3f (1 - IoU; median %.3f): %s; the worst "
-             "%d in %s", len(summary["flagged"]), len(ranking), s["model"], above, summary["median"] or 0,
-             ", ".join(f["name"] for f in summary["flagged"][:5]) or "none", min(s["worst"], len(ranking)), sheet)
+    names = ", ".join(f["name"] for f in summary["flagged"][:5]) or "none"
+    log.info("suspect masks: %s disagree with %s's more than %s: %s", f"{len(summary['flagged'])} of {len(ranking)}",
+             s["model"], f"{above:.3f} (1 - IoU; median {summary['median'] or 0:.3f})", names)
+    log.info("the worst %d suspect masks in %s", min(s["worst"], len(ranking)), sheet)
     return {**summary, "ranking": ranking}
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import (copy_project, dvc, served_folder, start_browser, stock_onnx_export, train_toy_model,
-                           write_pair)
+from tests.helpers import (copy_project, dvc, open_sqlite_store, served_folder, start_browser, stock_onnx_export,
+                           train_toy_model, write_pair)
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
@@ -75,10 +75,8 @@ def onnx_served(tmp_path_factory) -> Path:
 def mlflow_uri(tmp_path_factory) -> str:
     """An MLflow store (SQLite) for tests that log runs, each test in an experiment of its own: its tables are
     created once. Point MLflow at it with tests.helpers.tracking_store(uri), which points it back afterwards."""
-    import mlflow
-
     uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
-    mlflow.MlflowClient(uri).search_experiments()  # creates the tables
+    open_sqlite_store(uri)  # creates the tables; the runs' artifacts go beside the database, not into the repo
     return uri
 
 

@@ -160,7 +160,8 @@ def train_toy_model(tmp: Path) -> Path:
     keras.utils.set_random_seed(0)
     network = build_network(model_config(family="unet", unet_filters=[4, 8, 16]))
     train_ds, val_ds = datasets(shards, cfg.size, cfg.batch_size, 0, 0.0)
-    fit(network, train_ds, val_ds, cfg, 3.0, cfg.steps_per_epoch, tmp / "ckpt", [])
+    fit(network, train_ds, val_ds, cfg, pos_weight=3.0, steps_per_epoch=cfg.steps_per_epoch, checkpoint_dir=tmp / "ckpt",
+        callbacks=[])
     path = tmp / "model.keras"
     inference_model(network).save(path)
     return path
@@ -250,15 +251,45 @@ def dvc(project: Path, *args: str, env: dict | None = None, timeout: float = 600
 def tracking_store(uri: str | None):
     """MLflow pointed at `uri` (None: its default, MLFLOW_TRACKING_URI unset) for a block; afterwards the
     tracking URI (and MLFLOW_TRACKING_URI, which mlflow.set_tracking_uri sets for subprocesses) as the
-    environment had it, so no later test inherits the store."""
+    environment had it, so no later test inherits the store. A SQLite store keeps its experiments' artifacts
+    beside its database (see open_sqlite_store), and the block fails if one of them is in the source tree."""
     import mlflow
 
     before = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri and uri.startswith(SQLITE):
+        open_sqlite_store(uri)
     mlflow.set_tracking_uri(uri)
     try:
         yield uri
+        if uri and uri.startswith(SQLITE):
+            every = mlflow.MlflowClient(uri).search_experiments(view_type=mlflow.entities.ViewType.ALL)
+            in_repo = [(e.name, e.artifact_location) for e in every if _in_repo(e.artifact_location)]
+            assert not in_repo, f"experiments of {uri} keep their artifacts in the source tree: {in_repo}"
     finally:
         mlflow.set_tracking_uri(before)  # None: MLflow's default, and the variable unset
+
+
+SQLITE = "sqlite:///"
+
+
+def open_sqlite_store(uri: str) -> None:
+    """Open an MLflow SQLite store (its tables created) from its database's folder. MLflow roots the artifacts of
+    the experiments a SQLite store creates at ./mlruns of the working directory the store was first opened from in
+    the process (the repo, under pytest): opened here first, they go beside the database instead."""
+    import mlflow
+
+    with contextlib.chdir(Path(uri.removeprefix(SQLITE)).parent):
+        mlflow.MlflowClient(uri).search_experiments()
+
+
+def _in_repo(location: str) -> bool:
+    """Whether an artifact location (a path or a file: URI) lies in the source tree."""
+    from urllib.parse import unquote, urlparse
+
+    parsed = urlparse(location)
+    if parsed.scheme not in ("", "file"):
+        return False
+    return Path(unquote(parsed.path) if parsed.scheme else location).resolve().is_relative_to(ROOT)
 
 
 # --- servers and the browser --------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from bgremoval.data.augment import AugmentConfig, Magnitudes, Probabilities, augment_pair, composite, resize_pair
 from bgremoval.data.balance import bin_labels, oversample_plan, positive_weight, target_weights
 from bgremoval.data.shards import read_records, write_shards
-from bgremoval.data.training_set import Balance, build
+from bgremoval.data.training_set import Balance, TrainingSetConfig, build
 from tests.helpers import manifest_for, write_pair
 
 MAG = Magnitudes(crop_scale_min=0.4, rotate_deg=20, perspective=0.1, brightness=0.3, contrast=0.3,
@@ -171,8 +171,9 @@ def test_build_writes_balanced_train_shards_and_resized_val_test(tmp_path):
     manifest = _tiny_manifest(tmp_path / "data")
     balance = Balance(edges=[0, 0.3, 1.0], weights="equal", max_repeat=4)
     out = tmp_path / "augmented"
-    stats, table, picture = build(manifest, _config(ALL, size=16), balance, copies=1, shard_size=8, seed=0,
-                                  max_pixels=10**6, out_dir=out)
+    cfg = TrainingSetConfig(augment=_config(ALL, size=16), balance=balance, copies=1, shard_size=8, seed=0,
+                            max_pixels=10**6)
+    stats, table, picture = build(manifest, cfg=cfg, out_dir=out)
 
     by_split = {s: set(manifest.loc[manifest["split"] == s, "name"]) for s in ("train", "val", "test")}
     assert all(by_split.values())
@@ -209,7 +210,9 @@ def test_build_is_reproducible_for_a_seed(tmp_path):
     balance = Balance(edges=[0, 0.3, 1.0], weights="equal", max_repeat=4)
 
     def shard_bytes(seed, name):
-        build(manifest, _config(ALL, size=16), balance, 1, 8, seed, 10**6, tmp_path / name)
+        cfg = TrainingSetConfig(augment=_config(ALL, size=16), balance=balance, copies=1, shard_size=8, seed=seed,
+                                max_pixels=10**6)
+        build(manifest, cfg=cfg, out_dir=tmp_path / name)
         return [p.read_bytes() for p in sorted((tmp_path / name).glob("train-*.tfrecord"))]
 
     assert shard_bytes(3, "a") == shard_bytes(3, "b") != shard_bytes(4, "c")

@@ -4,9 +4,9 @@ served by the command, on this machine only."""
 
 from __future__ import annotations
 
+import argparse
 import io
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -17,7 +17,7 @@ from PIL import Image
 from bgremoval.cli import build_parser
 from bgremoval.cli import main as cli
 from bgremoval.demo import UNSET, build, option_help, predict_fn
-from bgremoval.serving.options import KINDS, options_from
+from bgremoval.serving.options import KINDS, OPTION_HELP, options_from
 from bgremoval.serving.render import render
 from bgremoval.serving.served import Served
 from tests.helpers import PARAMS, disc_image, free_port, project_env, running_server, sample_photo, serving_config
@@ -110,6 +110,10 @@ def test_the_page_has_a_control_per_option_at_the_models_default_explained_as_th
     help_ = option_help()
     assert set(help_) == set(KINDS) and not any("--" in text or "%%" in text for text in help_.values())
     assert "bg_color" in help_["background"] and "%" in help_["bg_blur"]
+    # ... and `bgremoval predict --help` says the same of each flag.
+    subs = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    said = {a.dest: a.help.replace("%%", "%") for a in subs["predict"]._actions if a.dest in KINDS}
+    assert said == OPTION_HELP
 
 
 def test_demo_takes_its_defaults_elsewhere_and_names_a_model_it_cannot_open(tmp_path, capsys):
@@ -145,11 +149,18 @@ def test_a_photo_dropped_on_the_page_comes_back_cut_out_at_its_size(onnx_served,
         browser.driver.find_element(By.CSS_SELECTOR, "#run").click()
         natural = ("const i = document.querySelector('#result img'); "
                    "return i && i.complete ? [i.naturalWidth, i.naturalHeight, i.src] : null")
+        # Shown: the image and every block around it opaque, and none of them still fading in.
+        opaque = ("const i = document.querySelector('#result img'); if (!i) return false; "
+                  "for (let e = i; e; e = e.parentElement) if (getComputedStyle(e).opacity !== '1') return false; "
+                  "return !document.getAnimations().some(a => a.playState === 'running' && a.effect "
+                  "&& a.effect.target && (a.effect.target.contains(i) || i.contains(a.effect.target)))")
         try:
             width, height, src = WebDriverWait(browser.driver, 120).until(lambda d: d.execute_script(natural))
+            WebDriverWait(browser.driver, 30).until(lambda d: d.execute_script(opaque))  # the result's fade-in
         finally:
-            time.sleep(1)  # the result's fade-in
             browser.screenshot("demo")
+        shown = browser.driver.find_element(By.CSS_SELECTOR, "#result img")
+        assert shown.is_displayed() and shown.size["width"] > 0 and shown.size["height"] > 0
         assert (width, height) == size
         with urllib.request.urlopen(src, timeout=30) as resp:
             result = Image.open(io.BytesIO(resp.read()))

@@ -41,7 +41,7 @@ def test_teacher_masks_are_at_each_photos_size_and_flip_averages_the_mirror():
 def test_a_toy_student_is_kept_only_as_far_as_val_says(tmp_path, toy_model, mlflow_uri):
     import mlflow
 
-    from bgremoval.training.distill import distill
+    from bgremoval.training.distill import DistillSetup, distill
 
     shards = toy_shards(tmp_path / "shards", n_train=32, n_val=8)
     rows = []
@@ -54,8 +54,9 @@ def test_a_toy_student_is_kept_only_as_far_as_val_says(tmp_path, toy_model, mlfl
     with tracking_store(mlflow_uri):
         mlflow.set_experiment("distill")
         with mlflow.start_run() as run:
-            student, summary = distill(load_model(toy_model), model_config(family="unet", unet_filters=[4, 8, 16]),
-                                       train_cfg, pd.DataFrame(rows), CFG, aug, shards, 0, 10**6)
+            setup = DistillSetup(distill=CFG, model=model_config(family="unet", unet_filters=[4, 8, 16]),
+                                 train=train_cfg, augment=aug, seed=0, max_pixels=10**6, shards=shards)
+            student, summary = distill(load_model(toy_model), pd.DataFrame(rows), setup=setup)
         logged = mlflow.MlflowClient().get_run(run.info.run_id).data.metrics
     assert summary["unlabelled"] == 6 and summary["pseudo_pairs"] == 6 and summary["steps"] == 3
     assert summary["share"] in CFG.blend and summary["val_iou_kept"] >= summary["val_iou_teacher"] - 1e-6

@@ -65,8 +65,7 @@ def test_a_negative_draft_weight_is_refused():
 
 
 def test_augment_writes_drafts_to_shards_of_their_own(tmp_path):
-    from bgremoval.data.augment import AugmentConfig
-    from bgremoval.data.training_set import Balance, build
+    from bgremoval.data.training_set import TrainingSetConfig, build
     from tests.helpers import PARAMS, manifest_for, write_pair
 
     for i in range(8):
@@ -74,7 +73,8 @@ def test_augment_writes_drafts_to_shards_of_their_own(tmp_path):
     manifest = manifest_for(tmp_path / "data")
     train = manifest.index[manifest["split"] == "train"]
     manifest.loc[train[:2], "mask_origin"] = "draft"
-    aug = AugmentConfig.from_params({**PARAMS["augment"], "size": 16})
-    stats, _, _ = build(manifest, aug, Balance(**PARAMS["augment"]["balance"]), 2, 64, 0, 10**7, tmp_path / "out")
+    params = {**PARAMS, "augment": {**PARAMS["augment"], "size": 16, "copies": 2, "shard_size": 64},
+              "base": {"seed": 0}, "prepare": {"max_pixels": 10**7}}
+    stats, _, _ = build(manifest, cfg=TrainingSetConfig.from_params(params), out_dir=tmp_path / "out")
     assert stats["n"]["draft"] == 4 and stats["n"]["train"] == 2 * (len(train) - 2)
     assert sorted(p.name.split("-")[0] for p in (tmp_path / "out").glob("*.tfrecord")) == ["draft", "test", "train", "val"]

@@ -47,7 +47,7 @@ def exported(model, tmp_path_factory):
 
 def _keras_at(model, size: int):
     """Keras' mask at the image's own size, through the model's own predict (traced once per size)."""
-    from bgremoval.serving.runtime import resize_back, squash
+    from bgremoval.network_io import resize_back, squash
 
     def predict(image):
         prob = np.asarray(model.predict_on_batch(squash(image, size)[None]))[0, ..., 0]
@@ -57,7 +57,7 @@ def _keras_at(model, size: int):
 
 
 def test_export_matches_keras(model, images, tmp_path):
-    [check] = export_checked(model, tmp_path / "m.onnx", [160], images, TOLERANCE, None)
+    [check] = export_checked(model, tmp_path / "m.onnx", [160], images=images, tolerance=TOLERANCE, template=None)
     assert check.size == 160 and check.passes()
     assert check.mean_abs < 1e-6 and check.max_abs < 1e-3 and check.share_over <= 1e-4
     # The served segmenter, resized back to the photo, gives Keras' mask at the photo's own size.
@@ -93,7 +93,8 @@ def test_export_checked_checks_every_size_it_may_be_served_at(model, images, tmp
     sizes = []
     real = export_onnx.compare
     monkeypatch.setattr(export_onnx, "compare", lambda *args: sizes.append(args[2]) or real(*args))
-    checks = export_checked(model, tmp_path / "m.onnx", [64, 96], images[:1], TOLERANCE, None)
+    checks = export_checked(model, tmp_path / "m.onnx", [64, 96], images=images[:1], tolerance=TOLERANCE,
+                            template=None)
     assert sizes == [64, 96] and [c.size for c in checks] == [64, 96] and all(c.passes() for c in checks)
 
 
@@ -135,7 +136,8 @@ def test_a_mismatching_export_is_refused(model, images, tmp_path, monkeypatch):
 
     monkeypatch.setattr(export_onnx, "export_u2netp", wrong_weight)
     with pytest.raises(ExportError, match="differs from Keras at 160x160"):
-        export_onnx.export_checked(model, tmp_path / "m.onnx", [160], images[1:2], TOLERANCE, None)
+        export_onnx.export_checked(model, tmp_path / "m.onnx", [160], images=images[1:2], tolerance=TOLERANCE,
+                                   template=None)
 
 
 def test_unet_is_not_exported():

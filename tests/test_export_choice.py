@@ -3,13 +3,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pandas as pd
 import pytest
 
 from bgremoval.export.choose import (
-    ExportConfig, RefineChoices, ServeSettings, choose_refine, choose_size, export_served, int8_loss,
+    ExportConfig, ExportJob, RefineChoices, ServeSettings, choose_refine, choose_size, export_served, int8_loss,
 )
 from bgremoval.scoring.metrics import summarise
 from bgremoval.scoring.score import score
@@ -116,6 +118,19 @@ def _export_config(**overrides) -> ExportConfig:
 SERVE = ServeSettings(**PARAMS["serve"])
 
 
+def _job(cfg: ExportConfig, served_dir) -> ExportJob:
+    """The export stage's job with these export: settings, writing into served_dir (the template: the wheel's)."""
+    return ExportJob(export=cfg, serve=SERVE, served_dir=served_dir, onnx_template=None, max_pixels=MAX_PIXELS)
+
+
+def test_the_export_job_is_built_from_the_stages_params():
+    params = {**PARAMS, "paths": {**PARAMS["paths"], "served": "somewhere/served"}}
+    job = ExportJob.from_params(params)
+    assert job.export == ExportConfig.from_params(PARAMS["export"]) and job.serve == SERVE
+    assert job.served_dir == Path("somewhere/served")
+    assert (job.onnx_template, job.max_pixels) == (PARAMS["model"]["onnx_path"], PARAMS["prepare"]["max_pixels"])
+
+
 def _served_score(folder, val) -> dict[str, float]:
     return summarise(score(val, Served.from_folder(folder), MAX_PIXELS)[1])
 
@@ -151,8 +166,8 @@ def stock():
 def _export_stock(stock, discs, out_dir, **export):
     val, calibration = discs
     cfg = _export_config(**export)
-    config, report = export_served(stock, out_dir / "unused.keras", val, calibration, cfg, SERVE, out_dir / "served",
-                                   None, MAX_PIXELS)
+    config, report = export_served(stock, out_dir / "unused.keras", val=val, calibration=calibration,
+                                   job=_job(cfg, out_dir / "served"))
     return cfg, config, report
 
 
@@ -205,8 +220,8 @@ def test_the_toy_unet_is_served_as_onnx_and_as_keras_when_asked(toy_model, discs
     (tmp_path / "cwd").mkdir()
     monkeypatch.chdir(tmp_path / "cwd")  # the working directory is left as it was
     cfg = _export_config()  # runtime onnxruntime, quantize int8
-    config, report = export_served(load_model(toy_model), toy_model, val, calibration, cfg, SERVE, tmp_path / "onnx",
-                                   None, MAX_PIXELS)
+    config, report = export_served(load_model(toy_model), toy_model, val=val, calibration=calibration,
+                                   job=_job(cfg, tmp_path / "onnx"))
     assert sorted(p.name for p in (tmp_path / "onnx").iterdir()) == ["model.onnx", "serving.json"]
     assert config.runtime == "onnxruntime" and all(c["max_abs"] <= 1e-3 for c in report["onnx_vs_keras"])
     assert config.int8 == report["int8"]["kept"]
@@ -216,8 +231,8 @@ def test_the_toy_unet_is_served_as_onnx_and_as_keras_when_asked(toy_model, discs
     assert _served_score(tmp_path / "onnx", val) == pytest.approx(served_as, abs=1e-6)
 
     keras_cfg = _export_config(runtime="keras")
-    config, report = export_served(load_model(toy_model), toy_model, val, calibration, keras_cfg, SERVE,
-                                   tmp_path / "served", None, MAX_PIXELS)
+    config, report = export_served(load_model(toy_model), toy_model, val=val, calibration=calibration,
+                                   job=_job(keras_cfg, tmp_path / "served"))
     folder = tmp_path / "served"
     assert sorted(p.name for p in folder.iterdir()) == ["model.keras", "serving.json"]
     assert (folder / "model.keras").read_bytes() == toy_model.read_bytes()
@@ -237,8 +252,8 @@ def test_export_served_replaces_what_the_folder_held(toy_model, discs, tmp_path)
     (folder / "model.onnx").write_bytes(b"an earlier export")
     cfg = _export_config(sizes=[32], refine={"flip": [False], "main_object": [False], "sharpen": [1.0], "tolerance": 0.0},
                          runtime="keras")
-    config, report = export_served(load_model(toy_model), toy_model, discs[0], discs[1], cfg, SERVE, folder, None,
-                                   MAX_PIXELS)
+    config, report = export_served(load_model(toy_model), toy_model, val=discs[0], calibration=discs[1],
+                                   job=_job(cfg, folder))
     assert sorted(p.name for p in folder.iterdir()) == ["model.keras", "serving.json"]  # the earlier file is gone
     assert (config.size, config.refine) == (32, NONE)
     assert report["val_by_size"] == {} and report["val_by_refine"] == {}  # one choice each: val not scored

@@ -179,8 +179,8 @@ def test_an_unreadable_photo_or_a_draft_of_another_size_is_named(tmp_path):
 
 
 def test_label_studio_starts_on_this_machine_with_the_token_from_the_environment_not_the_command_line(tmp_path):
-    argv, env = start_command("/ls/bin/label-studio", 8123, tmp_path, "me@example.com", "pw", "t" * 20,
-                              {"PATH": "/bin", "COLLECT_ANALYTICS": "true"})
+    argv, env = start_command("/ls/bin/label-studio", port=8123, data_dir=tmp_path, username="me@example.com",
+                              password="pw", api_key="t" * 20, environ={"PATH": "/bin", "COLLECT_ANALYTICS": "true"})
     assert argv[:2] == ["/ls/bin/label-studio", "start"] and "--no-browser" in argv
     assert argv[argv.index("--host") + 1] == "127.0.0.1" and argv[argv.index("--port") + 1] == "8123"
     assert not any("t" * 20 in a or a == "pw" for a in argv)
@@ -189,7 +189,7 @@ def test_label_studio_starts_on_this_machine_with_the_token_from_the_environment
     assert env["PATH"] == "/bin" and env["COLLECT_ANALYTICS"] == "true"  # the user's own setting wins
     assert env["LATEST_VERSION_CHECK"] == "false" and env["LABEL_STUDIO_SENTRY_DSN"] == ""
     with pytest.raises(StudioError, match="6 to 40"):
-        start_command("ls", 8123, tmp_path, None, None, "short", {})
+        start_command("ls", port=8123, data_dir=tmp_path, username=None, password=None, api_key="short", environ={})
 
 
 def test_the_commands_name_what_is_missing(tmp_path, monkeypatch):

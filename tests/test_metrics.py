@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from scipy import ndimage
+from sklearn.metrics import jaccard_score
 
 from bgremoval.scoring.metrics import (
     DIS,
@@ -13,7 +14,6 @@ from bgremoval.scoring.metrics import (
     HIGHER_IS_BETTER,
     boundary_f,
     boundary_pixels,
-    f_measure,
     iou_dice,
     pr_curve,
     precision_recall,
@@ -47,15 +47,47 @@ def test_max_f_with_beta2_0_3_by_hand():
     assert summarise([score_image(PRED, GT)])["max_f"] == pytest.approx(0.8125, abs=1e-6)
 
 
+def _pr_by_counting(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The protocol's precision and recall at levels t = 0..255, counted pixel by pixel (no histograms): a pixel
+    is predicted foreground when round(255 x pred) >= t; precision is 0 where nothing is predicted."""
+    level, truth = np.rint(np.asarray(pred) * 255), np.asarray(gt) >= 0.5
+    precision, recall = np.zeros(256), np.zeros(256)
+    for t in range(256):
+        kept = level >= t
+        tp = np.count_nonzero(kept & truth)
+        precision[t] = tp / np.count_nonzero(kept) if kept.any() else 0.0
+        recall[t] = tp / np.count_nonzero(truth)
+    return precision, recall
+
+
+def _f_beta(precision: np.ndarray, recall: np.ndarray) -> np.ndarray:
+    """F with beta^2 = 0.3, written out; 0 where precision and recall are both 0."""
+    num, den = 1.3 * precision * recall, 0.3 * precision + recall
+    return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
+
+
 def test_max_f_averages_precision_and_recall_over_images_before_f():
+    # By hand: a 32x32 truth with a 16x16 square (a quarter of the pixels), predicted exactly, and predicted blank.
+    # Level 0 keeps every pixel in both: P = 0.25, R = 1. Levels 1..255: exact P = R = 1, blank P = R = 0.
+    # Averaged over the images: level 0 P 0.25, R 1 -> F = 1.3 * 0.25 / (0.075 + 1) = 0.302; levels >= 1
+    # P = R = 0.5 -> F = 1.3 * 0.25 / (0.15 + 0.5) = 0.5. max F = 0.5, where the mean of each image's own max F
+    # would be (1 + 0.302) / 2 = 0.651.
+    gt = np.zeros((32, 32))
+    gt[8:24, 8:24] = 1
+    assert summarise([score_image(gt, gt), score_image(np.zeros_like(gt), gt)])["max_f"] == pytest.approx(0.5, abs=1e-6)
+
     rng = np.random.default_rng(0)
     preds = [rng.random((8, 8)) for _ in range(3)]
     gts = [rng.random((8, 8)) > 0.6 for _ in range(3)]
     scores = [score_image(p, g) for p, g in zip(preds, gts)]
-    curves = [precision_recall(p, g) for p, g in zip(preds, gts)]
-    want = f_measure(np.mean([c[0] for c in curves], 0), np.mean([c[1] for c in curves], 0)).max()
+    curves = [_pr_by_counting(p, g) for p, g in zip(preds, gts)]
+    want = _f_beta(np.mean([c[0] for c in curves], 0), np.mean([c[1] for c in curves], 0)).max()
+    per_image = np.mean([_f_beta(*c).max() for c in curves])
+    assert abs(want - per_image) > 0.01  # the data tells the two orders apart
     assert summarise(scores)["max_f"] == pytest.approx(want)
-    assert summarise(scores)["iou"] == pytest.approx(np.mean([s.iou for s in scores]))
+    # IoU is the mean of each image's own, by scikit-learn's Jaccard index at 0.5
+    ious = [jaccard_score(g.ravel(), p.ravel() >= 0.5) for p, g in zip(preds, gts)]
+    assert summarise(scores)["iou"] == pytest.approx(np.mean(ious))
 
 
 def test_empty_prediction_of_empty_truth_is_perfect():
@@ -178,9 +210,21 @@ def test_dis_measures_by_what_each_must_give():
 
 def test_summary_has_the_dis_means_only_when_every_image_has_them():
     gt = np.zeros((32, 32))
-    gt[8:24, 8:24] = 1
-    shifted = np.roll(gt, 3, axis=0)
-    with_dis = [score_image(gt, gt, dis=True), score_image(shifted, gt, dis=True)]
+    gt[8:24, 8:24] = 1  # a 16x16 square: a quarter of the 1024 pixels
+    with_dis = [score_image(gt, gt, dis=True), score_image(np.zeros_like(gt), gt, dis=True)]
     summary = summarise(with_dis)
-    assert summary["hce"] == pytest.approx((with_dis[0].dis["hce"] + with_dis[1].dis["hce"]) / 2)
+    assert set(DIS) <= set(summary)
+    # Each image's value by hand, then their mean:
+    # weighted F: 1 for the exact mask, 0 for the blank one (not one true positive) -> 0.5
+    assert summary["weighted_f"] == pytest.approx(0.5)
+    # S-measure (Fan et al. 2017, alpha 0.5): 1 for the exact mask. The blank one: object term u*O_fg + (1-u)*O_bg
+    # with u = 0.25; O_fg = 2x / (x^2 + 1 + sigma) at the prediction's mean x = 0 inside the square = 0, O_bg the
+    # same on 1 - prediction outside it, x = 1, sigma = 0: 2 / 2 = 1 -> 0.75. Region term: each quadrant around
+    # the square's centroid holds both truth values while the prediction is constant there: SSIM 0 -> 0.
+    # S = 0.5 * 0.75 + 0.5 * 0 = 0.375; the mean (1 + 0.375) / 2 = 0.6875
+    assert summary["s_measure"] == pytest.approx(0.6875, abs=1e-6)
+    # MAE: 0 and 256 / 1024 -> 0.125
+    assert summary["mae"] == pytest.approx(0.125)
+    # HCE: nothing to correct in the exact masks; a whole missed square takes a person's effort
+    assert summarise([with_dis[0], with_dis[0]])["hce"] == 0.0 and summary["hce"] > 0
     assert not set(DIS) & set(summarise([with_dis[0], score_image(gt, gt)]))

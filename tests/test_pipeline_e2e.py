@@ -160,6 +160,22 @@ def test_full_repro_tracks_everything_and_registers_what_evaluate_scored(full_ru
         assert cut.mode == "RGBA" and cut.size == Image.open(photo).size  # serve.defaults.output: cutout
 
 
+def test_an_edit_to_how_a_cut_out_is_rendered_reruns_serving_stages_only(full_run, tmp_path):
+    """Training imports nothing of serving: after an edit to serving/render.py, `dvc status` shows tune, train
+    and distill up to date, and the stages that serve, score or ship the model changed."""
+    project, run = full_run
+    assert run.returncode == 0, run.stdout + run.stderr
+    copy = tmp_path / "project"  # the shared run stays as it is
+    shutil.copytree(project, copy, symlinks=True)
+    render = copy / "bgremoval" / "serving" / "render.py"
+    render.write_text(render.read_text() + "\n# an edit\n")
+    status = dvc(copy, "status", "--json")
+    assert status.returncode == 0, status.stderr
+    changed = set(json.loads(status.stdout))
+    assert {"validate", "export", "baseline", "evaluate", "register"} <= changed, changed
+    assert not changed & {"augment", "tune", "train", "distill"}, changed
+
+
 def _commit(project: Path, message: str) -> None:
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@localhost"]
     subprocess.run([*git, "add", "-A"], cwd=project, check=True)

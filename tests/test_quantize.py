@@ -9,7 +9,8 @@ import onnxruntime as ort
 import pytest
 
 from bgremoval.export.quantize import outlier_nodes, quantize_int8
-from bgremoval.serving.runtime import OnnxSegmenter, preprocess
+from bgremoval.network_io import preprocess
+from bgremoval.serving.runtime import OnnxSegmenter
 from tests.helpers import sample_photo, stock_onnx_export
 
 

@@ -18,7 +18,7 @@ from bgremoval.data.masks import MaskChoices
 from bgremoval.data.manifest import build_manifest, pair_files
 from bgremoval.registry import versions
 from bgremoval.registry.gate import CHALLENGER, CHAMPION, PREVIOUS, decide, side_by_side
-from bgremoval.registry.versions import Gate, model_id_of, model_score, register_served, serving_key
+from bgremoval.registry.versions import Gate, RegisterConfig, model_id_of, model_score, register_served, serving_key
 from bgremoval.serving.config import CONFIG_FILE, ServingConfig
 from bgremoval.serving.refine import Refine
 from bgremoval.serving.render import png_bytes
@@ -32,35 +32,54 @@ BASELINE = {"max_f": 0.5, "mae": 0.5, "iou": 0.5, "boundary_f": 0.5}
 # --- the decision ----------------------------------------------------------------------------------
 
 def test_first_model_becomes_champion():
-    d = decide("max_f", 0.5, None, 0.002, None, False)
+    d = decide("max_f", 0.5, None, min_delta=0.002, baseline=None, require_beats_baseline=False)
     assert d.promoted and "first model" in d.reason
 
 
 @pytest.mark.parametrize("new,alias", [(0.803, CHAMPION), (0.802, CHALLENGER), (0.801, CHALLENGER), (0.79, CHALLENGER)])
 def test_champion_moves_only_past_the_min_delta(new, alias):
-    assert decide("max_f", new, 0.80, 0.002, None, False).alias == alias
+    assert decide("max_f", new, 0.80, min_delta=0.002, baseline=None, require_beats_baseline=False).alias == alias
 
 
 def test_lower_is_better_for_mae():
-    assert decide("mae", 0.030, 0.040, 0.002, None, False).promoted
-    d = decide("mae", 0.045, 0.040, 0.002, None, False)
+    no_baseline = {"min_delta": 0.002, "baseline": None, "require_beats_baseline": False}
+    assert decide("mae", 0.030, 0.040, **no_baseline).promoted
+    d = decide("mae", 0.045, 0.040, **no_baseline)
     assert not d.promoted and "lower is better" in d.reason
-    assert not decide("mae", 0.039, 0.040, 0.002, None, False).promoted  # better, but not by the min delta
+    assert not decide("mae", 0.039, 0.040, **no_baseline).promoted  # better, but not by the min delta
 
 
 def test_baseline_requirement_blocks_a_model_worse_than_stock():
-    d = decide("max_f", 0.85, None, 0.002, 0.86, True)
+    d = decide("max_f", 0.85, None, min_delta=0.002, baseline=0.86, require_beats_baseline=True)
     assert d.alias == CHALLENGER and "stock U²-NetP" in d.reason and "require_beats_baseline" in d.reason
-    assert decide("max_f", 0.87, None, 0.002, 0.86, True).promoted
-    assert decide("max_f", 0.85, None, 0.002, 0.86, False).promoted
-    assert decide("mae", 0.05, None, 0.002, 0.04, True).alias == CHALLENGER  # lower is better here too
-    assert not decide("max_f", 0.87, 0.80, 0.002, 0.90, True).promoted  # beats the champion, not stock
+    assert decide("max_f", 0.87, None, min_delta=0.002, baseline=0.86, require_beats_baseline=True).promoted
+    assert decide("max_f", 0.85, None, min_delta=0.002, baseline=0.86, require_beats_baseline=False).promoted
+    # lower is better here too
+    assert decide("mae", 0.05, None, min_delta=0.002, baseline=0.04, require_beats_baseline=True).alias == CHALLENGER
+    # beats the champion, not stock
+    assert not decide("max_f", 0.87, 0.80, min_delta=0.002, baseline=0.90, require_beats_baseline=True).promoted
 
 
 @pytest.mark.parametrize("metric", ["accuracy", "dice"])
 def test_a_metric_outside_the_headline_ones_is_named(metric):
     with pytest.raises(ValueError, match=f"register.metric '{metric}' is not one of mae, max_f, iou, boundary_f"):
-        decide(metric, 1.0, None, 0.0, None, False)
+        decide(metric, 1.0, None, min_delta=0.0, baseline=None, require_beats_baseline=False)
+
+
+def test_the_register_config_reads_only_what_the_stage_declares(monkeypatch):
+    from stages.common import declared_params
+
+    params = declared_params("register", Path(__file__).resolve().parents[1])
+    monkeypatch.delenv(versions.LOCK_ENV, raising=False)
+    cfg = RegisterConfig.from_params(params)
+    section = params["register"]
+    assert cfg.model_name == section["model_name"] and cfg.lock == section["lock"]
+    assert cfg.max_pixels == params["prepare"]["max_pixels"]
+    assert cfg.gate == Gate(metric=section["metric"], min_delta=section["min_delta"],
+                            require_beats_baseline=section["require_beats_baseline"],
+                            max_reference_loss=section["max_reference_loss"])
+    monkeypatch.setenv(versions.LOCK_ENV, "postgresql://db/locks")  # the environment wins over register.lock
+    assert RegisterConfig.from_params(params).lock == "postgresql://db/locks"
 
 
 # --- what identifies a version, and its recorded score --------------------------------------------------
@@ -143,8 +162,10 @@ def register(served: Path, run_id: str, score: float, test, source: str, gate: G
     """register_served as the register stage calls it, with evaluate's scores all equal to `score`."""
     metrics = {"max_f": score, "mae": 1 - score, "iou": score, "boundary_f": score, "size": 32, "ms_per_image": 5.0}
     example = png_bytes(Image.fromarray(disc_image(16, 16)[0]))
-    return register_served(MlflowClient(), NAME, run_id, served, metrics, BASELINE, test,
-                           tracking.split_dataset(test, "test", source), example, gate, None, 10**6)
+    return register_served(MlflowClient(), cfg=RegisterConfig(model_name=NAME, gate=gate, lock=None, max_pixels=10**6),
+                           run_id=run_id, served_dir=served, metrics=metrics, baseline=BASELINE, test=test,
+                           test_dataset=tracking.split_dataset(test, "test", source), example=example,
+                           reference_dataset=None)
 
 
 @pytest.fixture
@@ -251,8 +272,8 @@ def test_the_champion_is_rescored_only_when_the_test_set_changed(setup, monkeypa
 
     rescored = []
     real_rescore = versions.rescore
-    monkeypatch.setattr(versions, "rescore", lambda client, name, mv, *a: rescored.append(str(mv.version))
-                        or real_rescore(client, name, mv, *a))
+    monkeypatch.setattr(versions, "rescore", lambda client, name, mv, **kw: rescored.append(str(mv.version))
+                        or real_rescore(client, name, mv, **kw))
     client = MlflowClient()
     subset = setup.test.iloc[:2].reset_index(drop=True)
     setup.register(0.99, rows=subset)  # the champion's recorded 0.99 is on other images

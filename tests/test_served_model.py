@@ -26,7 +26,8 @@ from bgremoval.serving.options import KINDS, options_from
 from bgremoval.serving.pyfunc import PACKAGE, SHIPPED, BackgroundRemover, requirements, signature
 from bgremoval.serving.refine import Refine, combine
 from bgremoval.serving.render import edge_band, png_bytes, render
-from bgremoval.serving.runtime import KerasSegmenter, resize_back, squash
+from bgremoval.network_io import resize_back, squash
+from bgremoval.serving.runtime import KerasSegmenter
 from bgremoval.serving.served import Served
 from tests.helpers import (PARAMS, ROOT, disc_image, free_port, project_env, running_server, served_folder,
                            tracking_store)
@@ -198,7 +199,7 @@ def test_each_runtime_requires_only_what_it_imports():
     assert onnx == {"mlflow", "numpy", "pandas", "pillow", "scipy", "pymatting", "onnxruntime"}
     assert {"tensorflow", "keras"} <= names(requirements("keras")) and "onnxruntime" not in names(requirements("keras"))
     assert all("==" in r for r in requirements("onnxruntime"))  # pinned to the versions it was logged with
-    assert set(SHIPPED) == {"__init__.py", "images.py", "quiet.py", "serving"}
+    assert set(SHIPPED) == {"__init__.py", "images.py", "quiet.py", "network_io.py", "keras_layers.py", "serving"}
 
 
 # --- logged and registered ---------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from bgremoval import network_io
 from bgremoval.serving import runtime
 from bgremoval.serving.config import CONFIG_FILE, ServingConfig
 from bgremoval.serving.options import KINDS, RequestError, options_from, parse_color
@@ -320,20 +321,20 @@ def test_preprocess_squashes_scales_by_the_images_maximum_and_normalises():
     image = np.zeros((30, 50, 3), np.uint8)
     image[..., 0] = 100  # the brightest value: it becomes 1
     image[:, :25, 1] = 50
-    x = runtime.preprocess(image, 16)
+    x = network_io.preprocess(image, 16)
     assert x.shape == (1, 3, 16, 16) and x.dtype == np.float32
-    assert np.allclose(x[0, 0], (1.0 - runtime.MEAN[0]) / runtime.STD[0])
-    assert np.allclose(x[0, 2], (0.0 - runtime.MEAN[2]) / runtime.STD[2])
-    assert np.allclose(x[0, 1, :, 0], (0.5 - runtime.MEAN[1]) / runtime.STD[1], atol=1e-6)
-    dark = runtime.preprocess(np.zeros((4, 4, 3), np.uint8), 8)  # all black: no division by zero
+    assert np.allclose(x[0, 0], (1.0 - network_io.MEAN[0]) / network_io.STD[0])
+    assert np.allclose(x[0, 2], (0.0 - network_io.MEAN[2]) / network_io.STD[2])
+    assert np.allclose(x[0, 1, :, 0], (0.5 - network_io.MEAN[1]) / network_io.STD[1], atol=1e-6)
+    dark = network_io.preprocess(np.zeros((4, 4, 3), np.uint8), 8)  # all black: no division by zero
     assert np.isfinite(dark).all()
 
 
 def test_resize_back_returns_the_images_size_in_zero_to_one():
     prob = np.array([[-0.5, 0.25], [0.75, 1.5]], np.float32)
-    out = runtime.resize_back(prob, width=6, height=4)
+    out = network_io.resize_back(prob, width=6, height=4)
     assert out.shape == (4, 6) and out.min() == 0.0 and out.max() == 1.0
-    assert runtime.squash(np.full((9, 3, 3), 255, np.uint8), 5).shape == (5, 5, 3)
+    assert network_io.squash(np.full((9, 3, 3), 255, np.uint8), 5).shape == (5, 5, 3)
 
 
 def test_providers_keep_the_cpu_last_and_drop_unknown_ones_with_a_warning(monkeypatch, caplog):

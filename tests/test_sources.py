@@ -73,9 +73,13 @@ def test_an_empty_unlabelled_folder_is_a_clear_error(tmp_path):
 
 
 def test_a_candidate_that_forgets_other_kinds_is_not_promoted_whatever_its_test_score():
-    forgets = decide("iou", 0.95, None, 0.002, 0.90, False, Reference(candidate=0.60, stock=0.64, max_loss=0.01))
+    gate = {"min_delta": 0.002, "require_beats_baseline": False}
+    forgets = decide("iou", 0.95, None, **gate, baseline=0.90,
+                     reference=Reference(candidate=0.60, stock=0.64, max_loss=0.01))
     assert forgets.alias == CHALLENGER and "reference photos" in forgets.reason and "0.0400 worse" in forgets.reason
-    within = decide("iou", 0.95, None, 0.002, 0.90, False, Reference(candidate=0.635, stock=0.64, max_loss=0.01))
+    within = decide("iou", 0.95, None, **gate, baseline=0.90,
+                    reference=Reference(candidate=0.635, stock=0.64, max_loss=0.01))
     assert within.alias == CHAMPION
-    lower_is_better = decide("mae", 0.02, None, 0.002, 0.03, False, Reference(candidate=0.06, stock=0.04, max_loss=0.01))
+    lower_is_better = decide("mae", 0.02, None, **gate, baseline=0.03,
+                             reference=Reference(candidate=0.06, stock=0.04, max_loss=0.01))
     assert lower_is_better.alias == CHALLENGER

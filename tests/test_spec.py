@@ -24,8 +24,9 @@ from tests.helpers import ROOT
 DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
 # The library's layers, in the order they may import each other (bgremoval/__init__.py explains them).
-LAYERS = [("images", "pictures", "locks", "quiet", "tracking", "weights"), ("data",), ("serving",), ("scoring",),
-          ("model",), ("training",), ("export",), ("registry",), ("labelling",),
+LAYERS = [("images", "pictures", "locks", "quiet", "tracking", "weights", "network_io", "keras_layers", "settings"),
+          ("data",),
+          ("model",), ("training",), ("serving",), ("scoring",), ("export",), ("registry",), ("labelling",),
           ("cli", "demo", "video")]
 
 
@@ -123,6 +124,53 @@ def test_the_library_imports_run_one_way():
             if _layer(target) > _layer(path):
                 wrong.append(f"{path.relative_to(ROOT)} imports {target.relative_to(ROOT)}")
     assert not wrong, "\n".join(wrong)
+
+
+def reachable(graph: dict, start) -> set:
+    """Every node `start` leads to, itself included."""
+    seen, todo = set(), [start]
+    while todo:
+        node = todo.pop()
+        if node not in seen:
+            seen.add(node)
+            todo.extend(graph.get(node, ()))
+    return seen
+
+
+def in_cycles(graph: dict) -> list:
+    """The nodes that lead back to themselves."""
+    return sorted(n for n in graph if any(n in reachable(graph, m) for m in graph[n]))
+
+
+def test_the_cycle_finder_finds_a_long_cycle_and_nothing_else():
+    assert in_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c"]
+    assert in_cycles({"a": {"b"}, "b": set(), "c": {"a", "b"}}) == []
+
+
+def test_no_module_imports_itself_through_others():
+    """No import cycle among the library's modules: within a layer too, where the layer order allows both ways."""
+    top = ROOT / "bgremoval" / "__init__.py"
+    graph = {p: local_imports(p) - {p, top} for p in (ROOT / "bgremoval").rglob("*.py") if p != top}
+    cyclic = [p.relative_to(ROOT).as_posix() for p in in_cycles(graph)]
+    assert not cyclic, f"these modules import themselves through others: {cyclic}"
+
+
+def crowded_calls(source: str, most: int = 5) -> list[str]:
+    """The calls in `source` that pass more than `most` positional arguments, as 'line: callee (n)'."""
+    return [f"{node.lineno}: {ast.unparse(node.func)} ({len(node.args)})" for node in ast.walk(ast.parse(source))
+            if isinstance(node, ast.Call) and len(node.args) > most]
+
+
+def test_the_crowded_call_finder_counts_positional_arguments_only():
+    assert crowded_calls("f(1, 2, 3, 4, 5, 6)\ng(1, 2, 3, 4, 5, x=6)\nh(*a, 1, 2, 3, 4, 5)") == ["1: f (6)", "3: h (6)"]
+
+
+def test_no_call_passes_more_than_five_positional_arguments():
+    """Past five, arguments go by keyword (each stage passes its one typed configuration so): a call reads
+    without its callee's signature beside it, and an argument added or moved cannot land in the wrong place."""
+    crowded = [f"{p.relative_to(ROOT)}:{c}" for folder in ("stages", "bgremoval")
+               for p in sorted((ROOT / folder).rglob("*.py")) for c in crowded_calls(p.read_text())]
+    assert not crowded, "\n".join(crowded)
 
 
 def test_the_registered_model_ships_all_the_code_serving_runs():
@@ -284,17 +332,24 @@ def test_readme_has_the_two_commands_and_ci_runs_the_test_one():
     assert "make test" in (ROOT / ".ci" / "run").read_text()
 
 
-def test_each_stage_reads_exactly_the_params_dvc_shows_for_it():
+def test_each_stage_reads_exactly_the_params_dvc_shows_for_it(tmp_path, monkeypatch):
     """stages.common reads the stage's params itself (loading DVC's repo costs each stage seconds): what it
-    reads must be what `dvc params` says the stage depends on, key for key."""
+    reads must be what `dvc params` says the stage depends on, key for key. DVC reads the repo's dvc.yaml and
+    params.yaml from a copy: opening a repo writes its .dvc/tmp/, which must not happen in the source tree."""
     from dvc.repo import Repo
 
     from stages.common import declared_params
 
+    (tmp_path / ".dvc").mkdir()
+    (tmp_path / ".dvc" / "config").write_text("[core]\n    no_scm = true\n    analytics = false\n")
+    for name in ("dvc.yaml", "params.yaml"):
+        shutil.copy(ROOT / name, tmp_path / name)
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    with Repo(str(ROOT)) as repo:
+    monkeypatch.chdir(tmp_path)  # DVC names the params file relative to the working directory
+    with Repo(str(tmp_path)) as repo:
         for stage in stages:
             shown = repo.params.show(stages=[stage])[""]["data"]["params.yaml"]["data"]
+            assert shown, stage  # every stage declares params: an empty answer would compare nothing
             assert declared_params(stage, ROOT) == shown, stage
     with pytest.raises(KeyError):
         declared_params("train", ROOT)["register"]  # not declared by train: not there to read

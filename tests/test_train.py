@@ -109,7 +109,8 @@ def _train(shards, cfg, checkpoints, callbacks=(), seed=0):
     keras.utils.set_random_seed(seed)
     network = build_network(TOY_UNET)
     train_ds, val_ds = datasets(shards, cfg.size, cfg.batch_size, seed, 0.0)
-    return network, fit(network, train_ds, val_ds, cfg, 3.0, cfg.steps_per_epoch, checkpoints, list(callbacks))
+    return network, fit(network, train_ds, val_ds, cfg, pos_weight=3.0, steps_per_epoch=cfg.steps_per_epoch,
+                        checkpoint_dir=checkpoints, callbacks=list(callbacks))
 
 
 def test_toy_training_logs_an_mlflow_run_with_per_epoch_curves(tmp_path, mlflow_uri):
@@ -124,8 +125,9 @@ def test_toy_training_logs_an_mlflow_run_with_per_epoch_curves(tmp_path, mlflow_
             keras.utils.set_random_seed(0)
             network = build_network(TOY_UNET)
             train_ds, val_ds = datasets(shards, 32, 8, 0, 0.0)
-            history = fit(network, train_ds, val_ds, replace(CFG, epochs=2, steps_per_epoch=2), 3.0, 2,
-                          tmp_path / "ckpt", [EpochLogger(lambda logs: clean_logs(network, logs))])
+            history = fit(network, train_ds, val_ds, replace(CFG, epochs=2, steps_per_epoch=2), pos_weight=3.0,
+                          steps_per_epoch=2, checkpoint_dir=tmp_path / "ckpt",
+                          callbacks=[EpochLogger(lambda logs: clean_logs(network, logs))])
             mlflow.log_metrics(clean_logs(network, {k: v[-1] for k, v in history.items()}), step=2)
         client = mlflow.MlflowClient()
         logged = client.get_run(run.info.run_id).data.metrics
@@ -209,7 +211,8 @@ def test_u2netp_fine_tuning_freezes_the_encoder_and_trains_the_rest(tmp_path):
     encoder = {l.name for l in encoder_layers(network)}
     cfg = replace(CFG, epochs=1, freeze_epochs=1, steps_per_epoch=2, batch_size=4)
     train_ds, val_ds = datasets(shards, 32, 4, 0, 0.0)
-    history = fit(network, train_ds, val_ds, cfg, 3.0, 2, tmp_path / "ckpt", [])
+    history = fit(network, train_ds, val_ds, cfg, pos_weight=3.0, steps_per_epoch=2, checkpoint_dir=tmp_path / "ckpt",
+                  callbacks=[])
     after = {l.name: l.get_weights() for l in network.get_layer("u2netp").layers if l.get_weights()}
     changed = {n for n in before if any(not np.array_equal(a, b) for a, b in zip(before[n], after[n]))}
     assert encoder and not (changed & encoder), "frozen encoder layers moved"

@@ -14,17 +14,19 @@ from types import SimpleNamespace
 import keras
 import mlflow
 import optuna
+from optuna_integration import KerasPruningCallback
 import pytest
 
 from bgremoval import tracking
 from bgremoval.model.network import build_network, inference_model
-from bgremoval.training import tune, tune_job
+from bgremoval.training import trials, tune_job
 from bgremoval.training.callbacks import EpochLogger
-from bgremoval.training.fit import clean_logs, datasets, evaluate_val, fit
-from bgremoval.training.tune import (
-    DONE, PruneOnMetric, StudyConfig, apply_overrides, best_params, count, declared, log_study, make_pruner, open_study,
-    optimise, pareto_front, pick, queue_each_choice, suggest, tuned_section, write_plots,
-)
+from bgremoval.settings import apply_overrides, tuned_section
+from bgremoval.training.choice import best_params, log_study, pareto_front, pick, write_plots
+from bgremoval.training.fit import clean_logs, datasets, evaluate_val, fit, keras_log_name, val_score
+from bgremoval.training.search import declared, suggest
+from bgremoval.training.study import DONE, BudgetReached, StudyConfig, count, make_pruner, open_study, queue_each_choice
+from bgremoval.training.trials import optimise
 from bgremoval.training.tune_job import STORAGE_ENV, TuneJob
 from tests.helpers import PARAMS, model_config, skip_without_u2netp_weights, toy_shards, tracking_store, train_config
 
@@ -51,8 +53,9 @@ def _objective(shards: Path, prune: bool = True):
         network = build_network(model_config(family="unet", unet_filters=SMALL))
         train_ds, val_ds = datasets(shards, 32, 8, 0, 0.0)
         rename = lambda logs: clean_logs(network, logs)  # noqa: E731
-        callbacks = [EpochLogger(rename)] + ([PruneOnMetric(trial, rename, "val/iou")] if prune else [])
-        fit(network, train_ds, val_ds, cfg, 3.0, 2, checkpoints, callbacks)
+        callbacks = [EpochLogger(rename)] + ([KerasPruningCallback(trial, keras_log_name(network, "val/iou"))] if prune else [])
+        fit(network, train_ds, val_ds, cfg, pos_weight=3.0, steps_per_epoch=2, checkpoint_dir=checkpoints,
+            callbacks=callbacks)
         return evaluate_val(network, val_ds)["iou"]
 
     return train_one
@@ -63,7 +66,7 @@ def _scripted(epochs: int = 2, prune: bool = True):
     def train_one(trial, values, checkpoints):
         iou = 10 * values["train.learning_rate"]
         rename = lambda logs: {"val/iou": logs["val_iou"], "train/loss": logs["loss"]}  # noqa: E731
-        callbacks = [EpochLogger(rename)] + ([PruneOnMetric(trial, rename, "val/iou")] if prune else [])
+        callbacks = [EpochLogger(rename)] + ([KerasPruningCallback(trial, "val_iou")] if prune else [])
         for epoch in range(epochs):
             for callback in callbacks:
                 callback.on_epoch_end(epoch, {"val_iou": iou, "loss": 1 - iou})
@@ -164,11 +167,13 @@ def test_study_logs_nested_runs_and_prunes(tmp_path, mlflow_db):
 
 
 def test_a_missing_metric_fails_the_trial_with_the_names_there_are():
-    study = optuna.create_study()
-    trial = study.ask()
-    prune = PruneOnMetric(trial, lambda logs: {"val/iou": logs["val_iou"]}, "val/dice")
-    with pytest.raises(KeyError, match=r"tune.metric 'val/dice' is not among the epoch's metrics \['val/iou'\]"):
-        prune.on_epoch_end(0, {"val_iou": 0.5})
+    network = build_network(model_config(family="unet", unet_filters=SMALL))
+    assert keras_log_name(network, "val/iou") == "val_iou"  # the key Optuna's pruning callback reads each epoch
+    with pytest.raises(ValueError, match="tune.metric must name a val metric, e.g. val/iou; got 'iou'"):
+        keras_log_name(network, "iou")
+    assert val_score({"iou": 0.5, "mae": 0.1}, "val/iou") == 0.5
+    with pytest.raises(KeyError, match=r"tune.metric 'val/dice' is not among the val metrics \['val/iou', 'val/mae'\]"):
+        val_score({"iou": 0.5, "mae": 0.1}, "val/dice")
 
 
 @pytest.mark.slow
@@ -265,10 +270,10 @@ def test_a_study_opened_by_several_workers_hands_out_no_more_than_its_budget(tmp
     cfg = _config(tmp_path, name="budget", n_trials=2)
     one, other = open_study(cfg, seed=0), open_study(cfg, seed=0)  # two workers on one storage
     running = [one.ask(), other.ask()]
-    with pytest.raises(tune.BudgetReached, match="2 of 2"):
+    with pytest.raises(BudgetReached, match="2 of 2"):
         other.ask()
     one.tell(running[0], 0.5)
-    with pytest.raises(tune.BudgetReached):
+    with pytest.raises(BudgetReached):
         one.ask()
     assert len(open_study(cfg, seed=0).trials) == 2
 
@@ -326,7 +331,7 @@ def test_a_network_size_choice_does_not_stop_the_plots(tmp_path, caplog):
     for i, (quality, ms) in enumerate([(0.8, 3.0), (0.9, 17.0), (0.7, 2.5), (0.85, 15.0)]):
         study.add_trial(optuna.trial.create_trial(params={"model.unet_filters": [SMALL, LARGE][i % 2]},
                                                   values=[quality, ms], distributions={"model.unet_filters": filters}))
-    with caplog.at_level("WARNING", logger="bgremoval.training.tune"):
+    with caplog.at_level("WARNING", logger="bgremoval.training.choice"):
         written = {p.name for p in write_plots(study, tmp_path, "val/iou")}
     assert written == {"optimization_history.html", "pareto_front.html"}
     assert "no param_importances plot" in caplog.text
@@ -350,7 +355,7 @@ def test_a_worker_waits_for_a_silent_trial_and_runs_its_retry(tmp_path, mlflow_d
             raise AssertionError("the worker is still waiting after 200 polls: the silent trial was never failed")
         real_sleep(seconds)
 
-    monkeypatch.setattr(tune.time, "sleep", sleep)
+    monkeypatch.setattr(trials.time, "sleep", sleep)
 
     def train_one(trial, values, ckpt):
         seen.append(values)
@@ -502,7 +507,7 @@ def test_a_two_objective_study_times_each_trials_network_and_logs_its_front(tmp_
     timed = []
 
     def forward_ms(predict, size, repeats=5):
-        ms = tune.forward_ms(predict, size, repeats)
+        ms = trials.forward_ms(predict, size, repeats)
         timed.append((predict.__self__.count_params(), size, ms))
         return ms
 
@@ -514,11 +519,11 @@ def test_a_two_objective_study_times_each_trials_network_and_logs_its_front(tmp_
         optimise(study, job.cfg, space, job.train_one, progress=False)
         best = best_params(study, space, 1.0)  # any loss allowed: the fastest front trial
         log_study(study, best, job.cfg.metric, tmp_path / "plots")
-    trials = study.get_trials(states=DONE)
-    assert len(trials) == 3 and len(study.directions) == 2
+    done = study.get_trials(states=DONE)
+    assert len(done) == 3 and len(study.directions) == 2
     # The study stores each network size as its JSON text; best_params gives them back as params.yaml has them.
-    assert [t.params["model.unet_filters"] for t in trials[:2]] == [json.dumps(SMALL), json.dumps(LARGE)]
-    assert [declared(space, t.params)["model.unet_filters"] for t in trials[:2]] == [SMALL, LARGE]  # each size tried
+    assert [t.params["model.unet_filters"] for t in done[:2]] == [json.dumps(SMALL), json.dumps(LARGE)]
+    assert [declared(space, t.params)["model.unet_filters"] for t in done[:2]] == [SMALL, LARGE]  # each size tried
     assert best["params"]["model.unet_filters"] in (SMALL, LARGE)
     assert all(t["params"]["model.unet_filters"] in (SMALL, LARGE) for t in best["pareto_front"])
 
@@ -526,13 +531,13 @@ def test_a_two_objective_study_times_each_trials_network_and_logs_its_front(tmp_
     n_params = {len(f): inference_model(build_network(model_config(family="unet", unet_filters=f))).count_params()
                 for f in (SMALL, LARGE)}
     assert [(p, s) for p, s, _ in timed] == [(n_params[len(declared(space, t.params)["model.unet_filters"])], 48)
-                                             for t in trials]
-    assert [t.values[1] for t in trials] == [ms for _, _, ms in timed]
+                                             for t in done]
+    assert [t.values[1] for t in done] == [ms for _, _, ms in timed]
     assert timed[1][2] > timed[0][2]  # about 100 x the multiply-adds
 
     runs = {int(r.data.tags["optuna.trial"]): r for r in _children(parent.info.run_id)}
     assert sorted(runs) == [0, 1, 2]
-    for t in trials:
+    for t in done:
         metrics = runs[t.number].data.metrics
         assert metrics["latency_ms"] == pytest.approx(t.values[1]) and metrics["latency/size"] == 48
         assert metrics["objective"] == pytest.approx(t.values[0])

@@ -26,10 +26,10 @@ from PIL import Image
 from bgremoval import weights
 from bgremoval.images import sha256_file
 from bgremoval.model import u2netp
-from bgremoval.serving.keras_layers import RembgNormalize, ResizeLike
+from bgremoval.keras_layers import RembgNormalize, ResizeLike
 from bgremoval.model.u2netp import build_u2netp, load_onnx_weights
 from bgremoval.scoring.stock import REMBG_SIZE, RembgModel, preprocess_like_rembg
-from bgremoval.serving.runtime import MEAN, STD, preprocess, squash
+from bgremoval.network_io import MEAN, STD, preprocess, squash
 from bgremoval.weights import U2NETP, WeightsError, find_u2netp_onnx
 from tests.helpers import sample_photo
 

@@ -4,12 +4,15 @@ Data Docs page and the report pictures. Screenshots go to test-artifacts/."""
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import sys
 import urllib.request
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -58,16 +61,35 @@ def _train_run(project: Path) -> str:
     return json.loads((project / "reports" / "train.json").read_text())["run_id"]
 
 
+# The bytes of an <img>'s source, as the page loaded it (base64), or 'error: ...'.
+IMAGE_BYTES = ("const done = arguments[arguments.length - 1]; fetch(arguments[0].src).then(r => r.arrayBuffer())"
+               ".then(b => { let s = ''; new Uint8Array(b).forEach(c => { s += String.fromCharCode(c); }); "
+               "done(btoa(s)); }).catch(e => done('error: ' + e))")
+
+
 def test_the_train_run_shows_its_prediction_grid(mlflow_ui, browser):
     from selenium.webdriver.support.ui import WebDriverWait
 
     url, project = mlflow_ui
-    experiment = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}").get_experiment_by_name("bgremoval")
-    grid = Image.open(project / "reports" / "train_predictions.png").size
-    browser.open(f"{url}/#/experiments/{experiment.experiment_id}/runs/{_train_run(project)}/artifacts/"
-                 f"train_predictions.png?{TRAINING}", "train_predictions.png", shot="mlflow-run-prediction-grid")
-    WebDriverWait(browser.driver, 60).until(lambda d: grid in browser.image_sizes())
-    browser.screenshot("mlflow-run-prediction-grid")
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("bgremoval")
+    grid = Image.open(project / "reports" / "train_predictions.png")
+    page = browser.open(f"{url}/#/experiments/{experiment.experiment_id}/runs/{_train_run(project)}/artifacts/"
+                        f"train_predictions.png?{TRAINING}", "train_predictions.png", shot="mlflow-run-prediction-grid")
+    assert "train_predictions.png" in page
+    # The artifact's preview: an image at the grid's size, loaded and laid out on the page.
+    find = ("return Array.from(document.images).find(i => i.complete && i.naturalWidth === arguments[0] "
+            "&& i.naturalHeight === arguments[1]) || null")
+    try:
+        shown = WebDriverWait(browser.driver, 60).until(lambda d: d.execute_script(find, *grid.size))
+    finally:
+        browser.screenshot("mlflow-run-prediction-grid")
+    assert shown.is_displayed() and shown.size["width"] > 0 and shown.size["height"] > 0
+    # ... and it is the grid the train stage drew, pixel for pixel.
+    data = browser.driver.execute_async_script(IMAGE_BYTES, shown)
+    assert not data.startswith("error"), data
+    preview = Image.open(io.BytesIO(base64.b64decode(data)))
+    assert np.array_equal(np.asarray(preview.convert("RGB")), np.asarray(grid.convert("RGB")))
 
 
 def test_the_champion_version_leads_to_its_test_metrics_on_the_test_dataset(mlflow_ui, browser):
@@ -109,8 +131,16 @@ def test_optuna_dashboard_shows_the_study_and_its_trials(full_run, browser, tmp_
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{study['study_id']}", timeout=30) as resp:
             trials = json.loads(resp.read())["trials"]
         assert len(trials) == 2 and best["trial"] in {t["number"] for t in trials}
-        browser.open(f"http://127.0.0.1:{port}/dashboard/studies/{study['study_id']}", best["study"], "History",
-                     shot="optuna-dashboard")
+        # The page shows the study, its history and the trial the tune stage chose as its best ...
+        chosen = f"Best Trial (number={best['trial']})"
+        page = browser.open(f"http://127.0.0.1:{port}/dashboard/studies/{study['study_id']}", best["study"],
+                            "History", chosen, shot="optuna-dashboard")
+        assert best["study"] in page and chosen in page
+        # ... and its list: the count, then every trial of the study.
+        names = [f"{len(trials)} Trials", *(f"Trial {t['number']}" for t in trials)]
+        page = browser.open(f"http://127.0.0.1:{port}/dashboard/studies/{study['study_id']}/trials", *names,
+                            shot="optuna-dashboard-trials")
+        assert all(name in page for name in names), page[:2000]
 
 
 def test_data_docs_and_report_pictures_open_readably(full_run, browser):

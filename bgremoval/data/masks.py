@@ -170,12 +170,14 @@ def describe_mask(img: Image.Image, jpeg: bool, choices: MaskChoices) -> MaskInf
     kind = classify(img, jpeg)
     noise = float("nan")
     if kind in UNREADABLE:
-        return MaskInfo(img.width, img.height, img.mode, kind, float("nan"), noise)
+        return MaskInfo(width=img.width, height=img.height, mode=img.mode, kind=kind, fg_fraction=float("nan"),
+                        noise=noise)
     if kind == "jpeg":
         noise = jpeg_noise(decode(img, "jpeg", ""))
         kind = f"jpeg-{choices.jpeg}"
     alpha = decode(img, kind, "")
-    return MaskInfo(img.width, img.height, img.mode, kind, float(alpha.mean() / 255.0), noise)
+    return MaskInfo(width=img.width, height=img.height, mode=img.mode, kind=kind,
+                    fg_fraction=float(alpha.mean() / 255.0), noise=noise)
 
 
 def mask_fit(width: int, height: int, mask_width: int, mask_height: int) -> str:

@@ -45,10 +45,30 @@ def load_pair(row: pd.Series, max_side: int, max_pixels: int) -> tuple[np.ndarra
     return image, mask
 
 
-def build(manifest: pd.DataFrame, aug: AugmentConfig, balance: Balance, copies: int, shard_size: int, seed: int,
-          max_pixels: int, out_dir: Path) -> tuple[dict[str, Any], pd.DataFrame, Image.Image]:
+@dataclass(frozen=True)
+class TrainingSetConfig:
+    """The augment stage's settings: params.yaml augment:, with base.seed and prepare.max_pixels."""
+
+    augment: AugmentConfig
+    balance: Balance
+    copies: int        # augmented copies of each train pair, before balancing
+    shard_size: int    # records per TFRecord shard
+    seed: int
+    max_pixels: int    # photos larger than this are refused as they are read
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> "TrainingSetConfig":
+        section = params["augment"]
+        return cls(augment=AugmentConfig.from_params(section), balance=Balance(**section["balance"]),
+                   copies=section["copies"], shard_size=section["shard_size"], seed=params["base"]["seed"],
+                   max_pixels=params["prepare"]["max_pixels"])
+
+
+def build(manifest: pd.DataFrame, *, cfg: TrainingSetConfig, out_dir: Path) -> tuple[dict[str, Any], pd.DataFrame, Image.Image]:
     """Write the shards into out_dir; return their stats (what the stage writes to stats.json), the bins table
     (before, requested and after balancing) and a grid of augmented samples spread over all bins."""
+    aug, balance, copies, shard_size, seed, max_pixels = (cfg.augment, cfg.balance, cfg.copies, cfg.shard_size,
+                                                          cfg.seed, cfg.max_pixels)
     train = manifest[manifest["split"] == "train"].reset_index(drop=True)
     category = train["category"] if "category" in train else None
     bins = bin_labels(train["fg_fraction"], balance.edges, category)
@@ -96,7 +116,7 @@ def build(manifest: pd.DataFrame, aug: AugmentConfig, balance: Balance, copies: 
         requested=lambda d: d["bin"].map(weights).fillna(0.0),
         after=lambda d: d["bin"].map(after).fillna(0.0))
     picture = grid([overlay(img, m) for _, img, m in samples], [n for n, _, _ in samples], cols=6)
-    log.info("train: %d images -> %d augmented copies in %d shards (%d of them of unreviewed drafts); val %d, test %d; "
-             "pos_weight %.2f", len(train), len(plan), counts["train"] + counts.get(DRAFT, 0), stats["n"][DRAFT],
-             stats["n"]["val"], stats["n"]["test"], pos_weight)
+    shards = f"{counts['train'] + counts.get(DRAFT, 0)} shards ({stats['n'][DRAFT]} of them of unreviewed drafts)"
+    log.info("train: %d images -> %d augmented copies in %s; %s", len(train), len(plan), shards,
+             f"val {stats['n']['val']}, test {stats['n']['test']}; pos_weight {pos_weight:.2f}")
     return stats, table, picture

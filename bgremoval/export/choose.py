@@ -74,6 +74,23 @@ class ServeSettings:
     defaults: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class ExportJob:
+    """The export stage's settings, from the params.yaml keys dvc.yaml declares for it."""
+
+    export: ExportConfig
+    serve: ServeSettings
+    served_dir: Path             # paths.served: the folder the served file and serving.json are written to
+    onnx_template: str | None    # model.onnx_path: rembg's u2netp graph (None: the installed wheel's)
+    max_pixels: int              # prepare.max_pixels: val and calibration images are read at most this large
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> "ExportJob":
+        return cls(export=ExportConfig.from_params(params["export"]), serve=ServeSettings(**params["serve"]),
+                   served_dir=Path(params["paths"]["served"]), onnx_template=params["model"]["onnx_path"],
+                   max_pixels=params["prepare"]["max_pixels"])
+
+
 def choose_size(rows: pd.DataFrame, predictor_at: Callable[[int], Predictor], sizes: Sequence[int], max_pixels: int,
                 tolerance: float) -> tuple[int, dict[int, dict[str, float]]]:
     """The smallest (fastest) size whose val IoU is within `tolerance` of the best, scored at the images' own
@@ -124,11 +141,12 @@ def int8_loss(metric: str, f32: dict[str, float], int8: dict[str, float]) -> flo
     return (1.0 if HIGHER_IS_BETTER[metric] else -1.0) * (f32[metric] - int8[metric])
 
 
-def export_served(model, model_file: Path, val: pd.DataFrame, calibration: pd.DataFrame, cfg: ExportConfig,
-                  serve: ServeSettings, out_dir: Path, template: str | None,
-                  max_pixels: int) -> tuple[ServingConfig, dict[str, Any]]:
-    """Write the served file and serving.json into out_dir; return the config and a report of every choice."""
-    out_dir = Path(out_dir)
+def export_served(model, model_file: Path, *, val: pd.DataFrame, calibration: pd.DataFrame,
+                  job: ExportJob) -> tuple[ServingConfig, dict[str, Any]]:
+    """Write the served file and serving.json into job.served_dir; return the config and a report of every choice.
+    val chooses the set-up; calibration's images (train's) calibrate int8."""
+    cfg, serve, max_pixels = job.export, job.serve, job.max_pixels
+    out_dir = Path(job.served_dir)
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir(parents=True)
     report: dict[str, Any] = {}
@@ -141,7 +159,8 @@ def export_served(model, model_file: Path, val: pd.DataFrame, calibration: pd.Da
     with tempfile.TemporaryDirectory() as tmp:
         if onnx:
             f32 = Path(tmp) / "model_f32.onnx"
-            checks = export_checked(model, f32, sorted(set(cfg.sizes)), images(val, 4), cfg.onnx_tolerance, template)
+            checks = export_checked(model, f32, sorted(set(cfg.sizes)), images=images(val, 4),
+                                    tolerance=cfg.onnx_tolerance, template=job.onnx_template)
             report["onnx_vs_keras"] = [asdict(c) for c in checks]
             network_at = lambda s: OnnxSegmenter(f32, s)  # noqa: E731
         else:
@@ -152,8 +171,9 @@ def export_served(model, model_file: Path, val: pd.DataFrame, calibration: pd.Da
         report |= {"refine": refine.name, "val_by_refine": {r.name: m for r, m in by_refine.items()}}
         served, int8 = (f32, False) if onnx else (Path(model_file), False)
         if onnx and cfg.quantize == "int8":
-            served, int8, report["int8"] = _choose_int8(f32, Path(tmp) / "model_int8.onnx", size, refine, val,
-                                                        images(calibration, cfg.calibration_images), cfg, max_pixels)
+            served, int8, report["int8"] = _choose_int8(
+                f32, Path(tmp) / "model_int8.onnx", size=size, refine=refine, val=val,
+                calibration=images(calibration, cfg.calibration_images), cfg=cfg, max_pixels=max_pixels)
         elif onnx and cfg.quantize not in ("none", None):
             raise ValueError(f"export.quantize {cfg.quantize!r} is not one of int8, none")
         name = "model.onnx" if onnx else "model.keras"
@@ -166,7 +186,7 @@ def export_served(model, model_file: Path, val: pd.DataFrame, calibration: pd.Da
     return config, report
 
 
-def _choose_int8(f32: Path, out: Path, size: int, refine: Refine, val: pd.DataFrame, calibration: list[np.ndarray],
+def _choose_int8(f32: Path, out: Path, *, size: int, refine: Refine, val: pd.DataFrame, calibration: list[np.ndarray],
                  cfg: ExportConfig, max_pixels: int) -> tuple[Path, bool, dict[str, Any]]:
     """int8 (calibrated at the serving size; convs fed an outlier channel stay float32), kept only if it
     loses at most export.max_int8_loss of export.metric on val against float32, both refined as served."""

@@ -4,7 +4,7 @@ The Keras U²-NetP was built from rembg's ONNX graph (model/u2netp.py), conv by 
 the exact inverse: the fine-tuned kernels and biases are written back into a copy of that graph. The
 served graph is then the one stock u2netp runs in rembg, with new weights: same operators, same speed,
 and rembg itself can load it (`u2net_custom`). The U-Net's graph is written layer by layer, each batch
-norm folded into its convolution. Both take what serving.runtime.preprocess gives (rembg's normalisation
+norm folded into its convolution. Both take what network_io.preprocess gives (rembg's normalisation
 is outside the graph, as in rembg), and their height and width are symbolic: any size the network allows.
 """
 
@@ -18,7 +18,8 @@ import numpy as np
 
 from bgremoval.model.network import u2netp_core, unet_core
 from bgremoval.model.u2netp import conv_names_in_forward_order
-from bgremoval.serving.runtime import KerasSegmenter, OnnxSegmenter, preprocess, squash
+from bgremoval.network_io import preprocess, squash
+from bgremoval.serving.runtime import KerasSegmenter, OnnxSegmenter
 from bgremoval.weights import find_u2netp_onnx
 
 log = logging.getLogger(__name__)
@@ -176,7 +177,7 @@ def compare(model, onnx_path: Path, size: int, images: list[np.ndarray], toleran
     return ExportCheck(size, float(d.max()), float(d.mean()), float((d > tolerance).mean()))
 
 
-def export_checked(model, out: Path, sizes: list[int], images: list[np.ndarray], tolerance: float,
+def export_checked(model, out: Path, sizes: list[int], *, images: list[np.ndarray], tolerance: float,
                    template: Path | None) -> list[ExportCheck]:
     """Export, and check the one file against Keras at every size it may be served at; else ExportError."""
     export_onnx(model, out, template)
@@ -187,6 +188,7 @@ def export_checked(model, out: Path, sizes: list[int], images: list[np.ndarray],
                 f"ONNX export differs from Keras at {check.size}x{check.size}: max {check.max_abs:.2e}, "
                 f"{check.share_over:.4%} of pixels over {tolerance:.0e}; serve it with Keras (export.runtime: keras) "
                 "or, if the difference is acceptable, raise export.onnx_tolerance")
-        log.info("ONNX at %d²: |Keras - onnxruntime| max %.1e, mean %.1e, %.4f%% of pixels over %.0e", check.size,
-                 check.max_abs, check.mean_abs, 100 * check.share_over, tolerance)
+        over = f"{100 * check.share_over:.4f}% of pixels over {tolerance:.0e}"
+        log.info("ONNX at %d²: |Keras - onnxruntime| max %.1e, mean %.1e, %s", check.size, check.max_abs,
+                 check.mean_abs, over)
     return checks

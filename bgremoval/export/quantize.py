@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bgremoval.serving.runtime import preprocess
+from bgremoval.network_io import preprocess
 
 log = logging.getLogger(__name__)
 

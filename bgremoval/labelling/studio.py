@@ -299,8 +299,8 @@ def plan_push(folder: Path, suspects: bool = False) -> Plan:
         elif not folders.draft_path(folder, name).is_file():
             skipped.append(f"{name}: no draft {folders.draft_path(folder, name)}")
         else:
-            drafts.append(Draft(name, int(row.rank), float(row.uncertainty), row.model, photos[name],
-                                folders.draft_path(folder, name), person=False))
+            drafts.append(Draft(name=name, rank=int(row.rank), uncertainty=float(row.uncertainty), model=row.model,
+                                photo=photos[name], draft=folders.draft_path(folder, name), person=False))
     return Plan(drafts, skipped, masked)
 
 
@@ -327,8 +327,8 @@ def plan_check(folder: Path) -> Plan:
         elif row.name not in masks:
             skipped.append(f"{row.name}: no mask {row.name}.* in {Path(folder) / folders.MASKS}")
         else:
-            checks.append(Draft(row.name, int(row.rank), float(row.disagreement), row.model, photos[row.name],
-                                masks[row.name], person=True))
+            checks.append(Draft(name=row.name, rank=int(row.rank), uncertainty=float(row.disagreement), model=row.model,
+                                photo=photos[row.name], draft=masks[row.name], person=True))
     return Plan(checks, skipped, 0)
 
 
@@ -429,7 +429,8 @@ def push(studio: Studio, folder: Path, title: str, max_pixels: int, limit: int |
         _import(studio, project.id, batch)
         imported += [d.name for d, _, _ in batch]
     bar.close()
-    return Pushed(project, imported, len(plan.drafts) - len(todo), plan.masked, len(todo) - tried, skipped)
+    return Pushed(project=project, imported=imported, already=len(plan.drafts) - len(todo), masked=plan.masked,
+                  left=len(todo) - tried, skipped=skipped)
 
 
 # --- pull --------------------------------------------------------------------------------------------------
@@ -520,7 +521,7 @@ def pull(studio: Studio, folder: Path, title: str, progress: bool = True) -> Pul
 
 # --- the server --------------------------------------------------------------------------------------------
 
-def start_command(label_studio: str, port: int, data_dir: Path, username: str | None, password: str | None,
+def start_command(label_studio: str, *, port: int, data_dir: Path, username: str | None, password: str | None,
                   api_key: str | None, environ: Mapping[str, str]) -> tuple[list[str], dict[str, str]]:
     """`label-studio start`'s command line and environment: on this machine only, its data in data_dir, the
     user and the API key (a legacy token, enabled) in the environment rather than on the command line, where

@@ -9,7 +9,7 @@ import keras
 
 from bgremoval.model.u2netp import ENCODER_STAGES, pretrained_u2netp
 from bgremoval.model.unet import build_unet
-from bgremoval.serving.keras_layers import RembgNormalize
+from bgremoval.keras_layers import RembgNormalize
 
 FAMILIES = ("u2netp", "unet")
 
@@ -27,7 +27,7 @@ class ModelConfig:
 def build_network(cfg: ModelConfig) -> keras.Model:
     """The network for [0, 1] RGB input of any size; U²-NetP returns [fused, side1..side6], the U-Net one mask.
     Both normalise their input as rembg does (RembgNormalize), so both serve from ONNX graphs that take
-    serving.runtime.preprocess's input."""
+    network_io.preprocess's input."""
     if cfg.family not in FAMILIES:
         raise ValueError(f"model.family must be one of {FAMILIES}; got {cfg.family!r}")
     inputs = keras.Input((None, None, 3), name="image")

@@ -26,7 +26,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from bgremoval.serving.keras_layers import ResizeLike
+from bgremoval.keras_layers import ResizeLike
 from bgremoval.weights import WeightsError, find_u2netp_onnx
 
 log = logging.getLogger(__name__)

@@ -36,7 +36,7 @@ class Reference:
     max_loss: float
 
 
-def decide(metric: str, new: float, champion: float | None, min_delta: float, baseline: float | None,
+def decide(metric: str, new: float, champion: float | None, *, min_delta: float, baseline: float | None,
            require_beats_baseline: bool, reference: Reference | None = None) -> Decision:
     """The gate. `champion` is None when there is none yet; `baseline` is stock U²-NetP's score; `reference`,
     when there are reference photos, the scores on them."""

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import pandas as pd
@@ -29,6 +31,7 @@ from bgremoval.serving.pyfunc import log_model
 log = logging.getLogger(__name__)
 
 LINEAGE_TAGS = ("git.commit", "data.sha256", "dvc.augmented_md5", "tune.best_trial")
+LOCK_ENV = "BGREMOVAL_REGISTRY_LOCK"  # when set, wins over register.lock
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,30 @@ class Gate:
     min_delta: float
     require_beats_baseline: bool
     max_reference_loss: float   # on the reference photos, how much worse than stock U²-NetP a champion may be
+
+
+@dataclass(frozen=True)
+class RegisterConfig:
+    """What the register stage reads from params.yaml: its register: section and prepare.max_pixels."""
+
+    model_name: str             # the MLflow registered model
+    gate: Gate
+    lock: str | None            # a database URL or lock file; None = the registry's own database
+    max_pixels: int             # prepare.max_pixels: a champion rescored on a changed test set is scored this way
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> "RegisterConfig":
+        """From the params the register stage declares (register, prepare.max_pixels); BGREMOVAL_REGISTRY_LOCK,
+        when set, wins over register.lock."""
+        section = params["register"]
+        return cls(
+            model_name=section["model_name"],
+            gate=Gate(metric=section["metric"], min_delta=section["min_delta"],
+                      require_beats_baseline=section["require_beats_baseline"],
+                      max_reference_loss=section["max_reference_loss"]),
+            lock=os.environ.get(LOCK_ENV) or section["lock"],
+            max_pixels=params["prepare"]["max_pixels"],
+        )
 
 
 def serving_key(served_dir: Path, config: ServingConfig) -> str:
@@ -141,26 +168,29 @@ def apply_decision(client, name: str, version: str, decision: Decision, old_cham
         client.set_registered_model_alias(name, CHALLENGER, version)
 
 
-def register_served(client, name: str, run_id: str, served_dir: Path, metrics: dict[str, float],
-                    baseline: dict[str, float], test: pd.DataFrame, test_dataset, example: bytes, gate: Gate,
-                    lock: str | None, max_pixels: int, reference_dataset=None) -> Registered:
+def register_served(client, *, cfg: RegisterConfig, run_id: str, served_dir: Path, metrics: dict[str, float],
+                    baseline: dict[str, float], test: pd.DataFrame, test_dataset, example: bytes,
+                    reference_dataset) -> Registered:
     """Log the served model into the training run with its test scores as model metrics, register it (once
     per run and serving set-up), and gate its alias.
 
     `metrics` are the evaluate stage's scores of exactly this served folder on `test`; `baseline` the
     baseline stage's; with reference photos both hold a `reference` entry too (logged as reference/* model
-    metrics on `reference_dataset`). Registering and deciding happen under one lock (`lock`: a database URL or a lock
-    file; None = the registry's own database), so concurrent registrations are decided one at a time:
-    without it two could both beat the old champion and the worse one could take the alias last.
+    metrics on `reference_dataset`, None without reference photos). Registering and deciding happen under one lock
+    (`cfg.lock`: a database URL or a lock file; None = the registry's own database), so concurrent registrations
+    are decided one at a time: without it two could both beat the old champion and the worse one could take the
+    alias last.
     """
+    name, gate = cfg.model_name, cfg.gate
     config = ServingConfig.read(served_dir)
     ensure_registered_model(client, name, "Background removal: image in, foreground mask / cut-out out "
                             "(bgremoval pipeline). Serve with `mlflow models serve -m models:/NAME@champion`.")
-    with named_lock(lock or mlflow.get_registry_uri(), f"bgremoval-registry:{name}"):
-        mv = _register_version(client, name, run_id, served_dir, config, metrics, test, test_dataset, example,
-                               reference_dataset)
-        decision, champ, champ_score = _decide_and_apply(client, name, mv, run_id, metrics, baseline, test,
-                                                         test_dataset, gate, max_pixels)
+    with named_lock(cfg.lock or mlflow.get_registry_uri(), f"bgremoval-registry:{name}"):
+        mv = _register_version(client, name, run_id, served_dir=served_dir, config=config, metrics=metrics,
+                               test=test, test_dataset=test_dataset, example=example,
+                               reference_dataset=reference_dataset)
+        decision, champ, champ_score = _decide_and_apply(client, cfg, mv, run_id=run_id, metrics=metrics,
+                                                         baseline=baseline, test=test, test_dataset=test_dataset)
     with tracking.run(run_id=run_id):
         mlflow.set_tags({"registry.name": name, "registry.version": str(mv.version), "registry.alias": decision.alias})
     return Registered(
@@ -172,7 +202,7 @@ def register_served(client, name: str, run_id: str, served_dir: Path, metrics: d
     )
 
 
-def _register_version(client, name: str, run_id: str, served_dir: Path, config: ServingConfig,
+def _register_version(client, name: str, run_id: str, *, served_dir: Path, config: ServingConfig,
                       metrics: dict[str, float], test: pd.DataFrame, test_dataset, example: bytes,
                       reference_dataset):
     """This run's version served this way: the one registered before, or a new one logged and registered now."""
@@ -198,9 +228,10 @@ def _register_version(client, name: str, run_id: str, served_dir: Path, config: 
     return client.get_model_version(name, mv.version)
 
 
-def _decide_and_apply(client, name: str, mv, run_id: str, metrics: dict[str, float], baseline: dict[str, float],
-                      test: pd.DataFrame, test_dataset, gate: Gate, max_pixels: int):
+def _decide_and_apply(client, cfg: RegisterConfig, mv, *, run_id: str, metrics: dict[str, float],
+                      baseline: dict[str, float], test: pd.DataFrame, test_dataset):
     """Compare with the champion (rescored if it was never scored on this test set), move aliases, record why."""
+    name, gate = cfg.model_name, cfg.gate
     new_score = float(metrics[gate.metric])
     champ, champ_score = champion_version(client, name), None
     if champ is not None and str(champ.version) == str(mv.version):
@@ -212,14 +243,16 @@ def _decide_and_apply(client, name: str, mv, run_id: str, metrics: dict[str, flo
         if champ is not None:
             champ_score = model_score(client, champ, gate.metric, test_dataset.digest)
             if champ_score is None:  # scored on other images (or not at all): score it on these, now
-                champ_score = rescore(client, name, champ, test, test_dataset, max_pixels)[gate.metric]
+                champ_score = rescore(client, name, champ, test=test, test_dataset=test_dataset,
+                                      max_pixels=cfg.max_pixels)[gate.metric]
                 log.info("champion v%s scored on this test set: %s %.4f", champ.version, gate.metric, champ_score)
         reference = None
         if "reference" in metrics and "reference" in baseline:
-            reference = Reference(metrics["reference"][gate.metric], baseline["reference"][gate.metric],
-                                  gate.max_reference_loss)
-        decision = decide(gate.metric, new_score, champ_score, gate.min_delta, baseline.get(gate.metric),
-                          gate.require_beats_baseline, reference)
+            reference = Reference(candidate=metrics["reference"][gate.metric],
+                                  stock=baseline["reference"][gate.metric], max_loss=gate.max_reference_loss)
+        decision = decide(gate.metric, new_score, champ_score, min_delta=gate.min_delta,
+                          baseline=baseline.get(gate.metric), require_beats_baseline=gate.require_beats_baseline,
+                          reference=reference)
         apply_decision(client, name, mv.version, decision, champ)
     client.set_model_version_tag(name, mv.version, "decision", decision.alias)
     client.set_model_version_tag(name, mv.version, "decision.reason", decision.reason)
@@ -230,7 +263,7 @@ def _decide_and_apply(client, name: str, mv, run_id: str, metrics: dict[str, flo
     return decision, champ, champ_score
 
 
-def rescore(client, name: str, mv, test: pd.DataFrame, test_dataset, max_pixels: int) -> dict[str, float]:
+def rescore(client, name: str, mv, *, test: pd.DataFrame, test_dataset, max_pixels: int) -> dict[str, float]:
     """A registered version's scores on these test images, as the evaluate stage scores; kept as model metrics
     of its logged model on this test dataset, so the next comparison finds them."""
     served = load(f"models:/{name}/{mv.version}")

@@ -1,8 +1,11 @@
-"""What the evaluate stage shows people: the worst test images, cut-outs, and the tables behind its plots."""
+"""What the evaluate stage shows people: the worst test images, cut-outs, and the tables behind its plots;
+and the settings of the stages that score on test (evaluate, baseline), from their params.yaml keys."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -13,6 +16,36 @@ from bgremoval.images import load_rgb
 from bgremoval.pictures import checkerboard_composite, grid
 from bgremoval.scoring.metrics import ImageScores, pr_curve
 from bgremoval.serving.refine import Predictor
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """The evaluate stage's settings: params.yaml evaluate:, prepare.max_pixels and paths.reports."""
+
+    worst: int          # worst test images drawn in eval_worst.png
+    cutouts: int        # test images drawn with their cut-outs in cutouts.png
+    max_pixels: int     # prepare.max_pixels: images are scored and drawn at most this large
+    reports: Path       # paths.reports: where the reports are written
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> "EvaluateConfig":
+        return cls(**params["evaluate"], max_pixels=params["prepare"]["max_pixels"],
+                   reports=Path(params["paths"]["reports"]))
+
+
+@dataclass(frozen=True)
+class BaselineConfig:
+    """The baseline stage's settings: params.yaml baseline:, model.onnx_path, prepare.max_pixels and paths.reports."""
+
+    size: int                    # stock U²-NetP is scored at this input size (rembg's own)
+    onnx_template: str | None    # model.onnx_path: rembg's u2netp graph (None: the installed wheel's)
+    max_pixels: int              # prepare.max_pixels: images are scored at most this large
+    reports: Path                # paths.reports: where the scores are written
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> "BaselineConfig":
+        return cls(**params["baseline"], onnx_template=params["model"]["onnx_path"],
+                   max_pixels=params["prepare"]["max_pixels"], reports=Path(params["paths"]["reports"]))
 
 
 def error_overlay(image: np.ndarray, pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
@@ -58,13 +91,14 @@ def iou_histogram(ious: pd.Series, bins: int = 10) -> pd.DataFrame:
     return pd.DataFrame({"iou": [f"{a:.1f}-{b:.1f}" for a, b in zip(edges, edges[1:])], "images": counts})
 
 
-def write_test_reports(table: pd.DataFrame, scores: list[ImageScores], rows: pd.DataFrame, predict: Predictor,
-                       baseline_iou: pd.Series, worst: int, cutouts: int, max_pixels: int, out: Path) -> None:
-    """The evaluate stage's reports in `out`: the per-image table (worst first, beside stock U²-NetP's IoU),
+def write_test_reports(table: pd.DataFrame, scores: list[ImageScores], *, rows: pd.DataFrame, predict: Predictor,
+                       baseline_iou: pd.Series, cfg: EvaluateConfig) -> None:
+    """The evaluate stage's reports in cfg.reports: the per-image table (worst first, beside stock U²-NetP's IoU),
     the precision-recall curve, the IoU histogram, the worst cases and a grid of cut-outs."""
+    out, max_pixels = cfg.reports, cfg.max_pixels
     table.assign(baseline_iou=table["name"].map(baseline_iou)).sort_values("iou").to_csv(
         out / "eval_images.csv", index=False, float_format="%.4f")
     pr_table(scores).to_csv(out / "pr_curve.csv", index=False, float_format="%.4f")
     iou_histogram(table["iou"]).to_csv(out / "iou_hist.csv", index=False)
-    worst_grid(table, rows, predict, worst, max_pixels).save(out / "eval_worst.png")
-    cutout_grid(rows, predict, cutouts, max_pixels).save(out / "cutouts.png")
+    worst_grid(table, rows, predict, cfg.worst, max_pixels).save(out / "eval_worst.png")
+    cutout_grid(rows, predict, cfg.cutouts, max_pixels).save(out / "cutouts.png")

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from bgremoval.serving.runtime import MEAN, OnnxSegmenter, STD, providers
+from bgremoval.network_io import MEAN, STD
+from bgremoval.serving.runtime import OnnxSegmenter, providers
 
 REMBG_SIZE = 320  # rembg feeds every U²-Net model a 320 x 320 image
 

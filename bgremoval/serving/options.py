@@ -40,6 +40,19 @@ KINDS = {
     "main_object": "boolean",          # keep only the main object; null: the model's own choice
     "sharpen": "double",               # edge sharpening k > 0 (1: none); null, 0 or negative: the model's own
 }
+# What each option does, as `bgremoval predict --help` and the demo page say it (flags as the CLI spells them).
+OPTION_HELP = {
+    "output": "what to write",
+    "threshold": "binarise the mask at this probability; negative: soft edges",
+    "background": "a composite's background: --bg-color, the photo blurred (--bg-blur) or --bg-image",
+    "bg_color": "background color: '#rrggbb', 'r,g,b' or a name",
+    "bg_image": "background image: scaled to cover each photo, centre-cropped",
+    "bg_blur": "background blur: Gaussian sigma in % of the photo's shorter side, in (0, 25]",
+    "estimate_foreground": "cut-outs and composites take the subject's own colours at soft edges",
+    "matting": "re-estimate the edge band's alpha by closed-form matting (hair, fur; slower)",
+    "main_object": "keep only the main object, or (--no-main-object) every one; neither: the model's own refinement",
+    "sharpen": "edge sharpening k > 0 (1: none); 0 or negative: the model's own refinement",
+}
 TRUE, FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 
 

@@ -21,7 +21,7 @@ from bgremoval.serving.served import Served
 
 PACKAGE = Path(__file__).resolve().parents[1]  # bgremoval/
 # What the served model imports of this package (tests/test_spec.py checks it is all it imports).
-SHIPPED = ("__init__.py", "images.py", "quiet.py", "serving")
+SHIPPED = ("__init__.py", "images.py", "quiet.py", "network_io.py", "keras_layers.py", "serving")
 # The packages each runtime imports, besides MLflow's own (pymatting: the cut-out's edges).
 REQUIREMENTS = {
     "onnxruntime": ("numpy", "pandas", "pillow", "scipy", "pymatting", "onnxruntime"),
@@ -49,8 +49,8 @@ class BackgroundRemover(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         served = self.served
         try:
-            return cut_out(served.predictor_for, model_input, params, served.config.defaults, served.max_pixels,
-                           served.max_request_mb)
+            return cut_out(served.predictor_for, model_input, params=params, defaults=served.config.defaults,
+                           max_pixels=served.max_pixels, max_request_mb=served.max_request_mb)
         except RequestTooLarge as exc:
             raise PayloadTooLarge(str(exc)) from None
         except RequestError as exc:  # the scoring server answers 400 with this message

@@ -1,4 +1,5 @@
-"""How a network turns an image into a mask: preprocessing and the two runtimes a served model can use.
+"""How a network turns an image into a mask: the two runtimes a served model can use (the input and output
+conventions are bgremoval.network_io's).
 
 onnxruntime serves the exported graphs (U²-NetP in rembg's own graph with this project's weights, the
 U-Net in its own); a .keras file (export.runtime: keras) runs in Keras, imported only then. Both take
@@ -12,34 +13,13 @@ import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+
+from bgremoval.network_io import preprocess, resize_back, squash
 
 log = logging.getLogger(__name__)
 
-# U²-Net's input normalisation (ImageNet statistics), as rembg applies it: the Keras model's
-# RembgNormalize layer is the in-graph copy of `preprocess` below.
-MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-STD = np.array([0.229, 0.224, 0.225], np.float32)
 PROVIDERS_ENV = "BGREMOVAL_ORT_PROVIDERS"  # e.g. CUDAExecutionProvider,CoreMLExecutionProvider
 THREADS_ENV = "BGREMOVAL_THREADS"  # onnxruntime intra-op threads (unset: all cores)
-
-
-def squash(image: np.ndarray, size: int) -> np.ndarray:
-    """(H, W, 3) uint8 -> (size, size, 3) float32 in [0, 1]: the whole image, aspect ratio not kept (as trained)."""
-    return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR), np.float32) / 255
-
-
-def preprocess(image: np.ndarray, size: int) -> np.ndarray:
-    """(H, W, 3) uint8 -> (1, 3, size, size) float32: squashed, scaled by its own maximum, normalised."""
-    x = squash(image, size)
-    x = x / max(float(x.max()), 1e-6)
-    return ((x - MEAN) / STD).transpose(2, 0, 1)[None].astype(np.float32)
-
-
-def resize_back(prob: np.ndarray, width: int, height: int) -> np.ndarray:
-    """A (size, size) probability map -> (height, width) in [0, 1]."""
-    back = Image.fromarray(np.asarray(prob, np.float32), mode="F").resize((width, height), Image.Resampling.BILINEAR)
-    return np.clip(np.asarray(back), 0.0, 1.0)
 
 
 def providers() -> list[str]:
@@ -103,7 +83,7 @@ class KerasSegmenter:
         import_tensorflow_quietly()
         import keras
 
-        import bgremoval.serving.keras_layers  # noqa: F401 - registers the layers the file may contain
+        import bgremoval.keras_layers  # noqa: F401 - registers the layers the file may contain
 
         return cls(keras.models.load_model(Path(path), compile=False), size)
 

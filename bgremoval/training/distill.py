@@ -22,7 +22,8 @@ from bgremoval.data.augment import AugmentConfig, augment_pair
 from bgremoval.data.shards import read_dataset, write_shards
 from bgremoval.images import load_rgb
 from bgremoval.model.network import ModelConfig, build_network, inference_model
-from bgremoval.serving.runtime import resize_back, squash
+from bgremoval.network_io import resize_back, squash
+from bgremoval.settings import apply_overrides
 from bgremoval.training.blend import choose_blend
 from bgremoval.training.callbacks import EpochLogger
 from bgremoval.training.fit import (
@@ -59,9 +60,31 @@ def teacher_masks(model: keras.Model, images: list[np.ndarray], size: int, flip:
     return masks
 
 
-def pseudo_shards(model: keras.Model, rows: pd.DataFrame, cfg: DistillConfig, aug: AugmentConfig, seed: int,
-                  max_pixels: int, out_dir: Path) -> int:
+@dataclass(frozen=True)
+class DistillSetup:
+    """The distill stage's settings: params.yaml distill:, the model: and train: the trained model was trained with
+    (tune's best values for tune.apply's keys applied), augment:, base.seed, prepare.max_pixels and the shards."""
+
+    distill: DistillConfig
+    model: ModelConfig
+    train: TrainConfig
+    augment: AugmentConfig
+    seed: int
+    max_pixels: int
+    shards: Path           # the augment stage's shards: the labelled pairs the student keeps training on
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any], tuned: dict[str, Any]) -> "DistillSetup":
+        return cls(distill=DistillConfig(**params["distill"]),
+                   model=apply_overrides("model", ModelConfig(**params["model"]), tuned),
+                   train=apply_overrides("train", TrainConfig(**params["train"]), tuned),
+                   augment=AugmentConfig.from_params(params["augment"]), seed=params["base"]["seed"],
+                   max_pixels=params["prepare"]["max_pixels"], shards=Path(params["paths"]["augmented"]))
+
+
+def pseudo_shards(model: keras.Model, rows: pd.DataFrame, setup: DistillSetup, out_dir: Path) -> int:
     """Augmented copies of the unlabelled photos with the teacher's soft masks, as shards; how many."""
+    cfg, aug, seed, max_pixels = setup.distill, setup.augment, setup.seed, setup.max_pixels
     max_side = 3 * aug.size  # as the augment stage keeps: enough for the tightest crop
     images = []
     for path in rows["image_path"]:
@@ -90,14 +113,14 @@ def student_steps(n_unlabelled: int, cfg: DistillConfig) -> int:
     return max(1, math.ceil(n_unlabelled * cfg.steps_per_1000 / 1000))
 
 
-def distill(model: keras.Model, model_cfg: ModelConfig, train_cfg: TrainConfig, unlabelled: pd.DataFrame,
-            cfg: DistillConfig, aug: AugmentConfig, shards: Path, seed: int, max_pixels: int) -> tuple[keras.Model, dict[str, Any]]:
+def distill(model: keras.Model, unlabelled: pd.DataFrame, *, setup: DistillSetup) -> tuple[keras.Model, dict[str, Any]]:
     """The student (an inference model) and a summary; logged into the active MLflow run as distill/*."""
     import tensorflow as tf
 
+    cfg, model_cfg, train_cfg, shards, seed = setup.distill, setup.model, setup.train, setup.shards, setup.seed
     steps = student_steps(len(unlabelled), cfg)
     with tempfile.TemporaryDirectory() as tmp:
-        n_pseudo = pseudo_shards(model, unlabelled, cfg, aug, seed, max_pixels, Path(tmp) / "pseudo")
+        n_pseudo = pseudo_shards(model, unlabelled, setup, Path(tmp) / "pseudo")
         size = train_cfg.size
         labelled, val_ds = datasets(shards, size, train_cfg.batch_size, seed, train_cfg.draft_weight)
         pseudo = (read_dataset(sorted(str(p) for p in (Path(tmp) / "pseudo").glob("*.tfrecord")), size).cache()
@@ -114,8 +137,8 @@ def distill(model: keras.Model, model_cfg: ModelConfig, train_cfg: TrainConfig, 
         compile_network(network, student_cfg, pos_weight, steps)  # to score the teacher's weights first
         before = evaluate_val(network, val_ds)
         rename = lambda logs: {f"distill/{k}": v for k, v in clean_logs(network, logs).items()}  # noqa: E731
-        fit(network, mixed, val_ds, student_cfg, pos_weight, steps, Path(tmp) / "ckpt",
-            [EpochLogger(rename)])
+        fit(network, mixed, val_ds, student_cfg, pos_weight=pos_weight, steps_per_epoch=steps,
+            checkpoint_dir=Path(tmp) / "ckpt", callbacks=[EpochLogger(rename)])
         share, by_share = choose_blend(network, teacher, val_ds, tuple(cfg.blend))
         after = evaluate_val(network, val_ds)
     summary = {"unlabelled": len(unlabelled), "pseudo_pairs": n_pseudo, "steps": steps, "share": share,
@@ -123,6 +146,6 @@ def distill(model: keras.Model, model_cfg: ModelConfig, train_cfg: TrainConfig, 
                "val_iou_by_share": {str(s): m["iou"] for s, m in by_share.items()}}
     mlflow.log_metrics({"distill/unlabelled": len(unlabelled), "distill/steps": steps, "distill/share": share,
                         "distill/val_iou_teacher": before["iou"], "distill/val_iou_kept": after["iou"]})
-    log.info("distill: %d unlabelled photos, %d steps; val IoU %.4f (teacher) -> %.4f (kept %.2f of the student)",
-             len(unlabelled), steps, before["iou"], after["iou"], share)
+    log.info("distill: %d unlabelled photos, %d steps; val IoU %s", len(unlabelled), steps,
+             f"{before['iou']:.4f} (teacher) -> {after['iou']:.4f} (kept {share:.2f} of the student)")
     return inference_model(network), summary

@@ -296,6 +296,7 @@ def fit(
     train_ds,
     val_ds,
     cfg: TrainConfig,
+    *,
     pos_weight: float,
     steps_per_epoch: int,
     checkpoint_dir: Path,
@@ -376,6 +377,22 @@ def _val_name(network: keras.Model, metric: str) -> str:
     if len(network.outputs) > 1:
         return f"val_{network.output_names[0]}_{metric}"
     return f"val_{metric}"
+
+
+def keras_log_name(network: keras.Model, metric: str) -> str:
+    """Keras' epoch-log key of a metric as people name it (val/iou -> val_iou, or the fused output's)."""
+    split, _, name = metric.partition("/")
+    if split != "val" or not name:
+        raise ValueError(f"tune.metric must name a val metric, e.g. val/iou; got {metric!r}")
+    return _val_name(network, name)
+
+
+def val_score(scores: dict[str, float], metric: str) -> float:
+    """One metric (val/NAME) of evaluate_val's scores, or a KeyError naming the ones there are."""
+    name = metric.partition("/")[2]
+    if name not in scores:
+        raise KeyError(f"tune.metric {metric!r} is not among the val metrics {sorted('val/' + k for k in scores)}")
+    return float(scores[name])
 
 
 def clean_logs(network: keras.Model, logs: dict) -> dict[str, float]:

@@ -17,6 +17,7 @@ from bgremoval import tracking
 from bgremoval.data.manifest import DRAFT
 from bgremoval.model.network import ModelConfig, build_network, inference_model
 from bgremoval.pictures import grid, overlay
+from bgremoval.settings import apply_overrides
 from bgremoval.training.blend import choose_blend
 from bgremoval.training.callbacks import EpochLogger, Progress
 from bgremoval.training.fit import (
@@ -35,9 +36,31 @@ class Trained:
     summary: dict[str, Any]     # run_id, epochs_run, val metrics, blend
 
 
-def train_tracked(model_cfg: ModelConfig, train_cfg: TrainConfig, shards: Path, seed: int, checkpoints: Path,
-                  manifest: pd.DataFrame, manifest_path: Path, lineage: dict[str, str]) -> Trained:
+@dataclass(frozen=True)
+class TrainSetup:
+    """The train stage's settings: params.yaml model: and train: with tune's best values for the keys tune.apply
+    lists, base.seed, and the paths it reads and writes."""
+
+    model: ModelConfig
+    train: TrainConfig
+    seed: int
+    shards: Path          # the augment stage's shards
+    checkpoints: Path     # where a cut-off run resumes from
+    manifest: Path        # its splits are logged as the run's datasets
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any], tuned: dict[str, Any]) -> "TrainSetup":
+        paths = params["paths"]
+        return cls(model=apply_overrides("model", ModelConfig(**params["model"]), tuned),
+                   train=apply_overrides("train", TrainConfig(**params["train"]), tuned), seed=params["base"]["seed"],
+                   shards=Path(paths["augmented"]), checkpoints=Path(paths["checkpoints"]),
+                   manifest=Path(paths["manifest"]))
+
+
+def train_tracked(setup: TrainSetup, *, manifest: pd.DataFrame, lineage: dict[str, str]) -> Trained:
     """Train in the MLflow run of this configuration (a new one, or the one a kill cut off)."""
+    model_cfg, train_cfg, shards, seed = setup.model, setup.train, setup.shards, setup.seed
+    checkpoints, manifest_path = setup.checkpoints, setup.manifest
     train_ds, val_ds = datasets(shards, train_cfg.size, train_cfg.batch_size, seed, train_cfg.draft_weight)
     steps, pos_weight = steps_per_epoch(train_cfg, shards), positive_weight(train_cfg, shards)
     network = build_network(model_cfg)
@@ -66,8 +89,8 @@ def train_tracked(model_cfg: ModelConfig, train_cfg: TrainConfig, shards: Path, 
             tracking.log_split_inputs(manifest, manifest_path)
         rename = lambda logs: clean_logs(network, logs)  # noqa: E731
         progress = Progress(train_cfg.epochs, steps, rename, done_epochs=resumed)
-        history = fit(network, train_ds, val_ds, train_cfg, pos_weight, steps, checkpoints,
-                      [EpochLogger(rename), progress])
+        history = fit(network, train_ds, val_ds, train_cfg, pos_weight=pos_weight, steps_per_epoch=steps,
+                      checkpoint_dir=checkpoints, callbacks=[EpochLogger(rename), progress])
         progress.close()
         share, blends = _blend(network, pretrained, val_ds, model_cfg, train_cfg)
         # The saved model is the best epoch's (early stopping restores it), blended: report *its* val metrics.
