@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from bgremoval.cli import main as cli
-from bgremoval.data.validation import Thresholds, add_derived_columns, run_suite, scorable, summarise
+from bgremoval.data.validation import Thresholds, ValidateConfig, add_derived_columns, run_suite, scorable, summarise
 from bgremoval.labelling import folders
 from bgremoval.labelling.suspects import flag_above, rank
 from stages.validate import suspect_masks
@@ -60,10 +60,11 @@ def _davis_folder(tmp_path):
 def test_swapped_masks_top_the_report_which_warns_and_does_not_fail(tmp_path):
     folder = _davis_folder(tmp_path)
     manifest = manifest_for(folder)
-    cfg = {**PARAMS["validate"], "suspects": {"model": "u2netp", "z": 3.5, "worst": 4}}
+    params = {**PARAMS, "validate": {**PARAMS["validate"], "suspects": {"model": "u2netp", "z": 3.5, "worst": 4}},
+              "prepare": {**PARAMS["prepare"], "max_pixels": 10_000_000}, "paths": {"reports": str(tmp_path / "reports")}}
     reports = tmp_path / "reports"
     reports.mkdir()
-    found = suspect_masks(manifest, cfg, 10_000_000, reports)
+    found = suspect_masks(manifest, cfg=ValidateConfig.from_params(params))
 
     assert set(found["ranking"]["name"][:2]) == set(SWAPPED)
     assert {f["name"] for f in found["flagged"]} == set(SWAPPED)  # and no clean pair

@@ -44,6 +44,31 @@ class Thresholds:
                    suspect_above=suspect_above)
 
 
+@dataclass(frozen=True)
+class SuspectCheck:
+    """params.yaml validate.suspects: which model's masks a person's masks are ranked against, and the flag."""
+
+    model: str | None   # u2net, u2netp, a served folder or a models:/ URI; None: no ranking
+    z: float            # a mask is flagged above this modified z-score of its disagreement
+    worst: int          # masks drawn in reports/suspect_masks.png
+
+
+@dataclass(frozen=True)
+class ValidateConfig:
+    """The validate stage's settings: its thresholds, the suspect-mask check, prepare.max_pixels and the
+    reports folder."""
+
+    thresholds: Thresholds
+    suspects: SuspectCheck
+    max_pixels: int
+    reports: Path
+
+    @classmethod
+    def from_params(cls, params: dict) -> "ValidateConfig":
+        return cls(thresholds=Thresholds.from_params(params), suspects=SuspectCheck(**params["validate"]["suspects"]),
+                   max_pixels=params["prepare"]["max_pixels"], reports=Path(params["paths"]["reports"]))
+
+
 def add_derived_columns(manifest: pd.DataFrame, t: Thresholds) -> pd.DataFrame:
     """Per-row facts about the whole table, so row-level expectations can name offending files."""
     split_fractions = t.split_fractions
