@@ -195,6 +195,8 @@ def main() -> None:
         splits = build_row(rowdir, workdir / "pool" / "drafts", pool, checked, fixed, alone)
         settings = {"prepare.drafts": not alone, "prepare.split_file": str(splits),
                     "validate.split_tolerance": 1.0,  # val and test are the checked photos, sized by --checked
+                    # The masks here are the truth: ranking them against a model's (a report) changes no row.
+                    "validate.suspects.model": None,
                     **overrides}
         print(f"\n== {name}: {k} corrected ({how}), {'no drafts' if alone else f'{len(pool) - k} drafts'}", flush=True)
         seconds = run_pipeline(rowdir, settings)
