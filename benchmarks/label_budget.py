@@ -96,7 +96,7 @@ def draft_pool(pool: pd.DataFrame, workdir: Path, model: str | None, max_pixels:
     folder = workdir / "pool"
     costs = folder / "costs.csv"
     if costs.is_file():
-        return pd.read_csv(costs)
+        return pd.read_csv(costs, dtype={"name": str})  # names such as 0453 stay names
     (folder / "images").mkdir(parents=True, exist_ok=True)
     for path in map(Path, pool["image_path"]):
         shutil.copy2(path, folder / "images" / path.name)
