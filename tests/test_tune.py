@@ -169,8 +169,9 @@ def test_study_logs_nested_runs_and_prunes(tmp_path, mlflow_db):
 def test_a_missing_metric_fails_the_trial_with_the_names_there_are():
     network = build_network(model_config(family="unet", unet_filters=SMALL))
     assert keras_log_name(network, "val/iou") == "val_iou"  # the key Optuna's pruning callback reads each epoch
-    with pytest.raises(ValueError, match="tune.metric must name a val metric, e.g. val/iou; got 'iou'"):
-        keras_log_name(network, "iou")
+    for wrong in ("iou", "val/iuo"):  # refused before a trial trains
+        with pytest.raises(ValueError, match=rf"tune.metric must be one of \['val/iou', 'val/mae', 'val/dice'\]; got '{wrong}'"):
+            keras_log_name(network, wrong)
     assert val_score({"iou": 0.5, "mae": 0.1}, "val/iou") == 0.5
     with pytest.raises(KeyError, match=r"tune.metric 'val/dice' is not among the val metrics \['val/iou', 'val/mae'\]"):
         val_score({"iou": 0.5, "mae": 0.1}, "val/dice")

@@ -189,7 +189,7 @@ def compile_network(network: keras.Model, cfg: TrainConfig, pos_weight: float, s
         raise ValueError(f"train.schedule must be constant or cosine; got {cfg.schedule!r}")
     loss = make_loss(cfg.loss, pos_weight, cfg.edge_weight, cfg.edge_band)
     n = len(network.outputs)
-    metrics = [IoU(), keras.metrics.MeanAbsoluteError(name="mae"), Dice()]
+    metrics = [IoU(), keras.metrics.MeanAbsoluteError(name="mae"), Dice()]  # VAL_METRICS
     network.compile(
         optimizer=keras.optimizers.Adam(lr),
         loss=[loss] * n if n > 1 else loss,
@@ -372,6 +372,9 @@ def evaluate_val(network: keras.Model, val_ds) -> dict[str, float]:
     return {k.split("/", 1)[1]: v for k, v in clean_logs(network, {f"val_{k}": v for k, v in logs.items()}).items()}
 
 
+VAL_METRICS = ("iou", "mae", "dice")  # what compile_network measures on the fused output each epoch
+
+
 def _val_name(network: keras.Model, metric: str) -> str:
     """Keras' log key of a metric on the fused output."""
     if len(network.outputs) > 1:
@@ -382,8 +385,8 @@ def _val_name(network: keras.Model, metric: str) -> str:
 def keras_log_name(network: keras.Model, metric: str) -> str:
     """Keras' epoch-log key of a metric as people name it (val/iou -> val_iou, or the fused output's)."""
     split, _, name = metric.partition("/")
-    if split != "val" or not name:
-        raise ValueError(f"tune.metric must name a val metric, e.g. val/iou; got {metric!r}")
+    if split != "val" or name not in VAL_METRICS:
+        raise ValueError(f"tune.metric must be one of {['val/' + m for m in VAL_METRICS]}; got {metric!r}")
     return _val_name(network, name)
 
 
