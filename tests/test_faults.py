@@ -67,13 +67,15 @@ def trials(project: Path) -> list[optuna.trial.FrozenTrial]:
 
 
 def trial_states(project: Path) -> list[str]:
-    """Every trial's state as the study's table holds it, in one read-only query: cheap enough to poll a few times
-    a second, so a window of a trial running after one finished is never missed."""
+    """The states of the trials that are finished, or running with a heartbeat recorded, in one read-only query:
+    cheap enough to poll a few times a second, so a window of a trial running after one finished is never missed.
+    (A trial killed before its first heartbeat is never found stale by Optuna: the test kills after one.)"""
     if not _schema_ready(project / "optuna.db"):
         return []
     try:
         with contextlib.closing(sqlite3.connect(f"file:{project / 'optuna.db'}?mode=ro", uri=True)) as conn:
-            return [state for (state,) in conn.execute("SELECT state FROM trials")]
+            return [state for (state,) in conn.execute(
+                "SELECT state FROM trials WHERE state != 'RUNNING' OR trial_id IN (SELECT trial_id FROM trial_heartbeats)")]
     except sqlite3.Error:  # a table not there yet
         return []
 
