@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 export GX_ANALYTICS_ENABLED := false
 
-.PHONY: install browser photos pipeline test test-fast clean u2net label-studio
+.PHONY: install browser photos pipeline test test-fast clean u2net label-studio spark
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 $(VENV)/.installed: pyproject.toml
@@ -50,9 +50,20 @@ $(LS_VENV)/.installed-$(LABEL_STUDIO_VERSION):
 	rm -f $(LS_VENV)/.installed-*
 	touch $@
 
+# Spark for `bgremoval spark-cutout` and its tests: pyspark from PyPI (the `spark` extra: Spark's jars, about 0.5 GB)
+# and a Java runtime from Debian's packages, installed the way the browser is.
+spark: $(VENV)/.installed-spark
+
+$(VENV)/.installed-spark: pyproject.toml | $(VENV)/.installed
+	@command -v java >/dev/null || { \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq default-jre-headless >/dev/null; }
+	$(BIN)/python -m pip install --quiet --no-compile -e '.[spark]'
+	touch $@
+
 # Every test (what CI runs), on two workers (a third only adds contention on 2 cores), printing the
 # slowest; then the fast tier alone: unit tests on tiny inputs, no servers, no pipeline runs.
-test: install browser label-studio photos
+test: install browser label-studio photos spark
 	$(BIN)/python -m pytest -n 2 --dist loadgroup --durations=15
 
 test-fast: install photos

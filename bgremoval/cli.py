@@ -147,6 +147,12 @@ def _predict_video(args: argparse.Namespace, src: Path, served, opts, smoothing:
     return 0
 
 
+def _cmd_spark_cutout(args: argparse.Namespace) -> int:
+    from bgremoval.batch.spark_cutout import main as spark_main
+
+    return spark_main(args)
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -593,6 +599,19 @@ def build_parser() -> argparse.ArgumentParser:
                          help="the masks of FOLDER/suspects.csv (`bgremoval suspects`), each with the mask a person "
                               "drew as the prediction, in a project of their own (the folder's name + "
                               "' masks to check'); a mask a checked one replaces is kept in FOLDER/replaced/")
+
+    from bgremoval.batch.spark_cutout import add_arguments as spark_arguments
+
+    spark = sub.add_parser(
+        "spark-cutout", help="cut out a catalogue of photos on Spark with the registered model (MLflow's spark_udf)",
+        description="Runs the model as mlflow.pyfunc.spark_udf over Spark's binaryFile source and writes a Parquet "
+                    "table: path, png (the PNG's bytes), width, height, foreground, error. A photo that cannot be "
+                    "read gets an error naming it, and the job goes on; the exit code is 1 if any did. Locally "
+                    "(--master local[N], the default local[*]) the workers run this Python; on a cluster, submit "
+                    "bgremoval/batch/spark_cutout.py with spark-submit (docs/scaling-out.md). `bgremoval predict` "
+                    "is the one-machine path. Options not given take the model's serve.defaults.")
+    spark_arguments(spark)
+    spark.set_defaults(func=_cmd_spark_cutout)
 
     pipeline = sub.add_parser(
         "run", usage="bgremoval run [STAGE] [--KEY VALUE ...]",

@@ -166,17 +166,44 @@ def test_the_pyfunc_answers_bad_input_with_400_and_too_much_with_413(onnx_served
     assert err.value.get_http_status_code() == 413 and "over the limit of 0.001 MB" in err.value.message
 
 
+def test_with_errors_row_a_bad_row_is_named_in_its_error_and_the_others_are_served(onnx_served):
+    """What a batch job asks for (spark_udf hands the model many photos at once): one bad photo costs its row."""
+    from mlflow.exceptions import MlflowException
+
+    model = remover(onnx_served, max_request_mb=0.01, max_pixels=10_000)
+    good = disc_image(40, 56, seed=3)[0]
+    noise = np.random.default_rng(0).integers(0, 256, (60, 60, 3), dtype=np.uint8)  # ~14 KB of base64 PNG
+    request = pd.concat([frame(good), pd.DataFrame({"image": ["%%%"]}), frame(np.zeros((120, 100, 3), np.uint8)),
+                         frame(noise), frame(good)], ignore_index=True)
+    out = model.predict(None, request, params={"output": "mask", "errors": "row"})
+    assert list(out.columns) == ["png", "width", "height", "foreground", "error"]
+    assert (out["error"] == "").tolist() == [True, False, False, False, True]
+    assert "row 1 (image): is not valid base64" in out["error"][1]
+    assert "12000 pixels is over the limit of 10000" in out["error"][2]
+    assert "over the limit of 0.01 MB" in out["error"][3]  # the size cap holds for each image on its own
+    assert (out["png"][1:4] == "").all() and out["width"][1:4].tolist() == [0, 0, 0]
+    expected = model.predict(None, frame(good), params={"output": "mask"})  # the same picture either way
+    assert out["png"][0] == out["png"][4] == expected["png"][0] and "error" not in expected.columns
+    for params, needle in (({"errors": "skip"}, "errors: 'skip' is not one of fail, row"),
+                           ({"errors": "row", "output": "sticker"}, "output 'sticker' is not one of")):
+        with pytest.raises(MlflowException) as err:  # a bad parameter still fails the request: it is no row's fault
+            model.predict(None, frame(good), params)
+        assert err.value.get_http_status_code() == 400 and needle in err.value.message
+
+
 def test_the_signature_takes_the_served_defaults_as_its_params():
     defaults = {**DEFAULTS, "output": "mask", "threshold": 0.5, "bg_color": "white", "matting": True, "sharpen": 2.0}
     sig = signature(defaults)
     assert [c.name for c in sig.inputs.inputs] == ["image"]
-    assert [c.name for c in sig.outputs.inputs] == ["png", "width", "height", "foreground"]
-    assert {p.name: p.default for p in sig.params.params} == defaults
-    assert {p.name: p.to_dict()["type"] for p in sig.params.params} == KINDS == {
+    assert [(c.name, c.required) for c in sig.outputs.inputs] == [
+        ("png", True), ("width", True), ("height", True), ("foreground", True), ("error", False)]
+    assert {p.name: p.default for p in sig.params.params} == {**defaults, "errors": "fail"}
+    assert {p.name: p.to_dict()["type"] for p in sig.params.params} == {**KINDS, "errors": "string"}
+    assert KINDS == {
         "output": "string", "threshold": "double", "background": "string", "bg_color": "string", "bg_image": "string",
         "bg_blur": "double", "estimate_foreground": "boolean", "matting": "boolean", "main_object": "boolean",
         "sharpen": "double"}
-    assert {p.name: p.default for p in signature(DEFAULTS).params.params} == DEFAULTS
+    assert {p.name: p.default for p in signature(DEFAULTS).params.params} == {**DEFAULTS, "errors": "fail"}
     with pytest.raises(ValueError, match="missing background"):
         signature({"output": "mask", "threshold": 0.5, "bg_color": "white"})
 
@@ -188,8 +215,10 @@ def test_the_scoring_servers_filled_in_defaults_parse_as_a_request_naming_nothin
 
     schema = signature(DEFAULTS).params
     filled = _enforce_params_schema({}, schema)
+    assert filled.pop("errors") == "fail"  # a bad row fails the request unless it asks for errors=row
     assert filled == DEFAULTS and options_from(filled, DEFAULTS, 10**6) == options_from(None, DEFAULTS, 10**6)
     asked = _enforce_params_schema({"main_object": False, "sharpen": -1.0, "matting": True}, schema)
+    assert asked.pop("errors") == "fail"
     assert options_from(asked, DEFAULTS, 10**6).refine(Refine(True, True, 2.0)) == Refine(True, False, 2.0)
 
 
@@ -254,7 +283,8 @@ def test_the_logged_model_carries_its_code_and_config(registered, toy_served):
     assert loaded.model_config == ServingConfig.read(toy_served).to_dict()
     assert loaded.model_config["size"] == 32 and loaded.model_config["max_request_mb"] == 50
     assert [c.name for c in loaded.metadata.get_input_schema().inputs] == ["image"]
-    assert {p.name: p.default for p in loaded.metadata.get_params_schema().params} == PARAMS["serve"]["defaults"]
+    assert {p.name: p.default for p in loaded.metadata.get_params_schema().params} == {
+        **PARAMS["serve"]["defaults"], "errors": "fail"}
 
 
 @pytest.mark.slow

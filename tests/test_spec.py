@@ -26,7 +26,7 @@ PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
 # The library's layers, in the order they may import each other (bgremoval/__init__.py explains them).
 LAYERS = [("images", "pictures", "locks", "quiet", "tracking", "weights", "network_io", "keras_layers", "settings"),
           ("data",),
-          ("model",), ("training",), ("serving",), ("scoring",), ("export",), ("registry",), ("labelling",),
+          ("model",), ("training",), ("serving",), ("scoring",), ("export",), ("registry",), ("labelling",), ("batch",),
           ("cli", "demo", "video")]
 
 

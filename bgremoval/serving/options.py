@@ -54,6 +54,13 @@ OPTION_HELP = {
     "sharpen": "edge sharpening k > 0 (1: none); 0 or negative: the model's own refinement",
 }
 TRUE, FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+# How a request treats an image that cannot be served: "fail", the whole request fails naming the row (the HTTP
+# server's 400), or "row", that row's `error` column says why and the other rows are served (a batch job's way:
+# MLflow's spark_udf hands the model many photos at once, and one bad file must not stop the job). A request
+# param beside the options, not one of them (nor of serve.defaults): it changes what is answered, not how a
+# picture looks.
+ERRORS_PARAM = "errors"
+ERRORS = ("fail", "row")
 
 
 class RequestError(ValueError):

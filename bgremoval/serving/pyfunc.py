@@ -14,7 +14,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import BAD_REQUEST
 
 from bgremoval.serving.config import SERVED_MODEL_CODE, ServingConfig
-from bgremoval.serving.options import KINDS, check_defaults
+from bgremoval.serving.options import ERRORS, ERRORS_PARAM, KINDS, check_defaults
 from bgremoval.serving.render import warm_up
 from bgremoval.serving.request import INPUT_COLUMN, RequestError, RequestTooLarge, cut_out
 from bgremoval.serving.served import Served
@@ -60,7 +60,8 @@ class BackgroundRemover(mlflow.pyfunc.PythonModel):
 def signature(defaults: dict):
     """Input: column `image` (base64). Params: the request options (options.KINDS: their names and types),
     each with its serve.defaults value as its default: the scoring server fills a param a request leaves out
-    with it, so it must be what options_from would take."""
+    with it, so it must be what options_from would take; and `errors` (fail | row), with the column `error`
+    that errors=row adds to the output (empty where a row was served)."""
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
@@ -68,8 +69,9 @@ def signature(defaults: dict):
     return ModelSignature(
         inputs=Schema([ColSpec("string", INPUT_COLUMN)]),
         outputs=Schema([ColSpec("string", "png"), ColSpec("long", "width"), ColSpec("long", "height"),
-                        ColSpec("double", "foreground")]),
-        params=ParamSchema([ParamSpec(name, kind, defaults[name]) for name, kind in KINDS.items()]),
+                        ColSpec("double", "foreground"), ColSpec("string", "error", required=False)]),
+        params=ParamSchema([*(ParamSpec(name, kind, defaults[name]) for name, kind in KINDS.items()),
+                            ParamSpec(ERRORS_PARAM, "string", ERRORS[0])]),
     )
 
 
