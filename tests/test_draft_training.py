@@ -53,6 +53,20 @@ def test_only_drafts_train_alone_unless_their_weight_is_zero(tmp_path):
         datasets(folder, 8, 4, 0, 0.0)
 
 
+def test_the_report_pictures_val_when_every_training_mask_is_a_draft(tmp_path):
+    """A folder whose every training photo is a draft (a person checked only val and test) trains on the drafts;
+    the train stage's picture of val predictions must not ask for a person's training masks."""
+    import keras
+
+    from bgremoval.training.session import prediction_grid
+
+    folder = shards(tmp_path, n_person=0, n_draft=6)
+    inputs = keras.Input((None, None, 3))
+    model = keras.Model(inputs, keras.layers.Lambda(lambda x: x[..., :1] * 0.0)(inputs))  # predicts background
+    picture = prediction_grid(model, folder, 8, n=2)
+    assert picture.size[0] > 0 and picture.size[1] > 0
+
+
 def test_one_pass_counts_the_drafts_only_when_they_train(tmp_path):
     folder = shards(tmp_path, n_person=16, n_draft=8)
     assert steps_per_epoch(train_config(steps_per_epoch=0, batch_size=4, draft_weight=0.0), folder) == 4

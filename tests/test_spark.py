@@ -34,11 +34,11 @@ def test_the_photos_are_the_files_with_an_image_extension_in_any_case():
 
 def test_a_job_refuses_what_it_cannot_run():
     job = {"photos": "photos", "out": "out", "model": "models:/bgremoval@champion", "options": {}, "batch": 16,
-           "partitions": None, "threads": 1, "mode": "errorifexists"}
+           "partition_photos": 64, "threads": 1, "mode": "errorifexists"}
     with pytest.raises(ValueError, match="unknown option.*bg_image; a job takes output"):
         SparkCutout(**job | {"options": {"bg_image": "x"}})
     for bad, needle in (({"batch": 0}, "batch must be"), ({"threads": 1.5}, "threads must be"),
-                        ({"partitions": -2}, "partitions must be"), ({"mode": "append"}, "mode must be")):
+                        ({"partition_photos": 0}, "partition_photos must be"), ({"mode": "append"}, "mode must be")):
         with pytest.raises(ValueError, match=needle):
             SparkCutout(**job | bad)
     assert set(JOB_OPTIONS) == set(options_from(None, _defaults(), 10**6).__dataclass_fields__) - {"bg_image"}
@@ -61,8 +61,8 @@ def test_a_model_that_is_not_there_or_not_ours_is_refused_before_spark_starts(ca
     with pytest.raises(SystemExit) as exit_:  # outside the project, the job's settings must be given
         cli(["spark-cutout", str(catalogue["photos"]), str(tmp_path / "out"), "--params", str(tmp_path / "none.yaml"),
              "--threads", "1"])
-    assert "none.yaml (where spark.batch is set) not found or silent; run from the project root, or pass --batch N" \
-        in str(exit_.value.code)
+    assert ("none.yaml (where spark.batch is set) not found or silent; run from the project root, or pass --batch N "
+            "--partition-photos N") in str(exit_.value.code)
 
 
 class _Echo(mlflow.pyfunc.PythonModel):

@@ -13,6 +13,7 @@ A photo that cannot be read costs its own row only (the model's request param er
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import warnings
@@ -39,7 +40,7 @@ class SparkCutout:
     model: str                 # any MLflow model URI of a bgremoval model
     options: dict[str, Any]    # request options (JOB_OPTIONS); one not given: the model's own serve.defaults
     batch: int                 # photos per Arrow batch (params spark.batch)
-    partitions: int | None     # None: twice the cluster's default parallelism (params spark.partitions)
+    partition_photos: int      # photos per partition, one task (params spark.partition_photos)
     threads: int               # onnxruntime threads per task (params spark.threads)
     mode: str                  # Spark's save mode for OUT: errorifexists | overwrite
 
@@ -47,7 +48,7 @@ class SparkCutout:
         unknown = sorted(set(self.options) - set(JOB_OPTIONS))
         if unknown:
             raise ValueError(f"unknown option(s) {', '.join(unknown)}; a job takes {', '.join(JOB_OPTIONS)}")
-        for name, value in (("batch", self.batch), ("threads", self.threads), ("partitions", self.partitions or 1)):
+        for name, value in (("batch", self.batch), ("threads", self.threads), ("partition_photos", self.partition_photos)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a whole number of at least 1, not {value!r}")
         if self.mode not in ("errorifexists", "overwrite"):
@@ -69,8 +70,9 @@ def cutouts(spark, job: SparkCutout):
 
     photos = (spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(job.photos)
               .where(F.col("path").rlike(image_pattern())).select("path", "content"))
-    # binaryFile packs small files into few partitions (128 MB each): one per core would leave cores idle.
-    photos = photos.repartition(job.partitions or 2 * spark.sparkContext.defaultParallelism)
+    # binaryFile packs small files into few large partitions (128 MB each): a task would hold hundreds of photos and
+    # their pictures, and cores would idle. Counting lists the files only; no photo is read for it.
+    photos = photos.repartition(max(spark.sparkContext.defaultParallelism, math.ceil(photos.count() / job.partition_photos)))
     params = {k: v for k, v in job.options.items() if v is not None} | {ERRORS_PARAM: "row"}
     # the driver fetches the model here and hands it to the executors
     udf = mlflow.pyfunc.spark_udf(spark, job.model, result_type=RESULT_TYPE, env_manager="local", params=params,
@@ -96,19 +98,15 @@ def run(spark, job: SparkCutout) -> tuple[int, int]:
 
 
 def session(master: str | None, app: str = "bgremoval spark-cutout"):
-    """The SparkSession: on `master` if given, else spark-submit's (its --master), else local[*]. On a local
-    master the Python workers run this interpreter, where the package and the model's libraries are."""
-    from pyspark import SparkConf
+    """The SparkSession: spark-submit's (its --master, unless `master` is given), else a local one on `master`
+    (default local[*]) whose Python workers run this interpreter, where the package and the model's libraries are."""
     from pyspark.sql import SparkSession
 
-    conf = SparkConf()  # under spark-submit, its settings
-    if master:
-        conf.setMaster(master)
-    elif not conf.contains("spark.master"):
-        conf.setMaster("local[*]")
-    if conf.get("spark.master", "").startswith("local"):
-        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    return SparkSession.builder.appName(app).config(conf=conf).getOrCreate()
+    builder = SparkSession.builder.appName(app)
+    if "PYSPARK_GATEWAY_PORT" in os.environ:  # under spark-submit (or pyspark's shell): its JVM, its settings
+        return (builder.master(master) if master else builder).getOrCreate()
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    return builder.master(master or "local[*]").getOrCreate()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -134,8 +132,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sharpen", type=float, metavar="K", help=OPTION_HELP["sharpen"])
     parser.add_argument("--batch", type=int, help="photos per Arrow batch handed to the model (default: params.yaml's "
                                                   "spark.batch)")
-    parser.add_argument("--partitions", type=int, help="partitions of the photos (default: params.yaml's "
-                                                       "spark.partitions; null: twice the cores)")
+    parser.add_argument("--partition-photos", type=int, metavar="N",
+                        help="photos per partition, one task (default: params.yaml's spark.partition_photos)")
     parser.add_argument("--threads", type=int, help="onnxruntime threads per Spark task (default: params.yaml's "
                                                     "spark.threads)")
     parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
@@ -166,11 +164,11 @@ def job_from(args: argparse.Namespace) -> SparkCutout:
 
     params = yaml.safe_load(open(args.params)) if os.path.isfile(args.params) else {}
     section = params.get("spark") or {}
-    flags = {"batch": args.batch, "threads": args.threads, "partitions": args.partitions}
-    missing = [name for name in ("batch", "threads") if flags[name] is None and section.get(name) is None]
+    flags = {"batch": args.batch, "threads": args.threads, "partition_photos": args.partition_photos}
+    missing = [name for name, flag in flags.items() if flag is None and section.get(name) is None]
     if missing:
         raise ValueError(f"{args.params} (where spark.{missing[0]} is set) not found or silent; run from the project "
-                         f"root, or pass {' '.join(f'--{name} N' for name in missing)}")
+                         f"root, or pass {' '.join('--' + name.replace('_', '-') + ' N' for name in missing)}")
     settings = {name: section.get(name) if flag is None else flag for name, flag in flags.items()}
     model = args.model
     if not model or model.startswith("models:"):

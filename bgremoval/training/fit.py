@@ -132,13 +132,20 @@ def datasets(shards_dir: Path, size: int, batch_size: int, seed: int, draft_weig
         pairs = tf.data.Dataset.sample_from_datasets([repeated(train_files), repeated(draft_files)],
                                                      weights=[1 - share, share], seed=seed)
     train = pairs.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    return train, val_dataset(shards_dir, size, batch_size)
+
+
+def val_dataset(shards_dir: Path, size: int, batch_size: int):
+    """The val split alone, in order, batched (what a run is scored on and the report pictures show)."""
+    import tensorflow as tf
+
+    val_files = sorted(str(p) for p in Path(shards_dir).glob("val-*.tfrecord"))
+    if not val_files:
+        raise FileNotFoundError(f"{shards_dir}: no val-*.tfrecord shards; run `dvc repro augment` first")
     # Declared length: Keras otherwise learns it by running off the end (and warns every fit).
     n_val = count_records(shards_dir, "val")
-    val = (
-        read_dataset(val_files, size).apply(tf.data.experimental.assert_cardinality(n_val))
-        .cache().batch(batch_size).prefetch(tf.data.AUTOTUNE)
-    )
-    return train, val
+    return (read_dataset(val_files, size).apply(tf.data.experimental.assert_cardinality(n_val))
+            .cache().batch(batch_size).prefetch(tf.data.AUTOTUNE))
 
 
 def shard_stats(shards_dir: Path) -> dict:

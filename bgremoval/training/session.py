@@ -22,7 +22,7 @@ from bgremoval.training.blend import choose_blend
 from bgremoval.training.callbacks import EpochLogger, Progress
 from bgremoval.training.fit import (
     TrainConfig, checkpoint_epoch, clean_logs, count_records, datasets, draft_share, evaluate_val, fit, positive_weight,
-    run_key, steps_per_epoch,
+    run_key, steps_per_epoch, val_dataset,
 )
 
 log = logging.getLogger(__name__)
@@ -121,8 +121,9 @@ def _blend(network: keras.Model, pretrained: list, val_ds, model_cfg: ModelConfi
 
 
 def prediction_grid(model: keras.Model, shards: Path, size: int, n: int = 8):
-    """Val images: ground truth (green) beside the prediction (magenta)."""
-    _, val_ds = datasets(shards, size, n, 0, 0.0)
+    """Val images: ground truth (green) beside the prediction (magenta); whatever the train split holds (a
+    person's masks, drafts, or drafts alone)."""
+    val_ds = val_dataset(shards, size, n)
     images, masks = next(iter(val_ds.unbatch().batch(n)))
     images, masks = images.numpy(), masks.numpy()[..., 0]
     preds = np.asarray(model.predict(images, batch_size=n, verbose=0))[..., 0]
