@@ -471,6 +471,16 @@ def test_server_refuses_bad_requests_with_a_reason_and_keeps_serving(server):
         assert needle in answer.get("message", ""), (needle, answer)
     status, body = _good(server, disc_image(30, 30)[0])
     assert status == 200 and body["predictions"][0]["width"] == 30
+    # errors=row (what a batch job asks for): the same bad rows are named in their own rows, the good one served
+    rows = [["not base64 !!"], [b64_png(disc_image(30, 30)[0])], [bomb]]
+    status, body = _post(server, {"dataframe_split": {"columns": ["image"], "data": rows},
+                                  "params": {"errors": "row", "output": "mask"}})
+    assert status == 200, body
+    answered = body["predictions"]
+    assert [bool(r["error"]) for r in answered] == [True, False, True] and answered[1]["width"] == 30
+    assert "row 0 (image): is not valid base64" in answered[0]["error"] and answered[0]["png"] == ""
+    assert "over the limit of 200000" in answered[2]["error"]
+    assert decode_png(answered[1]["png"]).shape == (30, 30)
 
 
 @pytest.mark.slow
