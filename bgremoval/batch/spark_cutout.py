@@ -50,7 +50,7 @@ class SparkCutout:
             raise ValueError(f"unknown option(s) {', '.join(unknown)}; a job takes {', '.join(JOB_OPTIONS)}")
         for name, value in (("batch", self.batch), ("threads", self.threads), ("partition_photos", self.partition_photos)):
             if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a whole number of at least 1, not {value!r}")
+                raise ValueError(f"spark.{name} must be a whole number of at least 1, not {value!r}")
         if self.mode not in ("errorifexists", "overwrite"):
             raise ValueError(f"mode must be errorifexists or overwrite, not {self.mode!r}")
 
