@@ -442,7 +442,7 @@ def _model_at_hand_options(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """Sub-commands of the CLI. Every option without a value given takes its default from params.yaml
     (or, for predict's output options, from the served model's config, which params' serve.defaults set)."""
-    from bgremoval.serving.options import BACKGROUNDS, OPTION_HELP, OUTPUTS
+    from bgremoval.serving.options import add_option_flags
 
     parser = argparse.ArgumentParser(prog="bgremoval", description=__doc__)
     parser.add_argument("--version", action="version", version=f"bgremoval {__version__}")
@@ -469,23 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--model", help="models/served (the export stage's folder: no MLflow needed), "
                                          "models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model or an MLflow "
                                          "model folder (default: models:/<register.model_name>@champion)")
-    predict.add_argument("--output", choices=OUTPUTS, help=OPTION_HELP["output"])
-    predict.add_argument("--threshold", type=float,
-                         help=OPTION_HELP["threshold"])
-    predict.add_argument("--background", choices=BACKGROUNDS,
-                         help=OPTION_HELP["background"])
-    predict.add_argument("--bg-color", help=OPTION_HELP["bg_color"])
-    predict.add_argument("--bg-image", metavar="FILE", help=OPTION_HELP["bg_image"])
-    predict.add_argument("--bg-blur", type=float, metavar="PERCENT",
-                         help=OPTION_HELP["bg_blur"].replace("%", "%%"))
-    predict.add_argument("--estimate-foreground", action=argparse.BooleanOptionalAction,
-                         help=OPTION_HELP["estimate_foreground"])
-    predict.add_argument("--matting", action=argparse.BooleanOptionalAction,
-                         help=OPTION_HELP["matting"])
-    predict.add_argument("--main-object", action=argparse.BooleanOptionalAction,
-                         help=OPTION_HELP["main_object"])
-    predict.add_argument("--sharpen", type=float, metavar="K",
-                         help=OPTION_HELP["sharpen"])
+    add_option_flags(predict)
     predict.add_argument("--smooth", type=float, metavar="S",
                          help="videos: each pixel's mask keeps weight S in [0, 1) of the previous frame's where the "
                               "picture did not change, against flicker (0: off; default: params.yaml's "

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bgremoval.images import IMAGE_EXTENSIONS
-from bgremoval.serving.options import BACKGROUNDS, ERRORS_PARAM, OPTION_HELP, OUTPUTS
+from bgremoval.serving.options import ERRORS_PARAM, add_option_flags
 
 # What the model answers for each photo, as Spark types (the served signature's outputs, with `error`).
 RESULT_TYPE = "png string, width long, height long, foreground double, error string"
@@ -119,17 +119,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tracking-uri", help="MLflow tracking/registry URI (default: $MLFLOW_TRACKING_URI, else "
                                                "params.yaml's mlflow.tracking_uri)")
     parser.add_argument("--master", help="Spark master, e.g. local[2] (default: spark-submit's, else local[*])")
-    parser.add_argument("--output", choices=OUTPUTS, help=OPTION_HELP["output"])
-    parser.add_argument("--threshold", type=float, help=OPTION_HELP["threshold"])
-    parser.add_argument("--background", choices=[b for b in BACKGROUNDS if b != "image"],
-                        help=OPTION_HELP["background"].replace(" or --bg-image", ""))
-    parser.add_argument("--bg-color", help=OPTION_HELP["bg_color"])
-    parser.add_argument("--bg-blur", type=float, metavar="PERCENT", help=OPTION_HELP["bg_blur"].replace("%", "%%"))
-    parser.add_argument("--estimate-foreground", action=argparse.BooleanOptionalAction,
-                        help=OPTION_HELP["estimate_foreground"])
-    parser.add_argument("--matting", action=argparse.BooleanOptionalAction, help=OPTION_HELP["matting"])
-    parser.add_argument("--main-object", action=argparse.BooleanOptionalAction, help=OPTION_HELP["main_object"])
-    parser.add_argument("--sharpen", type=float, metavar="K", help=OPTION_HELP["sharpen"])
+    add_option_flags(parser, skip=("bg_image",))  # a background picture is a request's only
     parser.add_argument("--batch", type=int, help="photos per Arrow batch handed to the model (default: params.yaml's "
                                                   "spark.batch)")
     parser.add_argument("--partition-photos", type=int, metavar="N",

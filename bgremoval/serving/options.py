@@ -53,6 +53,29 @@ OPTION_HELP = {
     "main_object": "keep only the main object, or (--no-main-object) every one; neither: the model's own refinement",
     "sharpen": "edge sharpening k > 0 (1: none); 0 or negative: the model's own refinement",
 }
+# The command-line spelling of the options that take a value (`bgremoval predict`, `bgremoval spark-cutout`).
+_METAVARS = {"bg_image": "FILE", "bg_blur": "PERCENT", "sharpen": "K"}
+
+
+def add_option_flags(parser, skip: tuple[str, ...] = ()) -> None:
+    """Each request option but `skip` as a flag of an argparse parser (--bg-color for bg_color), typed as KINDS
+    says, described by OPTION_HELP, defaulting to None: an option not given takes the model's serve.defaults."""
+    import argparse
+
+    for name, kind in KINDS.items():
+        if name in skip:
+            continue
+        flag, words = "--" + name.replace("_", "-"), OPTION_HELP[name].replace("%", "%%")
+        if kind == "boolean":
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=words)
+        else:
+            choices = {"output": OUTPUTS, "background": BACKGROUNDS}.get(name)
+            if name == "background" and "bg_image" in skip:
+                choices, words = [b for b in BACKGROUNDS if b != "image"], words.replace(" or --bg-image", "")
+            parser.add_argument(flag, type=float if kind == "double" else str, choices=choices,
+                                metavar=_METAVARS.get(name), help=words)
+
+
 TRUE, FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 # How a request treats an image that cannot be served: "fail", the whole request fails naming the row (the HTTP
 # server's 400), or "row", that row's `error` column says why and the other rows are served (a batch job's way:
