@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -296,6 +297,40 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train_worker(args: argparse.Namespace) -> int:
+    from bgremoval.quiet import import_tensorflow_quietly
+
+    logging.getLogger("bgremoval").setLevel(logging.INFO)
+    import_tensorflow_quietly()
+
+    import keras
+
+    from bgremoval import tracking
+    from bgremoval.training.distribute import make_strategy
+    from bgremoval.training.session import TrainSetup, train_worker
+
+    params = _params(args.params)
+    best = Path(params["paths"]["best_params"])
+    if not best.exists():
+        sys.exit(f"bgremoval train-worker: {best} not found: every machine needs the chief's tune result and the "
+                 "augmented shards (`dvc pull`, or the same `dvc repro tune`)")
+    setup = TrainSetup.from_params(params, json.loads(best.read_text())["apply"])
+    if setup.distribute.strategy != "multi_worker":
+        sys.exit(f"bgremoval train-worker: distribute.strategy is {setup.distribute.strategy!r}; a worker trains only "
+                 "with multi_worker (and $TF_CONFIG naming this machine)")
+    try:
+        strategy = make_strategy(setup.distribute)
+        keras.utils.set_random_seed(setup.seed)
+        summary = train_worker(setup, strategy=strategy,
+                               data_fingerprint=tracking.fingerprint(list(setup.shards.glob("*.tfrecord"))))
+    except (ValueError, RuntimeError, FileNotFoundError) as exc:
+        sys.exit(f"bgremoval train-worker: {exc}")
+    print(f"{summary['task']}: trained {summary['epochs_run']} epoch(s) with the chief; val "
+          f"{ {k: round(v, 4) for k, v in summary['val'].items()} } (the chief logs the run and saves the model)",
+          flush=True)
+    return 0
+
+
 def _cmd_tune_worker(args: argparse.Namespace) -> int:
     from bgremoval.quiet import import_tensorflow_quietly
 
@@ -536,6 +571,15 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--params", default="params.yaml", help="the project's params file (default: %(default)s)")
     worker.add_argument("--quiet", action="store_true", help="no progress bar")
     worker.set_defaults(func=_cmd_tune_worker)
+
+    trainer = sub.add_parser(
+        "train-worker", help="train alongside the chief on a multi-worker cluster (distribute.strategy multi_worker)",
+        description="One of the machines of a multi-worker cluster ($TF_CONFIG) other than its chief: trains the train "
+                    "stage's model in lockstep with the chief's `dvc repro` (the same params, augmented shards and "
+                    "tune result on every machine) and writes nothing but its own checkpoints; the chief logs the "
+                    "MLflow run and saves the model.")
+    trainer.add_argument("--params", default="params.yaml", help="the project's params file (default: %(default)s)")
+    trainer.set_defaults(func=_cmd_train_worker)
 
     label = sub.add_parser(
         "label", help="correct the drafts in Label Studio: start it, push a folder's drafts, pull the masks back",

@@ -10,6 +10,7 @@ import mlflow
 import pandas as pd
 
 from bgremoval import tracking
+from bgremoval.training.distribute import make_strategy
 from bgremoval.training.session import TrainSetup, prediction_grid, train_tracked
 from stages.common import run, start
 
@@ -20,6 +21,7 @@ def main() -> int:
     # tune's best values for the keys params.yaml lists under tune.apply override train:/model:.
     tuned = json.loads(Path(paths["best_params"]).read_text())
     setup = TrainSetup.from_params(params, tuned["apply"])
+    strategy = make_strategy(setup.distribute)  # before anything runs on TensorFlow
     keras.utils.set_random_seed(setup.seed)
     models, reports = Path(paths["models"]), Path(paths["reports"])
     lineage = {"git.commit": tracking.git_commit(Path.cwd()), "tune.best_trial": f"{tuned['study']}#{tuned['trial']}",
@@ -27,7 +29,7 @@ def main() -> int:
                "data.sha256": tracking.fingerprint(list(setup.shards.glob("*.tfrecord")))}
 
     tracking.configure(params["mlflow"]["tracking_uri"], params["mlflow"]["experiment"])
-    trained = train_tracked(setup, manifest=pd.read_parquet(setup.manifest), lineage=lineage)
+    trained = train_tracked(setup, manifest=pd.read_parquet(setup.manifest), lineage=lineage, strategy=strategy)
 
     models.mkdir(parents=True, exist_ok=True)
     trained.model.save(models / "model.keras")

@@ -333,7 +333,7 @@ def test_a_training_run_blends_the_pretrained_weights_back_and_logs_the_curve(tm
     with tracking_store(mlflow_uri) as uri:
         tracking.configure(uri, "train-blend")
         with mlflow.start_run() as run:
-            share, scores = _blend(network, pretrained, val_ds, model_config(family="u2netp"), cfg)
+            share, scores = _blend(network, pretrained, val_ds, model_config(family="u2netp"), cfg, log_curve=True)
         client = mlflow.MlflowClient()
         curve = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "blend/val_iou")}
         logged_share = client.get_run(run.info.run_id).data.metrics["blend/share"]
@@ -348,7 +348,7 @@ def test_a_training_run_blends_the_pretrained_weights_back_and_logs_the_curve(tm
     before = [w.copy() for w in unet.get_weights()]
     compile_network(unet, cfg, 1.0, 1)
     with caplog.at_level("INFO", logger="bgremoval.training.session"):
-        assert _blend(unet, before, val_ds, TOY_UNET, cfg) == (1.0, {})
+        assert _blend(unet, before, val_ds, TOY_UNET, cfg, log_curve=True) == (1.0, {})
     assert "train.blend [0.0, 0.5, 1.0] not applied" in caplog.text
     assert all(np.array_equal(a, b) for a, b in zip(unet.get_weights(), before))
 

@@ -12,7 +12,7 @@ def _conv_block(x, filters: int, separable: bool, name: str):
     for i in range(2):
         x = conv(filters, 3, padding="same", use_bias=False, name=f"{name}_conv{i}")(x)
         # momentum 0.9, not 0.99: short CPU schedules end before 0.99 moving averages settle
-        x = layers.BatchNormalization(momentum=0.9, name=f"{name}_bn{i}")(x)
+        x = layers.BatchNormalization(momentum=0.9, synchronized=True, name=f"{name}_bn{i}")(x)
         x = layers.ReLU(name=f"{name}_relu{i}")(x)
     return x
 

@@ -103,9 +103,10 @@ def draft_share(n_person: int, n_draft: int, draft_weight: float) -> float:
     return 0.0 if weighed == 0 else weighed / (n_person + weighed)
 
 
-def datasets(shards_dir: Path, size: int, batch_size: int, seed: int, draft_weight: float):
+def datasets(shards_dir: Path, size: int, batch_size: int, seed: int, draft_weight: float, replicas: int = 1):
     """(train, val) tf.data pipelines over the augment stage's shards: parallel decode, cache, prefetch. Pairs
-    whose masks are unreviewed drafts (their own shards) are drawn draft_weight times as often as a person's."""
+    whose masks are unreviewed drafts (their own shards) are drawn draft_weight times as often as a person's.
+    replicas: the devices each batch is split over (val batches then leave none of them empty)."""
     import tensorflow as tf
 
     train_files = sorted(str(p) for p in Path(shards_dir).glob("train-*.tfrecord"))
@@ -113,29 +114,33 @@ def datasets(shards_dir: Path, size: int, batch_size: int, seed: int, draft_weig
     val_files = sorted(str(p) for p in Path(shards_dir).glob("val-*.tfrecord"))
     if not val_files or not (train_files or draft_files):
         raise FileNotFoundError(f"{shards_dir}: no train-*/val-*.tfrecord shards; run `dvc repro augment` first")
+    n = shard_stats(shards_dir)["n"]
     share = 0.0
     if draft_files:
-        n = shard_stats(shards_dir)["n"]
         share = draft_share(n["train"], n[DRAFT], draft_weight)
     if not train_files and share == 0:
         raise ValueError("train.draft_weight is 0 and every training pair's mask is an unreviewed draft: nothing to "
                          "train on; raise train.draft_weight, or correct some drafts")
 
-    def repeated(files: list[str]):
-        return read_dataset(files, size).cache().shuffle(2048, seed=seed, reshuffle_each_iteration=True).repeat()
+    def repeated(files: list[str], records: int):
+        # Shuffled after repeating, through a buffer of one pass, the same way by every iterator: one endless seeded
+        # sequence, so that a phase or a resumed run starts at a known batch (fit skips to it), and tf.distribute's
+        # look at a first batch before training does not change what is trained on.
+        return (read_dataset(files, size).cache().repeat()
+                .shuffle(max(1, min(records, 2048)), seed=seed, reshuffle_each_iteration=False))
 
     if share == 0:
-        pairs = repeated(train_files)
+        pairs = repeated(train_files, n["train"])
     elif share == 1:
-        pairs = repeated(draft_files)
+        pairs = repeated(draft_files, n[DRAFT])
     else:
-        pairs = tf.data.Dataset.sample_from_datasets([repeated(train_files), repeated(draft_files)],
+        pairs = tf.data.Dataset.sample_from_datasets([repeated(train_files, n["train"]), repeated(draft_files, n[DRAFT])],
                                                      weights=[1 - share, share], seed=seed)
     train = pairs.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
-    return train, val_dataset(shards_dir, size, batch_size)
+    return train, val_dataset(shards_dir, size, batch_size, replicas)
 
 
-def val_dataset(shards_dir: Path, size: int, batch_size: int):
+def val_dataset(shards_dir: Path, size: int, batch_size: int, replicas: int = 1):
     """The val split alone, in order, batched (what a run is scored on and the report pictures show)."""
     import tensorflow as tf
 
@@ -145,7 +150,21 @@ def val_dataset(shards_dir: Path, size: int, batch_size: int):
     # Declared length: Keras otherwise learns it by running off the end (and warns every fit).
     n_val = count_records(shards_dir, "val")
     return (read_dataset(val_files, size).apply(tf.data.experimental.assert_cardinality(n_val))
-            .cache().batch(batch_size).prefetch(tf.data.AUTOTUNE))
+            .cache().batch(val_batch(n_val, batch_size, replicas)).prefetch(tf.data.AUTOTUNE))
+
+
+def val_batch(n: int, batch_size: int, replicas: int) -> int:
+    """The val batch: batch_size, or on several replicas the nearest larger multiple of their number whose last,
+    partial batch still gives every replica a pair. TensorFlow's oneDNN convolution returns its input for an empty
+    batch, so a replica left empty fails the step (a batch of 25 pairs by 8 on two replicas ends in [1, 0])."""
+    if replicas == 1:
+        return batch_size
+    if n < replicas:
+        raise ValueError(f"the val split has {n} pair(s): fewer than the {replicas} replicas that score it")
+    batch = batch_size
+    while 0 < n % batch < replicas:  # ends at the latest when one batch holds the whole split
+        batch += replicas
+    return batch
 
 
 def shard_stats(shards_dir: Path) -> dict:
@@ -320,11 +339,15 @@ def fit(
     history: dict[str, list[float]] = {}
     stop = ResumableEarlyStopping(Path(checkpoint_dir) / "early_stopping", monitor=_val_name(network, "iou"), mode="max",
                                   patience=cfg.patience, restore_best_weights=True)
-    stop.resume(checkpoint_epoch(checkpoint_dir))
+    done = checkpoint_epoch(checkpoint_dir)
+    stop.resume(done)
     phases = [("frozen", 0, freeze, False), ("full", freeze, cfg.epochs, True)]
     for name, start, end, trainable in phases:
         if end <= start:
             continue
+        # The batches this phase's first epoch to run would have seen in one uninterrupted run (the train set is
+        # one endless, seeded sequence): the second phase goes on after the first's, a resumed run after the kill's.
+        first = max(start, min(done, end))
         for layer in encoder_layers(network):
             layer.trainable = trainable
         compile_network(network, cfg, pos_weight, steps_per_epoch)  # trainable flags take effect on compile
@@ -332,7 +355,7 @@ def fit(
         backup = keras.callbacks.BackupAndRestore(str(Path(checkpoint_dir) / name), delete_checkpoint=False,
                                                   double_checkpoint=True)
         h = network.fit(
-            train_ds, validation_data=val_ds, epochs=end, initial_epoch=start,
+            train_ds.skip(first * steps_per_epoch), validation_data=val_ds, epochs=end, initial_epoch=start,
             # The checkpoint last: an epoch is logged (MLflow, progress) before it counts as done, so a kill
             # between the two re-runs that epoch rather than losing its metrics.
             steps_per_epoch=steps_per_epoch, callbacks=[*callbacks, stop, backup], verbose=0,
