@@ -4,7 +4,8 @@ Run in a project after `dvc repro` (or pass --project): it times, each as a fres
 median of --repeat runs, `python -c "import mlflow"`, `python -c "import tensorflow"`, and
 `bgremoval predict` on one photo with the served folder (models/served: onnxruntime and PIL only) and
 with the registry's champion (models:/NAME@champion: MLflow on top), each writing a mask and then the
-served default (a cut-out, whose edges load pymatting's compiled code). It prints a table and writes JSON.
+served default (a cut-out, whose edges load pymatting's compiled code). It prints a table (with each command's
+peak resident memory) and writes JSON.
 
     python benchmarks/startup.py --project . --out /tmp/startup.json
 """
@@ -24,16 +25,21 @@ from pathlib import Path
 import yaml
 
 
-def timed(cmd: list[str], cwd: Path, repeat: int) -> float:
-    """Median wall time in seconds of a command run `repeat` times, each a fresh process."""
-    times = []
+def timed(cmd: list[str], cwd: Path, repeat: int) -> tuple[float, float]:
+    """Median wall time in seconds of a command run `repeat` times, each a fresh process, and the largest peak
+    resident memory (MB) of those processes (the kernel's maxrss of the child, from wait4)."""
+    times, peaks = [], []
     for _ in range(repeat):
-        start = time.perf_counter()
-        run = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
-        times.append(time.perf_counter() - start)
-        if run.returncode != 0:
-            raise SystemExit(f"{' '.join(cmd)} failed:\n{run.stderr[-2000:]}")
-    return statistics.median(times)
+        with tempfile.TemporaryFile() as err:
+            start = time.perf_counter()
+            proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=err)
+            _, status, usage = os.wait4(proc.pid, 0)
+            times.append(time.perf_counter() - start)
+            peaks.append(usage.ru_maxrss / 1024)  # KiB on Linux
+            if os.waitstatus_to_exitcode(status) != 0:
+                err.seek(0)
+                raise SystemExit(f"{' '.join(cmd)} failed:\n{err.read().decode(errors='replace')[-2000:]}")
+    return statistics.median(times), max(peaks)
 
 
 def main() -> int:
@@ -56,15 +62,16 @@ def main() -> int:
             cmd = [bgremoval, "predict", "--quiet", *(["--model", model] if model else []),
                    *(["--output", output] if output else []), str(photo), str(out_dir / "out.png")]
             rows.append((f"bgremoval predict --model {label} --output {output or 'default'}", cmd))
-    results = {label: timed(cmd, project, args.repeat) for label, cmd in rows}
-    width = max(map(len, results))
-    print(f"{'command':<{width}}  seconds (median of {args.repeat})")
-    for label, seconds in results.items():
-        print(f"{label:<{width}}  {seconds:6.2f}")
-    mlflow_s = results[rows[0][0]]
+    measured = {label: timed(cmd, project, args.repeat) for label, cmd in rows}
+    width = max(map(len, measured))
+    print(f"{'command':<{width}}  seconds (median of {args.repeat})  peak MB")
+    for label, (seconds, peak) in measured.items():
+        print(f"{label:<{width}}  {seconds:6.2f}  {peak:8.0f}")
+    mlflow_s = measured[rows[0][0]][0]
     for label, _ in rows[4:]:
-        print(f"{label} minus `import mlflow`: {results[label] - mlflow_s:.2f} s")
-    args.out.write_text(json.dumps(results, indent=2))
+        print(f"{label} minus `import mlflow`: {measured[label][0] - mlflow_s:.2f} s")
+    args.out.write_text(json.dumps({label: {"seconds": s, "peak_mb": p} for label, (s, p) in measured.items()},
+                                   indent=2))
     return 0
 
 
