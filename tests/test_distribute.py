@@ -83,13 +83,14 @@ def test_every_iterator_of_the_train_set_reads_the_same_batches_and_skips_to_any
     first batch under a strategy and starts a new iterator, and fit() skips to the batch a phase starts at."""
     shards = toy_shards(tmp_path / "shards", n_train=12, n_val=4)
     train, _ = datasets(shards, 32, 4, seed=5, draft_weight=0.0)
-    first = [y.numpy() for _, y in train.take(7)]
+    first = [y.numpy() for _, y in train.take(7)]  # 7 batches of 4: two passes and more
     again = [y.numpy() for _, y in train.take(7)]
     assert all(np.array_equal(a, b) for a, b in zip(first, again))
     assert all(np.array_equal(a, b) for a, b in zip(first[4:], [y.numpy() for _, y in train.skip(4).take(3)]))
-    # Three passes of 12 pairs: each pair is drawn about three times, none in every batch.
-    sums = [float(y.numpy().sum()) for _, y in train.take(9)]
-    assert len(set(sums)) > 3
+    # Each pass is a permutation of the 12 pairs (as a fresh shuffle per pass gives), and the next pass another one.
+    per_pair = [m.tobytes() for batch in first[:6] for m in batch]
+    assert len(set(per_pair[:12])) == len(set(per_pair[12:])) == 12 and sorted(per_pair[:12]) == sorted(per_pair[12:])
+    assert per_pair[:12] != per_pair[12:]
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@ deep supervision, early stopping, and epochs that survive a kill."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -20,6 +21,8 @@ from bgremoval.model.network import ModelConfig, encoder_layers
 from bgremoval.training.losses import make_loss
 
 log = logging.getLogger(__name__)
+
+PASSES = 64  # shuffled passes over the train set before their orders come round again
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -123,11 +126,14 @@ def datasets(shards_dir: Path, size: int, batch_size: int, seed: int, draft_weig
                          "train on; raise train.draft_weight, or correct some drafts")
 
     def repeated(files: list[str], records: int):
-        # Shuffled after repeating, through a buffer of one pass, the same way by every iterator: one endless seeded
-        # sequence, so that a phase or a resumed run starts at a known batch (fit skips to it), and tf.distribute's
-        # look at a first batch before training does not change what is trained on.
-        return (read_dataset(files, size).cache().repeat()
-                .shuffle(max(1, min(records, 2048)), seed=seed, reshuffle_each_iteration=False))
+        # Pass p is shuffled anew with seed + p, the same way by every iterator: one endless seeded sequence, so that
+        # a phase or a resumed run starts at a known batch (fit skips to it), and tf.distribute's look at a first
+        # batch before training does not change what is trained on. (A sliding shuffle buffer after repeat() would
+        # be endless too, but it draws from the shards' recent stretch, not a fresh permutation of every pass.)
+        pairs = read_dataset(files, size).cache()
+        buffer = max(1, min(records, 2048))
+        passes = [pairs.shuffle(buffer, seed=seed + p, reshuffle_each_iteration=False) for p in range(PASSES)]
+        return functools.reduce(tf.data.Dataset.concatenate, passes).repeat()
 
     if share == 0:
         pairs = repeated(train_files, n["train"])
