@@ -29,7 +29,6 @@ from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 
 from bgremoval.serving.options import Options
 from bgremoval.serving.render import render
@@ -74,6 +73,8 @@ class TemporalSmoother:
 def still(before: np.ndarray, after: np.ndarray, reach: float) -> np.ndarray:
     """(H, W) in [0, 1]: 1 where two frames (H, W, 3) uint8 are the same near the pixel, falling towards 0 as
     their largest colour change within `reach` of it (a fraction of the shorter side) grows past CHANGE_SCALE."""
+    from scipy import ndimage  # here: `bgremoval predict` on photos imports this module, and needs no scipy
+
     change = np.abs(after.astype(np.int16) - before.astype(np.int16)).max(axis=2).astype(np.float32) / 255
     change = ndimage.uniform_filter(change, 3)  # one noisy pixel is not motion
     pixels = round(reach * min(change.shape))

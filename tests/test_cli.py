@@ -229,22 +229,29 @@ IMPORT_PROBE = """
 import sys
 from bgremoval.cli import main
 code = main(sys.argv[1:])
-print("IMPORTED", sorted(m for m in ("tensorflow", "keras", "mlflow", "onnxruntime") if m in sys.modules))
+print("IMPORTED", sorted(m for m in ("tensorflow", "keras", "mlflow", "onnxruntime", "pandas", "scipy") if m in sys.modules))
 sys.exit(code)
 """
 
 
 @pytest.mark.slow
-def test_predict_with_a_served_onnx_folder_imports_neither_tensorflow_nor_mlflow(onnx_served, photo, tmp_path):
+def test_predict_from_a_served_onnx_folder_imports_only_what_its_output_needs(onnx_served, photo, tmp_path):
     path, image = photo
     run = subprocess.run([sys.executable, "-c", IMPORT_PROBE, "predict", "--model", str(onnx_served), "--quiet",
                           str(path), str(tmp_path / "out")], cwd=tmp_path, env=project_env(),
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
-    assert "IMPORTED ['onnxruntime']" in run.stdout, run.stdout
+    assert "IMPORTED ['onnxruntime', 'scipy']" in run.stdout, run.stdout  # the cut-out's edges need scipy, no more
     cut = np.asarray(Image.open(tmp_path / "out" / "photo.png"))
     away = ~edge_band(cut[..., 3] / 255, 3)
     assert cut.shape == (60, 84, 4) and (cut[..., :3][away] == image[away]).all()
+    # A mask needs onnxruntime alone: no scipy, and no pandas (the scoring server's tables).
+    mask = subprocess.run([sys.executable, "-c", IMPORT_PROBE, "predict", "--model", str(onnx_served), "--quiet",
+                           "--output", "mask", str(path), str(tmp_path / "mask")], cwd=tmp_path, env=project_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert mask.returncode == 0, mask.stderr
+    assert "IMPORTED ['onnxruntime']" in mask.stdout, mask.stdout
+    assert np.asarray(Image.open(tmp_path / "mask" / "photo.png")).shape == (60, 84)
 
 
 def png_of(image: np.ndarray) -> bytes:

@@ -26,6 +26,8 @@ BACKGROUNDS = ("color", "blur", "image")
 MAX_BLUR = 25.0  # % of the shorter side: beyond it the background is one flat colour anyway
 MAX_PIXELS_ENV = "BGREMOVAL_MAX_PIXELS"  # where the model is served: overrides serve.max_pixels
 MAX_PIXELS_NAME = f"serve.max_pixels / {MAX_PIXELS_ENV}"  # what an image over the served cap is told to change
+# Where the model is served: overrides serve.max_request_mb (image data per request, in MB of base64).
+MAX_REQUEST_ENV = "BGREMOVAL_MAX_REQUEST_MB"
 # Every option, by name, with the MLflow type of its param. A null (unset) value of main_object or sharpen
 # means "the served model's own refinement", which export chose on val (ServingConfig.refine).
 KINDS = {

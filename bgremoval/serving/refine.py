@@ -12,7 +12,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from scipy import ndimage
 
 Predictor = Callable[[np.ndarray], np.ndarray]  # (H, W, 3) uint8 -> (H, W) float in [0, 1]
 
@@ -77,6 +76,8 @@ def sharpen(prob: np.ndarray, k: float) -> np.ndarray:
 def keep_main_object(prob: np.ndarray, threshold: float = MAIN_OBJECT_THRESHOLD) -> np.ndarray:
     """The mask with every connected object but the one with the most foreground (pixels >= 0.5) set to 0.
     An object is a connected region above `threshold` (8-neighbourhood), so its soft rim comes with it."""
+    from scipy import ndimage  # here, not at the top: a mask served without main_object never needs scipy
+
     labels, n = ndimage.label(prob > threshold, structure=np.ones((3, 3), bool))
     if n <= 1:
         return prob

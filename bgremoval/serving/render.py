@@ -21,7 +21,6 @@ from types import ModuleType
 
 import numpy as np
 from PIL import Image
-from scipy import ndimage
 
 from bgremoval.serving.options import Options
 
@@ -41,6 +40,8 @@ MATTE_CG_ITERATIONS = 1000
 # server runs requests in threads): one pymatting call at a time.
 _PYMATTING = threading.Lock()
 _LOADING = threading.Lock()
+# scipy.ndimage (about 0.35 s to import on 2 AVX2 cores) is imported where an edge or a blur needs it: a mask
+# never does, so `bgremoval predict --output mask` goes without it.
 # The pymatting modules the edges use, each needing only numpy, scipy and numba. `import pymatting` would
 # compile every kernel of the package (about 30, over a minute on 2 cores for each new install); loaded one
 # by one, numba compiles (and caches, beside each module) only these.
@@ -76,6 +77,8 @@ def _load_pymatting_module(name: str) -> ModuleType:
 
 def edge_band(alpha: np.ndarray, grow: int) -> np.ndarray:
     """Pixels whose alpha is strictly inside EDGE, and those within `grow` pixels of them."""
+    from scipy import ndimage
+
     band = (alpha > EDGE[0]) & (alpha < EDGE[1])
     if grow and band.any():
         band = ndimage.binary_dilation(band, iterations=grow)
@@ -122,6 +125,8 @@ def estimate_foreground(image: np.ndarray, alpha: np.ndarray) -> np.ndarray:
 def trimap(alpha: np.ndarray) -> np.ndarray:
     """1 (sure foreground), 0 (sure background) or 0.5 (unknown): unknown is the soft band and the mask's
     outline (alpha >= 0.5: a hard mask has one too), grown by MATTE_GROW pixels."""
+    from scipy import ndimage
+
     fg = alpha >= 0.5
     outline = ndimage.binary_dilation(fg) & ~ndimage.binary_erosion(fg, border_value=1)
     unknown = edge_band(alpha, 0) | outline
@@ -180,6 +185,8 @@ def fit_cover(background: np.ndarray, width: int, height: int) -> np.ndarray:
 def blurred(image: np.ndarray, alpha: np.ndarray, strength: float) -> np.ndarray:
     """Portrait mode's background: the photo blurred (Gaussian, sigma = `strength` % of its shorter side),
     the subject left out of the blur (weighted by 1 - alpha) so it leaves no halo around itself."""
+    from scipy import ndimage
+
     h, w = alpha.shape
     sigma = strength / 100 * min(h, w)
     factor = max(1.0, sigma / 4)  # blur a downscaled copy, sigma 4 px there: the same picture, much cheaper

@@ -8,8 +8,8 @@ from typing import Any
 
 import pandas as pd
 
-from bgremoval.serving.options import (ERRORS, ERRORS_PARAM, MAX_PIXELS_ENV, Options, RequestError, decode_base64_image,
-                                       options_from)
+from bgremoval.serving.options import (ERRORS, ERRORS_PARAM, MAX_PIXELS_ENV, MAX_REQUEST_ENV, Options, RequestError,
+                                       decode_base64_image, options_from)
 from bgremoval.serving.refine import Predictor
 from bgremoval.serving.render import png_bytes, render
 
@@ -17,9 +17,6 @@ __all__ = ["ERRORS", "ERRORS_PARAM", "MAX_PIXELS_ENV", "MAX_REQUEST_ENV", "Reque
            "check_request_size", "cut_out", "decode_base64_image"]
 
 INPUT_COLUMN = "image"
-# Environment override of what the served model was logged with (params serve.max_request_mb); serve.max_pixels'
-# is options.MAX_PIXELS_ENV.
-MAX_REQUEST_ENV = "BGREMOVAL_MAX_REQUEST_MB"  # image data per request, in MB of base64
 
 
 class RequestTooLarge(RequestError):

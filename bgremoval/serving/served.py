@@ -9,9 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from bgremoval.serving.config import ServingConfig
-from bgremoval.serving.options import MAX_PIXELS_ENV, Options
+from bgremoval.serving.options import MAX_PIXELS_ENV, MAX_REQUEST_ENV, Options
 from bgremoval.serving.refine import Predictor, Refine, refined
-from bgremoval.serving.request import MAX_REQUEST_ENV
 
 
 def _positive(env: str, logged: float) -> float:
