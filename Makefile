@@ -10,8 +10,8 @@ export GX_ANALYTICS_ENABLED := false
 .PHONY: install browser photos pipeline test test-fast clean u2net label-studio spark
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-# uv installs the packages (pip resolves and unpacks the same set in about 85 s on 2 AVX2 cores, uv in about
-# 7 s from its warm cache). It comes from PyPI into the venv, beside the pip that `make u2net` and `make photos` use.
+# uv installs the packages (pip resolves and unpacks the same set in about 85 s on 2 AVX2 cores, uv in 7 to 11 s
+# from its warm cache). It comes from PyPI into the venv, beside the pip that `make u2net` and `make photos` use.
 UV := $(BIN)/uv
 UV_VERSION := 0.13.10
 # Bytecode is compiled once, on all cores, for every installed module but the packages' own test suites (a third
@@ -67,8 +67,8 @@ $(VENV)/.installed-spark: pyproject.toml | $(VENV)/.installed
 	@command -v java >/dev/null || { \
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq default-jre-headless >/dev/null; }
-	@# pip, not uv: pyspark comes as a source archive only, and pip keeps the wheel it builds in its cache (uv
-	@# fetched and built it again each time: 33 s against pip's 14 s).
+	@# pip, not uv: pyspark comes as a source archive only; pip keeps the wheel it builds in its cache, where uv
+	@# fetched the archive (0.5 GB) and built it again on every install (33 to 38 s; pip here 14 to 34 s).
 	$(BIN)/python -m pip install --quiet --no-compile -e '.[spark]'
 	touch $@
 
