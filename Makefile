@@ -14,9 +14,10 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # from its warm cache). It comes from PyPI into the venv, beside the pip that `make u2net` and `make photos` use.
 UV := $(BIN)/uv
 UV_VERSION := 0.13.10
-# Bytecode is compiled once, on all cores, for every installed module but the packages' own test suites (a third
-# of the files; nothing here imports them): without it the first process that imports TensorFlow compiles it,
-# and with PYTHONDONTWRITEBYTECODE set every such process does.
+# Bytecode is compiled once, on all cores, for every installed module but those in `test` or `tests` folders (a
+# fifth of the files; the only ones imported are ten small `__init__` files of TensorFlow's API, compiled as they
+# are read): without it the first process that imports TensorFlow compiles it, and with PYTHONDONTWRITEBYTECODE
+# set every such process does.
 COMPILE = -c 'import compileall, re, sysconfig; compileall.compile_dir(sysconfig.get_paths()["purelib"], quiet=2, \
 	  workers=0, rx=re.compile(r"[/\\]tests?[/\\]"))'
 
