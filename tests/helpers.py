@@ -294,6 +294,11 @@ def _in_repo(location: str) -> bool:
 
 # --- servers and the browser --------------------------------------------------------------------------
 
+# `mlflow server` and `mlflow ui` start a job runner for MLflow's GenAI jobs unless told not to: eight more
+# processes, each importing MLflow (about 26 s of CPU per server on 2 Xeon cores). The pipeline runs no such
+# jobs, so the tests' servers run without it.
+MLFLOW_SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
 def free_port() -> int:
     """A loopback port nobody listens on right now."""
     with socket.socket() as s:

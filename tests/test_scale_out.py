@@ -24,7 +24,7 @@ import yaml
 from PIL import Image
 
 from bgremoval.serving.render import png_bytes
-from tests.helpers import ROOT, copy_project, disc_image, dvc, free_port, running_server, toy_shards
+from tests.helpers import MLFLOW_SERVER_ENV, ROOT, copy_project, disc_image, dvc, free_port, running_server, toy_shards
 PG = os.environ.get("BGREMOVAL_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
 N_TRIALS = 6
 pytestmark = pytest.mark.slow
@@ -68,7 +68,8 @@ def shared_mlflow_server(artifacts: Path):
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"{PG}/{db}",
            "--artifacts-destination", str(artifacts), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     try:
-        with running_server(cmd, f"http://127.0.0.1:{port}/health", artifacts.parent / "mlflow-server.log", _env()):
+        with running_server(cmd, f"http://127.0.0.1:{port}/health", artifacts.parent / "mlflow-server.log",
+                            _env(**MLFLOW_SERVER_ENV)):
             yield f"http://127.0.0.1:{port}"
     finally:
         _drop(db)

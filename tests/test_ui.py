@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.helpers import free_port, project_env, running_server
+from tests.helpers import MLFLOW_SERVER_ENV, free_port, project_env, running_server
 
 pytestmark = pytest.mark.slow
 # MLflow 3's UI shows GenAI pages unless told the workflow is model training (its toggle, or this parameter).
@@ -31,7 +31,7 @@ def mlflow_ui(full_run, tmp_path_factory):
     port = free_port()
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", "sqlite:///mlflow.db", "--port", str(port)]
     log = tmp_path_factory.mktemp("ui") / "mlflow-ui.log"
-    with running_server(cmd, f"http://127.0.0.1:{port}/health", log, project_env(), cwd=project):
+    with running_server(cmd, f"http://127.0.0.1:{port}/health", log, project_env(**MLFLOW_SERVER_ENV), cwd=project):
         yield f"http://127.0.0.1:{port}", project
 
 
