@@ -299,6 +299,7 @@ def _in_repo(location: str) -> bool:
 # jobs, so the tests' servers run without it.
 MLFLOW_SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
+
 def free_port() -> int:
     """A loopback port nobody listens on right now."""
     with socket.socket() as s:

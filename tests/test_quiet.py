@@ -43,7 +43,7 @@ def test_tensorflow_is_imported_without_scikit_learn_or_matplotlib():
     assert run.stderr == ""  # nor a line of TensorFlow's start-up
 
 
-def test_a_stage_program_never_imports_pyspark(tmp_path):
+def test_a_stage_program_never_imports_pyspark():
     """No stage runs Spark: where the `spark` extra is installed, MLflow (and Great Expectations) would import it."""
     import importlib.util
 
