@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,8 @@ import pandas as pd
 import pytest
 
 from bgremoval.export.choose import (
-    ExportConfig, ExportJob, RefineChoices, ServeSettings, choose_refine, choose_size, export_served, int8_loss,
+    ExportConfig, ExportJob, RefineChoices, ServeSettings, SizeChoice, choose_refine, choose_size, export_served,
+    int8_loss,
 )
 from bgremoval.scoring.metrics import summarise
 from bgremoval.scoring.score import score
@@ -34,7 +36,10 @@ def _top_rows(foreground_share: float):
     return predict
 
 
-def test_the_serving_size_is_the_smallest_within_tolerance_of_the_best_val_iou(data_dir):
+CHOICE = SizeChoice(metrics=["iou", "boundary_f"], tolerance=0.0, confidence=0.9, resamples=500)
+
+
+def test_the_serving_size_is_the_smallest_that_loses_nothing_against_a_larger_one(data_dir):
     rows = manifest_for(data_dir)  # masks: the top 30 % of rows is foreground
     asked = []
 
@@ -43,24 +48,74 @@ def test_the_serving_size_is_the_smallest_within_tolerance_of_the_best_val_iou(d
         asked.append(size)
         return _top_rows(0.3 * min(1.0, size / 64))
 
-    size, by_size = choose_size(rows, predictor_at, [96, 32, 64, 48, 64], MAX_PIXELS, 0.0)
+    size, by_size, margins = choose_size(rows, predictor_at, [96, 32, 64, 48, 64], MAX_PIXELS, choice=CHOICE, seed=0)
     assert list(by_size) == [32, 48, 64, 96] and asked == [32, 48, 64, 96]  # each size once, smallest first
     assert by_size[64]["iou"] == by_size[96]["iou"] == 1.0 and by_size[32]["iou"] < by_size[48]["iou"] < 0.9
-    assert size == 64  # the best val IoU; of the tied sizes, the smaller (faster) one
-    assert choose_size(rows, predictor_at, [32, 48, 64], MAX_PIXELS, 0.3)[0] == 48
-    assert choose_size(rows, predictor_at, [32, 48, 64], MAX_PIXELS, 1.0)[0] == 32
+    assert size == 64  # loses nothing against 96; 48 and 32 lose against both
+    assert sorted(margins) == [32, 48, 64] and margins[64]["within"] and margins[64]["loss_against"]["96"]["upper"] == 0
+    assert set(margins[32]["loss_against"]) == {"48", "64", "96"} and not margins[48]["within"]
+    loss48 = margins[48]["loss_against"]["64"]
+    assert loss48["mean"] == pytest.approx((1 - by_size[48]["iou"] + 1 - by_size[48]["boundary_f"]) / 2)
+    # every photo is alike here, so the bootstrap has no spread: the interval is the loss itself
+    assert loss48["lower"] == pytest.approx(loss48["mean"]) == pytest.approx(loss48["upper"]) and loss48["mean"] > 0
+    loose = lambda tolerance: replace(CHOICE, tolerance=tolerance)  # noqa: E731
+    assert choose_size(rows, predictor_at, [32, 48, 64], MAX_PIXELS, choice=loose(loss48["upper"]), seed=0)[0] == 48
+    assert choose_size(rows, predictor_at, [32, 48, 64], MAX_PIXELS, choice=loose(1.0), seed=0)[0] == 32
     with pytest.raises(ValueError, match="val split is empty"):
-        choose_size(rows.iloc[:0], predictor_at, [32, 48], MAX_PIXELS, 0.0)
+        choose_size(rows.iloc[:0], predictor_at, [32, 48], MAX_PIXELS, choice=CHOICE, seed=0)
     for bad in ([], [0, 32], [-32]):
         with pytest.raises(ValueError, match="export.sizes must list positive sizes"):
-            choose_size(rows, predictor_at, bad, MAX_PIXELS, 0.0)
+            choose_size(rows, predictor_at, bad, MAX_PIXELS, choice=CHOICE, seed=0)
+
+
+def _scored_as(monkeypatch, per_size: dict[int, list[tuple[float, float]]]):
+    """export's val scoring made to give each size these (IoU, boundary F) per photo, in row order."""
+    import bgremoval.export.choose as choose
+
+    def score_as_given(rows, predict, max_pixels, progress=None):
+        table, scores = score(rows, predict, max_pixels)
+        given = per_size[int(progress.split()[-1])]  # progress is "val at SIZE"
+        return table, [replace(s, iou=i, boundary_f=b) for s, (i, b) in zip(scores, given, strict=True)]
+
+    monkeypatch.setattr(choose, "score", score_as_given)
+
+
+def test_a_smaller_size_val_cannot_tell_from_a_larger_one_is_not_served(data_dir, monkeypatch):
+    """The smaller size is better on average (23 photos a little better, one much worse), but one photo
+    decides that: the bootstrap's interval reaches above zero, so the larger size is served."""
+    rows = manifest_for(data_dir)
+    larger = [(0.95, 0.90)] * len(rows)
+    smaller = [(0.85, 0.80)] + [(0.955, 0.905)] * (len(rows) - 1)
+    _scored_as(monkeypatch, {32: smaller, 64: larger})
+    size, by_size, margins = choose_size(rows, lambda size: _top_rows(0.3), [32, 64], MAX_PIXELS, choice=CHOICE, seed=0)
+    loss = margins[32]["loss_against"]["64"]
+    assert by_size[32]["iou"] > by_size[64]["iou"] and loss["mean"] < 0  # val's means favour the smaller size
+    assert loss["lower"] < loss["mean"] < 0 < loss["upper"] and size == 64
+    # the same gain on every photo is certain: the smaller size is served
+    _scored_as(monkeypatch, {32: [(0.955, 0.905)] * len(rows), 64: larger})
+    assert choose_size(rows, lambda size: _top_rows(0.3), [32, 64], MAX_PIXELS, choice=CHOICE, seed=0)[0] == 32
+
+
+def test_a_larger_size_val_finds_clearly_worse_does_not_hold_a_smaller_one_back(data_dir, monkeypatch):
+    """A model trained small may predict worse at a larger size: IoU far down at 64, boundary F level."""
+    rows = manifest_for(data_dir)
+    _scored_as(monkeypatch, {32: [(0.9, 0.8 + 0.01 * (i % 3)) for i in range(len(rows))],
+                             64: [(0.7, 0.8 + 0.01 * ((i + 1) % 3)) for i in range(len(rows))]})
+    size, _, margins = choose_size(rows, lambda size: _top_rows(0.3), [32, 64], MAX_PIXELS, choice=CHOICE, seed=0)
+    assert margins[32]["loss_against"]["64"]["upper"] < 0 and size == 32
+
+
+def test_size_choice_settings_are_checked_when_read():
+    for bad in ({"metrics": ["max_f"]}, {"metrics": []}, {"confidence": 1.0}, {"resamples": 0}):
+        with pytest.raises(ValueError, match="export.size_choice"):
+            replace(CHOICE, **bad)
 
 
 def test_a_single_serving_size_is_taken_without_scoring_val():
     def never(size):
         raise AssertionError("val was scored for a single size")
 
-    assert choose_size(pd.DataFrame(), never, [48, 48], MAX_PIXELS, 0.0) == (48, {})
+    assert choose_size(pd.DataFrame(), never, [48, 48], MAX_PIXELS, choice=CHOICE, seed=0) == (48, {}, {})
 
 
 def test_the_refine_grid_is_every_combination_once_as_refine_settings():
@@ -120,7 +175,7 @@ SERVE = ServeSettings(**PARAMS["serve"])
 
 def _job(cfg: ExportConfig, served_dir) -> ExportJob:
     """The export stage's job with these export: settings, writing into served_dir (the template: the wheel's)."""
-    return ExportJob(export=cfg, serve=SERVE, served_dir=served_dir, onnx_template=None, max_pixels=MAX_PIXELS)
+    return ExportJob(export=cfg, serve=SERVE, served_dir=served_dir, onnx_template=None, max_pixels=MAX_PIXELS, seed=0)
 
 
 def test_the_export_job_is_built_from_the_stages_params():
@@ -129,6 +184,7 @@ def test_the_export_job_is_built_from_the_stages_params():
     assert job.export == ExportConfig.from_params(PARAMS["export"]) and job.serve == SERVE
     assert job.served_dir == Path("somewhere/served")
     assert (job.onnx_template, job.max_pixels) == (PARAMS["model"]["onnx_path"], PARAMS["prepare"]["max_pixels"])
+    assert job.seed == PARAMS["base"]["seed"] and job.export.size_choice.metrics == ["iou", "boundary_f"]
 
 
 def _served_score(folder, val) -> dict[str, float]:
@@ -139,8 +195,11 @@ def _check_report_names_the_choices(config: ServingConfig, report: dict, cfg: Ex
     """The report says what was chosen, and by the rule export.* sets, from the val scores it lists."""
     by_size = {int(s): m for s, m in report["val_by_size"].items()}
     assert sorted(by_size) == sorted(cfg.sizes) and report["size"] == config.size
-    best = max(m["iou"] for m in by_size.values())
-    assert config.size == min(s for s, m in by_size.items() if m["iou"] >= best - cfg.size_tolerance)
+    margins = {int(s): m for s, m in report["size_margins"].items()}
+    assert sorted(margins) == sorted(cfg.sizes)[:-1] and report["size_rule"] == cfg.size_choice.rule()
+    assert all(m["within"] == all(a["upper"] <= cfg.size_choice.tolerance for a in m["loss_against"].values())
+               for m in margins.values())
+    assert config.size == min([s for s, m in margins.items() if m["within"]] + [max(cfg.sizes)])
     grid = {r.name: r for r in cfg.refine.grid()}
     assert set(report["val_by_refine"]) == set(grid) and report["refine"] == config.refine.name
     by_refine = {grid[name]: m for name, m in report["val_by_refine"].items()}

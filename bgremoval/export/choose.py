@@ -19,6 +19,7 @@ from bgremoval.export.onnx import export_checked, has_onnx_export
 from bgremoval.export.quantize import quantize_int8
 from bgremoval.images import load_rgb
 from bgremoval.scoring.metrics import HIGHER_IS_BETTER, ImageScores, score_image, summarise
+from bgremoval.scoring.paired import PER_IMAGE, paired_loss, photo_losses
 from bgremoval.scoring.score import score
 from bgremoval.serving.config import ServingConfig
 from bgremoval.serving.refine import Predictor, Refine, combine, mirrored_prediction, refined
@@ -46,12 +47,36 @@ class RefineChoices:
 
 
 @dataclass(frozen=True)
+class SizeChoice:
+    """params.yaml export.size_choice: when val lets a smaller (faster) size than the best one be served."""
+
+    metrics: list[str]   # per-photo scores, averaged per photo into what a smaller size may lose
+    tolerance: float     # at most this much, against every larger size
+    confidence: float    # of the paired bootstrap's interval; its upper end bounds the loss
+    resamples: int
+
+    def __post_init__(self) -> None:
+        if not self.metrics or not set(self.metrics) <= set(PER_IMAGE):
+            raise ValueError(f"export.size_choice.metrics must list per-photo scores out of {', '.join(PER_IMAGE)}; "
+                             f"got {self.metrics}")
+        if not 0 < self.confidence < 1 or self.resamples < 1:
+            raise ValueError("export.size_choice: confidence must lie between 0 and 1 and resamples be at least 1; "
+                             f"got {self.confidence} and {self.resamples}")
+
+    def rule(self) -> str:
+        return (f"the smallest size whose loss against every larger one (per val photo, the mean of "
+                f"{' and '.join(self.metrics)}) is at most {self.tolerance} at the upper end of the "
+                f"{self.confidence:.0%} interval of a paired bootstrap over the val photos "
+                f"({self.resamples} resamples)")
+
+
+@dataclass(frozen=True)
 class ExportConfig:
     """params.yaml export:."""
 
     runtime: str                 # onnxruntime | keras
     sizes: list[int]             # serving sizes val chooses from
-    size_tolerance: float
+    size_choice: SizeChoice
     refine: RefineChoices
     metric: str                  # what the int8 check compares
     onnx_tolerance: float
@@ -62,7 +87,8 @@ class ExportConfig:
 
     @classmethod
     def from_params(cls, section: dict[str, Any]) -> "ExportConfig":
-        return cls(**{**section, "refine": RefineChoices(**section["refine"])})
+        return cls(**{**section, "size_choice": SizeChoice(**section["size_choice"]),
+                      "refine": RefineChoices(**section["refine"])})
 
 
 @dataclass(frozen=True)
@@ -83,28 +109,53 @@ class ExportJob:
     served_dir: Path             # paths.served: the folder the served file and serving.json are written to
     onnx_template: str | None    # model.onnx_path: rembg's u2netp graph (None: the installed wheel's)
     max_pixels: int              # prepare.max_pixels: val and calibration images are read at most this large
+    seed: int                    # base.seed: the size choice's bootstrap draws
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> "ExportJob":
         return cls(export=ExportConfig.from_params(params["export"]), serve=ServeSettings(**params["serve"]),
                    served_dir=Path(params["paths"]["served"]), onnx_template=params["model"]["onnx_path"],
-                   max_pixels=params["prepare"]["max_pixels"])
+                   max_pixels=params["prepare"]["max_pixels"], seed=int(params["base"]["seed"]))
 
 
-def choose_size(rows: pd.DataFrame, predictor_at: Callable[[int], Predictor], sizes: Sequence[int], max_pixels: int,
-                tolerance: float) -> tuple[int, dict[int, dict[str, float]]]:
-    """The smallest (fastest) size whose val IoU is within `tolerance` of the best, scored at the images' own
-    resolution; and every size's summary. One size listed is taken without scoring."""
+def choose_size(rows: pd.DataFrame, predictor_at: Callable[[int], Predictor], sizes: Sequence[int], max_pixels: int, *,
+                choice: SizeChoice, seed: int) -> tuple[int, dict[int, dict[str, float]], dict[int, dict[str, Any]]]:
+    """The size to serve, every size's val summary, and each smaller size's losses against the larger ones.
+
+    A larger input is the quality default; a smaller, faster size is served only where val is confident it
+    gives up little: against every larger size, its per-photo loss (the mean of `choice.metrics`) has a
+    paired bootstrap interval whose upper end is at most `choice.tolerance`. The smallest such size wins;
+    the largest always qualifies. A difference val cannot tell from noise buys no speed, and a larger size
+    that val finds clearly worse does not hold a smaller one back. Each size is scored at the images' own
+    resolution; one size listed is taken without scoring."""
     sizes = sorted({int(s) for s in sizes})
     if not sizes or sizes[0] < 1:
         raise ValueError(f"export.sizes must list positive sizes; got {list(sizes)}")
     if len(sizes) == 1:
-        return sizes[0], {}
+        return sizes[0], {}, {}
     if rows.empty:
         raise ValueError("export.sizes: the val split is empty, so there is nothing to choose the size on")
-    by_size = {s: summarise(score(rows, predictor_at(s), max_pixels, progress=f"val at {s}")[1]) for s in sizes}
-    best = max(m["iou"] for m in by_size.values())
-    return min(s for s, m in by_size.items() if m["iou"] >= best - tolerance), by_size
+    per_photo = {s: score(rows, predictor_at(s), max_pixels, progress=f"val at {s}")[1] for s in sizes}
+    size, margins = pick_size({s: {m: [getattr(x, m) for x in per_photo[s]] for m in choice.metrics} for s in sizes},
+                              choice, seed)
+    return size, {s: summarise(scores) for s, scores in per_photo.items()}, margins
+
+
+def pick_size(per_photo: dict[int, dict[str, Sequence[float]]], choice: SizeChoice,
+              seed: int) -> tuple[int, dict[int, dict[str, Any]]]:
+    """choose_size's rule on scores already taken: per size, each of `choice.metrics` per val photo (the same
+    photos in the same order for every size). The size, and each smaller size's losses against the larger."""
+    sizes = sorted(per_photo)
+    margins: dict[int, dict[str, Any]] = {}
+    for s in sizes[:-1]:
+        against = {}
+        for larger in (L for L in sizes if L > s):
+            loss = paired_loss(photo_losses(choice.metrics, per_photo[larger], per_photo[s]),
+                               confidence=choice.confidence, resamples=choice.resamples, seed=seed)
+            against[str(larger)] = {"mean": loss.mean, "lower": loss.lower, "upper": loss.upper}
+        margins[s] = {"photos": loss.n, "within": all(a["upper"] <= choice.tolerance for a in against.values()),
+                      "loss_against": against}
+    return min([s for s, margin in margins.items() if margin["within"]] + [sizes[-1]]), margins
 
 
 def choose_refine(rows: pd.DataFrame, predict: Predictor, choices: Sequence[Refine], max_pixels: int,
@@ -165,8 +216,11 @@ def export_served(model, model_file: Path, *, val: pd.DataFrame, calibration: pd
             network_at = lambda s: OnnxSegmenter(f32, s)  # noqa: E731
         else:
             network_at = lambda s: KerasSegmenter(model, s)  # noqa: E731
-        size, by_size = choose_size(val, network_at, cfg.sizes, max_pixels, cfg.size_tolerance)
-        report |= {"size": size, "val_by_size": {str(s): m for s, m in by_size.items()}}
+        size, by_size, margins = choose_size(val, network_at, cfg.sizes, max_pixels, choice=cfg.size_choice,
+                                             seed=job.seed)
+        report |= {"size": size, "size_rule": cfg.size_choice.rule(),
+                   "val_by_size": {str(s): m for s, m in by_size.items()},
+                   "size_margins": {str(s): m for s, m in margins.items()}}
         refine, by_refine = choose_refine(val, network_at(size), cfg.refine.grid(), max_pixels, cfg.refine.tolerance)
         report |= {"refine": refine.name, "val_by_refine": {r.name: m for r, m in by_refine.items()}}
         served, int8 = (f32, False) if onnx else (Path(model_file), False)
