@@ -61,13 +61,11 @@ def _open_model(args: argparse.Namespace, command: str):
     from bgremoval.serving.load import load
 
     model, tracking_uri = (args.model, args.tracking_uri) if args.model else _default_model(args.params)
+    tracking_uri = args.tracking_uri or tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if "://" in model or model.startswith(("models:", "runs:")):
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # ours is the one that counts
-        import mlflow
-
-        mlflow.set_tracking_uri(args.tracking_uri or tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"))
     try:
-        return load(model), model
+        return load(model, tracking_uri), model
     except Exception as exc:  # noqa: BLE001 - any load failure ends here with what to do next
         sys.exit(f"bgremoval {command}: cannot load model {model!r}: {exc}\n"
                  "Pass --model models/served (after `dvc repro`), models:/bgremoval@champion, runs:/RUN_ID/model or "

@@ -168,14 +168,12 @@ def test_the_default_model_is_the_champion_of_params_registry(tmp_path, monkeypa
 
 
 def test_predict_without_a_model_loads_that_champion_from_that_registry(photo, tmp_path, monkeypatch):
-    import mlflow
-
     import bgremoval.serving.load
 
     asked = []
 
-    def load(uri):
-        asked.append((uri, mlflow.get_tracking_uri()))
+    def load(uri, tracking_uri=None):
+        asked.append((uri, tracking_uri))
         raise FileNotFoundError("no such model here")
 
     monkeypatch.setattr(bgremoval.serving.load, "load", load)

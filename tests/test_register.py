@@ -238,6 +238,46 @@ def test_gate_both_ways_in_a_real_registry(setup):
 
 
 @pytest.mark.slow
+def test_a_resolved_champion_opens_without_mlflow_until_the_registry_changes(setup, tmp_path, monkeypatch):
+    """The first load asks MLflow and keeps where the alias led; the next ones, in this process or a new
+    `bgremoval predict`, open that file without importing MLflow; a new champion is seen at once."""
+    import subprocess
+    import sys
+
+    import mlflow.artifacts
+
+    from bgremoval.serving import resolved
+    from bgremoval.serving.load import load
+    from tests.helpers import project_env
+    from tests.test_cli import IMPORT_PROBE
+
+    monkeypatch.setenv(resolved.CACHE_ENV, str(tmp_path / "cache"))
+    champion, uri = f"models:/{NAME}@champion", mlflow.get_tracking_uri()
+    setup.register(0.80)
+    first = load(champion, uri)
+    assert len(list((tmp_path / "cache" / "resolved").glob("*.json"))) == 1
+    asked = []
+    real_download = mlflow.artifacts.download_artifacts
+    monkeypatch.setattr(mlflow.artifacts, "download_artifacts", lambda **kw: asked.append(kw) or real_download(**kw))
+    assert load(champion, uri).config == first.config and asked == []  # kept: MLflow not asked
+    image, _ = disc_image(40, 48)
+    Image.fromarray(image).save(tmp_path / "photo.png")
+    run = subprocess.run([sys.executable, "-c", IMPORT_PROBE, "predict", "--model", champion, "--tracking-uri", uri,
+                          "--quiet", "--output", "mask", str(tmp_path / "photo.png"), str(tmp_path / "mask.png")],
+                         cwd=tmp_path, env={**project_env(), resolved.CACHE_ENV: str(tmp_path / "cache")},
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and "IMPORTED" in run.stdout, run.stderr
+    assert "mlflow" not in run.stdout.split("IMPORTED")[1], run.stdout
+    assert Image.open(tmp_path / "mask.png").size == (48, 40)
+    better, _ = setup.register(0.85)  # version 2 becomes champion: the registry file changed
+    assert better.alias == CHAMPION and better.version == "2"
+    load(champion, uri)
+    assert [kw["artifact_uri"] for kw in asked] == [champion]  # asked again, once
+    served_file, _ = resolved.lookup(champion, resolved.registry_state(champion, uri))
+    assert served_file.is_relative_to(Path(real_download(artifact_uri=f"models:/{NAME}/2")).resolve())
+
+
+@pytest.mark.slow
 def test_the_registrys_champion_drafts_when_there_is_one(setup):
     import numpy as np
 

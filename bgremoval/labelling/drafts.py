@@ -85,11 +85,7 @@ def open_model(model: str, tracking_uri: str | None) -> Predictor:
         return stock_model(model)
     from bgremoval.serving.load import load
 
-    if tracking_uri and model.startswith(("models:", "runs:")):
-        import mlflow
-
-        mlflow.set_tracking_uri(tracking_uri)
-    return load(model)
+    return load(model, tracking_uri if model.startswith(("models:", "runs:")) else None)
 
 
 def open_drafter(model: str | None, champion: str, tracking_uri: str | None) -> Drafter:
