@@ -1,12 +1,14 @@
 """How export's size choice (export.size_choice) fares on a real folder when val is small, against picking the
 best val IoU.
 
-    python benchmarks/size_choice.py FOLDER [--sizes 256 288 320] [--val 25] [--draws 400] [--model FILE.onnx]
+    python benchmarks/size_choice.py FOLDER [--sizes 256 288 320] [--val 25 | --val-groups 2] [--draws 400]
+                                     [--model FILE.onnx]
 
 Every photo of FOLDER (images/ and masks/) is predicted once at each size by an ONNX model (default: stock
 U²-NetP from the installed wheel, its input made any size; or a served folder's model.onnx), and scored
 at its own resolution. Then, --draws times, --val photos are drawn as a val split and the rest are the
-photos that come later: each rule picks a size on the val photos alone, and the pick is scored on the
+photos that come later (with --val-groups, that many whole groups by params.yaml's prepare.group_pattern,
+e.g. video sequences, as prepare splits them: frames of one sequence are never on both sides): each rule picks a size on the val photos alone, and the pick is scored on the
 rest against the size that is best there (the mean of IoU and boundary F). It prints, per rule, how often
 each size was picked, the mean loss on the rest, and how often that loss passed 0.003 on IoU or on
 boundary F; and each size's milliseconds a photo. The table goes to --out as JSON too.
@@ -65,6 +67,7 @@ def main() -> int:
     parser.add_argument("data", type=Path, help="folder with images/ and masks/")
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 288, 320])
     parser.add_argument("--val", type=int, default=25, help="photos in each drawn val split")
+    parser.add_argument("--val-groups", type=int, help="draw this many whole groups as val instead of --val photos")
     parser.add_argument("--draws", type=int, default=400)
     parser.add_argument("--model", type=Path, help="an ONNX file (default: stock U²-NetP)")
     parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "bgremoval-size-choice.json")
@@ -78,14 +81,20 @@ def main() -> int:
     model = args.model or any_size(find_u2netp_onnx(), Path(tempfile.mkdtemp()) / "u2netp.onnx")
     rows = rows_for(args.data, 1)
     sizes = sorted(set(args.sizes))
-    if len(rows) <= args.val:
-        raise SystemExit(f"{args.data}: {len(rows)} pairs; --val {args.val} leaves none to judge the pick on")
+    groups = rows["group"].to_numpy()
+    names = sorted(set(groups))
+    if (len(names) <= args.val_groups) if args.val_groups else (len(rows) <= args.val):
+        raise SystemExit(f"{args.data}: {len(rows)} pairs in {len(names)} groups; --val {args.val} or --val-groups "
+                         f"{args.val_groups} leaves none to judge the pick on")
     scores, ms = per_photo_scores(rows, model, sizes, params["prepare"]["max_pixels"])
 
     rng = np.random.default_rng(params["base"]["seed"])
     rules = {"best val IoU": [], "export.size_choice": []}
     for draw in range(args.draws):
-        val = rng.choice(len(rows), size=args.val, replace=False)
+        if args.val_groups:
+            val = np.flatnonzero(np.isin(groups, rng.choice(names, size=args.val_groups, replace=False)))
+        else:
+            val = rng.choice(len(rows), size=args.val, replace=False)
         rest = np.setdiff1d(np.arange(len(rows)), val)
         on = lambda idx: {s: {m: scores[s][m][idx] for m in METRICS} for s in sizes}  # noqa: E731
         val_scores, rest_scores = on(val), on(rest)
@@ -98,8 +107,9 @@ def main() -> int:
             loss = {m: float(rest_scores[best_rest][m].mean() - rest_scores[size][m].mean()) for m in METRICS}
             rules[rule].append({"size": size, **loss})
 
-    print(f"{args.data.name}: {len(rows)} photos, {model.name}, val of {args.val} drawn {args.draws} times; "
-          f"loss on the other {len(rows) - args.val} against the size best there")
+    drawn = f"{args.val_groups} whole groups of {len(names)}" if args.val_groups else f"{args.val} photos"
+    print(f"{args.data.name}: {len(rows)} photos, {model.name}, val of {drawn} drawn {args.draws} times; "
+          "loss on the rest against the size best there")
     print("ms a photo (median): " + ", ".join(f"{s}²: {ms[s]:.0f}" for s in sizes))
     print(f"rule: {choice.rule()}")
     head = " | ".join(f"{s}² picked" for s in sizes)
@@ -112,7 +122,9 @@ def main() -> int:
         table[rule] = {"picked": {str(s): float(v) for s, v in share.items()}, "loss": loss, "large_loss": large}
         print(f"| {rule} | " + " | ".join(f"{share[s]:.0%}" for s in sizes)
               + f" | {loss['iou']:.4f} | {loss['boundary_f']:.4f} | {large:.0%} |")
-    args.out.write_text(json.dumps({"photos": len(rows), "val": args.val, "draws": args.draws, "model": str(model),
+    args.out.write_text(json.dumps({"photos": len(rows), "val": args.val_groups or args.val,
+                                    "val_unit": "groups" if args.val_groups else "photos", "draws": args.draws,
+                                    "model": str(model),
                                     "ms": {str(s): v for s, v in ms.items()}, "rules": table,
                                     "full_set": {str(s): {m: float(scores[s][m].mean()) for m in METRICS}
                                                  for s in sizes}}, indent=2))
