@@ -48,7 +48,7 @@ class RefineChoices:
 
 @dataclass(frozen=True)
 class SizeChoice:
-    """params.yaml export.size_choice: when val lets a smaller (faster) size than the best one be served."""
+    """params.yaml export.size_choice: when val lets a smaller (faster) size be served than the larger ones."""
 
     metrics: list[str]   # per-photo scores, averaged per photo into what a smaller size may lose
     tolerance: float     # at most this much, against every larger size
@@ -146,6 +146,7 @@ def pick_size(per_photo: dict[int, dict[str, Sequence[float]]], choice: SizeChoi
     """choose_size's rule on scores already taken: per size, each of `choice.metrics` per val photo (the same
     photos in the same order for every size). The size, and each smaller size's losses against the larger."""
     sizes = sorted(per_photo)
+    photos = len(per_photo[sizes[0]][choice.metrics[0]])
     margins: dict[int, dict[str, Any]] = {}
     for s in sizes[:-1]:
         against = {}
@@ -153,7 +154,7 @@ def pick_size(per_photo: dict[int, dict[str, Sequence[float]]], choice: SizeChoi
             loss = paired_loss(photo_losses(choice.metrics, per_photo[larger], per_photo[s]),
                                confidence=choice.confidence, resamples=choice.resamples, seed=seed)
             against[str(larger)] = {"mean": loss.mean, "lower": loss.lower, "upper": loss.upper}
-        margins[s] = {"photos": loss.n, "within": all(a["upper"] <= choice.tolerance for a in against.values()),
+        margins[s] = {"photos": photos, "within": all(a["upper"] <= choice.tolerance for a in against.values()),
                       "loss_against": against}
     return min([s for s, margin in margins.items() if margin["within"]] + [sizes[-1]]), margins
 
